@@ -1,0 +1,4 @@
+"""mlxmodels: the modern open-weights decoder family on MLX."""
+
+from .generate import generate, stream_generate  # noqa: F401  (rebinds the name `generate` to the function)
+from .load import load  # noqa: F401

@@ -1,0 +1,73 @@
+"""Decoder: embed (scale) -> blocks -> final norm -> head (tied | own, softcap).
+
+Modules carry the Hugging Face names (`model.layers.3.self_attn.q_proj`), so loading a checkpoint is the
+identity plus the exceptions an adapter lists.
+"""
+
+from typing import Callable, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .parts.attention import Attention
+from .parts.block import DecoderBlock
+from .parts.cache import make_layer_cache
+from .parts.ffn import MLP
+from .parts.norms import make_norm
+from .spec import LayerSpec, ModelSpec
+
+
+def build_block(hidden: int, spec: LayerSpec) -> DecoderBlock:
+    return DecoderBlock(hidden, spec, Attention(hidden, spec.attn, spec.norm), MLP(hidden, spec.ffn))
+
+
+class Body(nn.Module):
+    """The part under `model.`: embeddings, blocks and the final norm; returns hidden states."""
+
+    def __init__(self, spec: ModelSpec, build: Callable[[int, LayerSpec], nn.Module]):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        if spec.learned_positions:
+            self.embed_positions = nn.Embedding(spec.learned_positions, spec.hidden_size)
+        self.layers = [build(spec.hidden_size, layer) for layer in spec.layers]
+        self.norm = make_norm(spec.norm, spec.hidden_size)
+        self._embed_scale = spec.embed_scale
+
+    def embed(self, input_ids, offset: int = 0):
+        h = self.embed_tokens(input_ids)  # (B, T, hidden)
+        if self._embed_scale is not None:
+            # Multiply in the activation dtype: transformers rounds the scale to it too.
+            h = h * mx.array(self._embed_scale, dtype=mx.float32).astype(h.dtype)
+        if "embed_positions" in self:
+            h = h + self.embed_positions(mx.arange(offset, offset + input_ids.shape[1]))
+        return h
+
+    def __call__(self, input_ids, cache):
+        h = self.embed(input_ids, cache[0].offset)
+        for layer, c in zip(self.layers, cache):
+            h = layer(h, c)
+        return self.norm(h)
+
+
+class Decoder(nn.Module):
+    def __init__(self, spec: ModelSpec, build: Callable[[int, LayerSpec], nn.Module] = build_block):
+        super().__init__()
+        self.spec = spec
+        self.model = Body(spec, build)
+        if not spec.tie_embeddings:
+            self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+
+    def make_cache(self) -> list:
+        return [make_layer_cache(layer.attn) for layer in self.spec.layers]
+
+    def head(self, h):
+        """Hidden states (B, T, hidden) -> logits (B, T, vocab)."""
+        logits = self.lm_head(h) if "lm_head" in self else self.model.embed_tokens.as_linear(h)
+        cap = self.spec.final_softcap
+        return logits if cap is None else mx.tanh(logits / cap) * cap
+
+    def __call__(self, input_ids, cache: Optional[list] = None):
+        """input_ids (B, T) int32 -> logits (B, T, vocab); `cache` is updated in place."""
+        if cache is None:
+            cache = self.make_cache()
+        return self.head(self.model(input_ids, cache))

@@ -1,0 +1,31 @@
+"""REGISTRY: Hugging Face `model_type` -> adapter module.
+
+An adapter has `spec(cfg) -> ModelSpec` and optionally `map_weights(weights, cfg) -> weights` for checkpoints
+whose tensors differ from our module names by more than the identity.
+"""
+
+from types import ModuleType
+
+from ..config import ConfigError
+from . import gemma2, gemma3, gpt2, llama, mistral, olmo2, qwen2, qwen3, smollm3
+
+REGISTRY: dict[str, ModuleType] = {
+    "llama": llama,
+    "mistral": mistral,
+    "qwen2": qwen2,
+    "qwen3": qwen3,
+    "gemma2": gemma2,
+    "gemma3_text": gemma3,
+    "gemma3": gemma3,  # the multimodal wrapper; its text_config is read
+    "olmo2": olmo2,
+    "smollm3": smollm3,
+    "gpt2": gpt2,
+}
+
+
+def get_adapter(model_type) -> ModuleType:
+    if model_type not in REGISTRY:
+        raise ConfigError(
+            f"unsupported model_type {model_type!r}; supported: {', '.join(sorted(REGISTRY))}"
+        )
+    return REGISTRY[model_type]

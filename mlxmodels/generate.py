@@ -1,0 +1,292 @@
+"""Generation as a few small functions (gpt-fast style): prefill, step, sample; then text streaming.
+
+The cache is the conversation state. `prefill` feeds tokens after whatever the cache already holds, so a
+chat keeps one cache across turns and passes only the new tokens. When generation ends (EOS, stop string,
+length, or the caller stops iterating), the cache holds the prompt and every token that was yielded,
+EOS included, and nothing more: the next turn starts right after the last yielded token.
+
+Decoding is pipelined as in mlx-lm: the forward pass for token n+1 is queued with `mx.async_eval` before
+Python reads token n, so the device never waits on the Python loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence, Tuple, Union
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .sample import LogitsProcessor, Sampler, greedy, make_logits_processors, make_sampler
+
+if TYPE_CHECKING:  # duck-typed at run time
+    from .decoder import Decoder  # noqa: F401
+    from .tokenizer import Tokenizer  # noqa: F401
+
+__all__ = [
+    "GenerationResponse",
+    "generate",
+    "generate_step",
+    "make_logits_processors",
+    "make_sampler",
+    "prefill",
+    "stream_generate",
+]
+
+
+@dataclass
+class GenerationResponse:
+    """One streamed piece. Stats are filled on every response; the last one (finish_reason set) is final."""
+
+    text: str  # new text since the previous response
+    token: int
+    finish_reason: Optional[str] = None  # None | "stop" (EOS or stop string) | "length"
+    prompt_tokens: int = 0
+    prompt_tps: float = 0.0
+    generation_tokens: int = 0  # tokens sampled so far, EOS included
+    generation_tps: float = 0.0  # tokens after the first / time since the first (0 until there are two)
+    time_to_first_token: float = 0.0  # seconds: prefill plus the first sample
+    peak_memory: float = 0.0  # GB, since the start of this call
+    logprobs: Optional[mx.array] = None  # (V,) after logits processors, before temperature and filters
+
+
+def _as_tokens(tokens: Union[Sequence[int], mx.array]) -> mx.array:
+    tokens = mx.array(tokens, dtype=mx.int32)
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise ValueError(f"the prompt must be a non-empty 1-D list of token ids, got shape {tokens.shape}")
+    return tokens
+
+
+def _cache_arrays(cache: List[Any]) -> List[mx.array]:
+    """The arrays a cache holds (its `.state`, mlx-lm style), for evaluating a chunk without its logits."""
+    arrays: List[mx.array] = []
+    for c in cache:
+        state = getattr(c, "state", None)
+        arrays.extend(v for _, v in tree_flatten(state) if isinstance(v, mx.array))
+    return arrays
+
+
+def _clear_cache() -> None:
+    fn = getattr(mx, "clear_cache", None)
+    if fn is not None:
+        fn()
+
+
+def prefill(model: Any, tokens: Union[Sequence[int], mx.array], cache: List[Any], step_size: int = 512) -> mx.array:
+    """Feed `tokens` after what `cache` holds; return the last position's logits (1, V), unevaluated.
+
+    All but the last token go through in chunks of `step_size`, each evaluated through the cache state only:
+    the output head never runs on them and memory stays bounded by one chunk. The last token runs alone,
+    so only its logits are computed. (A cache without `.state` makes us evaluate the chunk's logits instead.)
+    """
+    if step_size < 1:
+        raise ValueError(f"prefill step size must be >= 1, got {step_size}")
+    tokens = _as_tokens(tokens)
+    n, start = tokens.size, 0
+    while n - start > 1:
+        end = min(start + step_size, n - 1)
+        logits = model(tokens[None, start:end], cache=cache)  # (1, T, V), only evaluated as a fallback
+        mx.eval(_cache_arrays(cache) or logits)
+        start = end
+        _clear_cache()
+    return model(tokens[None, start:], cache=cache)[:, -1, :]
+
+
+def _history_size(processors: List[LogitsProcessor]) -> Optional[int]:
+    """How many recent tokens the processors look at; None (keep all) if one does not say."""
+    sizes = [getattr(p, "context_size", None) for p in processors]
+    return max(sizes) if sizes and all(isinstance(s, int) for s in sizes) else None
+
+
+def generate_step(
+    model: Any,
+    prompt_tokens: Union[Sequence[int], mx.array],
+    cache: List[Any],
+    sampler: Optional[Sampler] = None,
+    logits_processors: Optional[List[LogitsProcessor]] = None,
+    *,
+    max_tokens: int = 256,
+    prefill_step_size: int = 512,
+    key: Optional[mx.array] = None,
+) -> Iterator[Tuple[int, mx.array]]:
+    """Yield (token, logprobs (V,)) for up to `max_tokens` tokens (-1: no limit); the caller decides on EOS.
+
+    `key` (from `mx.random.key(seed)`) makes sampling reproducible: it is split once per token.
+    """
+    sampler = sampler or greedy
+    processors = list(logits_processors or [])
+    tokens = _as_tokens(prompt_tokens)
+    keep = _history_size(processors)
+    history = tokens[-keep:] if keep else tokens  # (n,) recent tokens, prompt included
+
+    def sample(logits: mx.array) -> Tuple[mx.array, mx.array]:  # (1, V) -> (1,), (V,)
+        nonlocal key
+        for p in processors:
+            logits = p(history, logits)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        sub = None
+        if key is not None:
+            key, sub = mx.random.split(key)
+        return sampler(logprobs, sub), logprobs[0]
+
+    def step(y: mx.array) -> Tuple[mx.array, mx.array]:
+        nonlocal history
+        if processors:
+            history = mx.concatenate([history, y])
+            if keep:
+                history = history[-keep:]
+        return sample(model(y[None], cache=cache)[:, -1, :])
+
+    y, logprobs = sample(prefill(model, tokens, cache, prefill_step_size))
+    mx.async_eval(y, logprobs)
+    n = 0
+    while n != max_tokens:
+        # Queue token n+1 before reading token n: the cache then holds every token we yield.
+        next_y, next_logprobs = step(y)
+        mx.async_eval(next_y, next_logprobs)
+        yield y.item(), logprobs
+        y, logprobs = next_y, next_logprobs
+        n += 1
+        if n % 256 == 0:
+            _clear_cache()
+
+
+def _split_stop(text: str, stops: List[str]) -> Tuple[str, str, bool]:
+    """-> (safe to emit, held back, stopped). Cut at the earliest stop string; hold back any suffix that
+    may still grow into one. Since held text is re-examined with the next piece, a match always starts
+    inside `text`, so stop strings spanning several tokens are caught."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    if hits:
+        return text[: min(hits)], "", True
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    cut = len(text) - hold
+    return text[:cut], text[cut:], False
+
+
+def _encode(tokenizer: Any, prompt: Union[str, Sequence[int], mx.array]) -> mx.array:
+    if isinstance(prompt, str):
+        bos = getattr(tokenizer, "bos_token", None)  # a chat template may already have written BOS
+        add_special = not (isinstance(bos, str) and bos and prompt.startswith(bos))
+        prompt = tokenizer.encode(prompt, add_special_tokens=add_special)
+    return _as_tokens(prompt)
+
+
+def _reset_peak() -> None:
+    fn = getattr(mx, "reset_peak_memory", None)
+    if fn is not None:
+        fn()
+
+
+def _peak_gb() -> float:
+    fn = getattr(mx, "get_peak_memory", None)
+    return fn() / 1e9 if fn is not None else 0.0
+
+
+def stream_generate(
+    model: Any,
+    tokenizer: Any,
+    prompt: Union[str, Sequence[int], mx.array],
+    max_tokens: int = 256,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    repetition_context_size: int = 64,
+    seed: Optional[int] = None,
+    stop: Optional[List[str]] = None,
+    cache: Optional[List[Any]] = None,
+    prefill_step_size: int = 512,
+    *,
+    sampler: Optional[Sampler] = None,
+    logits_processors: Optional[List[LogitsProcessor]] = None,
+) -> Iterator[GenerationResponse]:
+    """Stream text pieces. Stops on any EOS id or stop string (neither is emitted) or after `max_tokens`.
+
+    `prompt` is text (encoded here) or token ids; with a reused `cache`, pass only the tokens it lacks.
+    `sampler`/`logits_processors` override the ones built from the sampling arguments.
+    """
+    if max_tokens == 0 or max_tokens < -1:
+        raise ValueError(f"max_tokens must be >= 1 (or -1 for no limit), got {max_tokens}")
+    tokens = _encode(tokenizer, prompt)
+    if cache is None:
+        cache = model.make_cache()
+    if sampler is None:
+        sampler = make_sampler(temperature, top_k, top_p, min_p)
+    if logits_processors is None:
+        logits_processors = make_logits_processors(repetition_penalty, repetition_context_size)
+    key = mx.random.key(seed) if seed is not None else None
+    eos = frozenset(getattr(tokenizer, "eos_token_ids", None) or ())
+    stops = [s for s in (stop or []) if s]
+    detokenizer = tokenizer.detokenizer()
+    n_prompt = tokens.size
+
+    _reset_peak()
+    tic = time.perf_counter()
+    ttft = t_first = 0.0
+
+    def response(text: str, token: int, logprobs: mx.array, n: int, finish: Optional[str]) -> GenerationResponse:
+        elapsed = time.perf_counter() - t_first
+        return GenerationResponse(
+            text=text,
+            token=token,
+            finish_reason=finish,
+            prompt_tokens=n_prompt,
+            prompt_tps=n_prompt / ttft,
+            generation_tokens=n,
+            generation_tps=(n - 1) / elapsed if n > 1 and elapsed > 0 else 0.0,
+            time_to_first_token=ttft,
+            peak_memory=_peak_gb(),
+            logprobs=logprobs,
+        )
+
+    def flush(held: str) -> Tuple[str, bool]:  # end of output: cut at a stop string, hold nothing back
+        tail = held + detokenizer.finalize()
+        if stops:
+            cut, _, hit = _split_stop(tail, stops)
+            return (cut, True) if hit else (tail, False)
+        return tail, False
+
+    held = ""
+    steps = generate_step(
+        model, tokens, cache, sampler, logits_processors,
+        max_tokens=max_tokens, prefill_step_size=prefill_step_size, key=key,
+    )
+    for n, (token, logprobs) in enumerate(steps, start=1):
+        if n == 1:
+            t_first = time.perf_counter()
+            ttft = max(t_first - tic, 1e-9)
+        if token in eos:
+            tail, _ = flush(held)
+            yield response(tail, token, logprobs, n, "stop")
+            return
+        piece = detokenizer.add_token(token)
+        if stops:
+            piece, held, hit = _split_stop(held + piece, stops)
+            if hit:
+                yield response(piece, token, logprobs, n, "stop")
+                return
+        if n == max_tokens:
+            tail, hit = flush(held)
+            yield response(piece + tail, token, logprobs, n, "stop" if hit else "length")
+            return
+        yield response(piece, token, logprobs, n, None)
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompt: Union[str, Sequence[int], mx.array],
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    **sampling: Any,
+) -> str:
+    """The whole completion as one string; `sampling` takes stream_generate's other arguments."""
+    pieces = stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, temperature=temperature, **sampling)
+    return "".join(r.text for r in pieces)

@@ -1,0 +1,139 @@
+"""Folder or Hub id -> config.json -> adapter.spec() -> Decoder; safetensors -> adapter.map_weights() -> weights.
+
+Also loads mlx-lm converted folders (a `quantization` entry in config.json, `weight`/`scales`/`biases` triplets).
+Nothing from the folder is ever executed.
+"""
+
+import json
+from pathlib import Path
+from typing import Optional, Union
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .config import HFConfig, ModelError, read_config
+from .decoder import Decoder
+from .families import get_adapter
+
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken", "original/tokenizer.model"]
+
+
+class LoadError(ModelError):
+    """Weights that do not fit the model their config describes."""
+
+
+def resolve(path_or_hub_id: Union[str, Path]) -> Path:
+    """A local folder as is; otherwise a Hub repo id fetched (or found in the HF cache) with huggingface_hub."""
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        return path
+    name = str(path_or_hub_id)
+    if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise ModelError(f"{name} is not a model folder or a Hugging Face Hub id like 'org/name'")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
+    except LocalEntryNotFoundError:
+        raise ModelError(f"{name} is not in the Hugging Face cache and the Hub cannot be reached "
+                         "(offline?); download it once with a network, or pass a local folder") from None
+    except HfHubHTTPError as e:
+        raise ModelError(f"could not fetch {name} from the Hugging Face Hub: {e}") from None
+
+
+def read_weights(folder: Path) -> dict:
+    files = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise LoadError(f"{folder} is missing shard(s) {', '.join(missing)} listed in {index.name}; re-download them")
+        files = [folder / s for s in shards]
+    if not files:
+        raise LoadError(f"{folder} has no *.safetensors weights; convert the checkpoint to safetensors first")
+    weights = {}
+    for f in files:
+        try:
+            shard = mx.load(str(f))
+        except Exception as e:  # MLX raises bare RuntimeError/ValueError for damaged files
+            raise LoadError(f"cannot read {f}: {e}; the file is damaged or not safetensors, re-download it") from None
+        twice = weights.keys() & shard.keys()
+        if twice:
+            raise LoadError(f"tensor {sorted(twice)[0]!r} appears in more than one shard ({f.name}); the folder is inconsistent")
+        weights.update(shard)
+    return weights
+
+
+def compute_dtype(requested: Optional[str], weights: dict):
+    """float32 activations on the CPU backend (its quantized and 16-bit kernels are far slower), the checkpoint's
+    own floating type on a GPU; an explicit request wins."""
+    if requested is not None:
+        try:
+            return getattr(mx, requested) if isinstance(requested, str) else requested
+        except AttributeError:
+            raise ModelError(f"unknown dtype {requested!r}; use float32, bfloat16 or float16") from None
+    if mx.default_device() == mx.cpu:
+        return mx.float32
+    floats = [w.dtype for w in weights.values() if mx.issubdtype(w.dtype, mx.floating)]
+    return max(set(floats), key=floats.count) if floats else mx.float32
+
+
+def quantize_like(model: nn.Module, cfg: HFConfig, weights: dict):
+    """Quantize exactly the layers the folder stores quantized (mlx-lm's `quantization` entry, per-layer overrides)."""
+    q = cfg.get("quantization") or cfg.get("quantization_config")
+    if not q or "bits" not in q:
+        return
+
+    def predicate(path, module):
+        if path in q:
+            return q[path]  # a dict of overrides, or False
+        return hasattr(module, "to_quantized") and f"{path}.scales" in weights
+
+    nn.quantize(model, q.get("group_size", 64), q["bits"], mode=q.get("mode", "affine"), class_predicate=predicate)
+
+
+def check_weights(model: nn.Module, weights: dict, folder: Path):
+    expected = dict(tree_flatten(model.parameters()))
+    missing = sorted(expected.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - expected.keys())
+    if missing:
+        raise LoadError(f"{folder}: missing {len(missing)} tensor(s), e.g. {', '.join(missing[:3])}; "
+                        "the checkpoint is incomplete or does not match config.json")
+    if unexpected:
+        raise LoadError(f"{folder}: {len(unexpected)} unexpected tensor(s), e.g. {', '.join(unexpected[:3])}; "
+                        "the checkpoint does not match config.json's model_type/layer count")
+    for name, p in expected.items():
+        if p.shape != weights[name].shape:
+            raise LoadError(f"{folder}: tensor {name} has shape {tuple(weights[name].shape)} but config.json implies "
+                            f"{tuple(p.shape)}; the config and the weights disagree")
+
+
+def load_model(folder: Path, dtype=None) -> Decoder:
+    cfg = read_config(folder)
+    adapter = get_adapter(cfg.get("model_type"))
+    spec = adapter.spec(cfg)
+    model = Decoder(spec)
+    weights = {k: v for k, v in read_weights(folder).items() if not k.endswith("rotary_emb.inv_freq")}
+    if hasattr(adapter, "map_weights"):
+        weights = adapter.map_weights(weights, cfg)
+    if spec.tie_embeddings:
+        weights.pop("lm_head.weight", None)
+    quantize_like(model, cfg, weights)
+    check_weights(model, weights, folder)
+    dtype = compute_dtype(dtype, weights)
+    weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+    model.load_weights(list(weights.items()), strict=True)
+    mx.eval(model.parameters())
+    model.eval()
+    return model
+
+
+def load(path_or_hub_id, dtype=None):
+    """-> (model, tokenizer); tokenizer is None if the folder has none."""
+    from .tokenizer import load_tokenizer
+
+    folder = resolve(path_or_hub_id)
+    return load_model(folder, dtype), load_tokenizer(folder)

@@ -1,0 +1,68 @@
+"""Multi-head attention with grouped K/V heads (MHA, GQA, MQA are n_kv_heads = n_heads, < n_heads, = 1).
+
+Span (global, sliding window, chunked) lives in the cache and its mask; this part only projects, normalises,
+rotates and attends. Options set order of operations (QK-norm before RoPE), never a subclass.
+"""
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..spec import AttnSpec, NormSpec
+from .norms import l2_norm, make_norm
+from .rope import RoPE
+
+
+def attend(q, k, v, scale: float, mask, softcap=None):
+    """q (B, H, T, D), k/v (B, Hkv, S, D) -> (B, H, T, Dv). mask: None | "causal" | bool (T, S)."""
+    if softcap is None:
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    B, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    q = q.reshape(B, Hkv, H // Hkv, T, D)
+    scores = (q * scale) @ k[:, :, None].swapaxes(-1, -2)  # (B, Hkv, G, T, S)
+    scores = mx.tanh(scores / softcap) * softcap
+    if isinstance(mask, str):
+        mask = mx.arange(S)[None] <= mx.arange(S - T, S)[:, None]
+    if mask is not None:
+        scores = mx.where(mask, scores, mx.array(-mx.inf, scores.dtype))
+    weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(v.dtype)
+    return (weights @ v[:, :, None]).reshape(B, H, T, -1)
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, spec: AttnSpec, norm: NormSpec):
+        super().__init__()
+        self.spec = spec
+        H, Hkv, D = spec.n_heads, spec.n_kv_heads, spec.head_dim
+        self.q_proj = nn.Linear(hidden, H * D, bias=spec.bias)
+        self.k_proj = nn.Linear(hidden, Hkv * D, bias=spec.bias)
+        self.v_proj = nn.Linear(hidden, Hkv * D, bias=spec.bias)
+        self.o_proj = nn.Linear(H * D, hidden, bias=spec.o_bias)
+        qk_norm = NormSpec(norm.kind, spec.qk_norm_eps, norm.unit_offset)
+        if spec.qk_norm == "head":
+            self.q_norm, self.k_norm = make_norm(qk_norm, D), make_norm(qk_norm, D)
+        elif spec.qk_norm == "proj":
+            self.q_norm, self.k_norm = make_norm(qk_norm, H * D), make_norm(qk_norm, Hkv * D)
+        self.rope = RoPE(spec.rope) if spec.rope is not None else None
+        self.scale = spec.scale if spec.scale is not None else D**-0.5
+
+    def __call__(self, x, cache):
+        # x: (B, T, hidden)
+        B, T, _ = x.shape
+        s = self.spec
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if s.qk_norm == "proj":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.reshape(B, T, s.n_heads, s.head_dim).transpose(0, 2, 1, 3)  # (B, H, T, D)
+        k = k.reshape(B, T, s.n_kv_heads, s.head_dim).transpose(0, 2, 1, 3)  # (B, Hkv, T, D)
+        v = v.reshape(B, T, s.n_kv_heads, s.head_dim).transpose(0, 2, 1, 3)
+        if s.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        elif s.qk_norm == "l2":
+            q, k = l2_norm(q, s.qk_norm_eps), l2_norm(k, s.qk_norm_eps)
+        if self.rope is not None:
+            q, k = self.rope(q, cache.offset), self.rope(k, cache.offset)
+        mask = cache.mask(T)
+        k, v = cache.update_and_fetch(k, v)
+        out = attend(q, k, v, self.scale, mask, s.softcap)  # (B, H, T, D)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))

@@ -1,0 +1,335 @@
+"""Tokenizers for model folders: text <-> ids, streaming detokenization, chat prompts.
+
+Two backends cover the decoder family: Hugging Face `tokenizer.json` (run by `tokenizers`)
+and Meta's Llama 3 tiktoken files (`original/tokenizer.model`). One `Tokenizer` hides which
+one a folder has. transformers is the test oracle but is not imported here: loading stays
+fast, and nothing from the folder is ever executed (the config's tokenizer class, auto_map
+and trust_remote_code are ignored; only JSON, tiktoken text and Jinja templates are read).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from pathlib import Path
+from typing import Callable
+
+from mlxmodels import chat_template
+
+_SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer folder or chat template we cannot use; the message says what to do."""
+
+
+# ---------------------------------------------------------------- backends
+
+
+class _HFBackend:
+    """tokenizer.json via the `tokenizers` library (BPE, byte-level, SentencePiece-style, ...)."""
+
+    eos_tokens: tuple[str, ...] = ()  # the folder's configs name them
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer as RustTokenizer
+
+        try:
+            self.tk = RustTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises bare Exception for bad JSON and unknown types
+            raise TokenizerError(
+                f"cannot read {path}: {e}. The file is damaged or too new for tokenizers "
+                f"(installed {_version('tokenizers')}): download it again or upgrade tokenizers."
+            ) from None
+        self.vocab_size = self.tk.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self.tk.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
+        return self.tk.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tk.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.tk.id_to_token(token_id)
+
+    def set_bos_eos(self, bos: str | None, eos: str | None) -> None:
+        """Add BOS/EOS on encode, for a tokenizer.json without a post-processor.
+
+        transformers 5 then adds nothing; transformers 4 (which wrote such files) followed the
+        config's add_bos_token/add_eos_token, as the model was trained, so we do too.
+        """
+        from tokenizers.processors import TemplateProcessing
+
+        bos, eos = (t if t and self.tk.token_to_id(t) is not None else None for t in (bos, eos))
+        single = " ".join(t for t in (bos, "$A", eos) if t)
+        specials = [(t, self.tk.token_to_id(t)) for t in (bos, eos) if t]
+        self.tk.post_processor = TemplateProcessing(single=single, special_tokens=specials)
+
+
+# Meta's llama3 tokenizer.py: the split pattern, and 256 special tokens numbered after the BPE ranks.
+_LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA3_SPECIALS = [
+    "<|begin_of_text|>", "<|end_of_text|>",
+    "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+    "<|reserved_special_token_2|>", "<|reserved_special_token_3|>",
+    "<|start_header_id|>", "<|end_header_id|>",
+    "<|reserved_special_token_4|>", "<|eot_id|>",
+] + [f"<|reserved_special_token_{i}|>" for i in range(5, 256 - 5)]
+
+
+class _TiktokenBackend:
+    """Meta's Llama 3 tokenizer: tiktoken BPE ranks, Llama 3 pattern and special tokens, BOS on encode."""
+
+    bos_token = "<|begin_of_text|>"
+    eos_tokens = ("<|end_of_text|>", "<|eot_id|>")
+
+    def __init__(self, ranks: dict[bytes, int], path: Path):
+        import tiktoken
+
+        self.ranks = ranks
+        self.specials = {t: len(ranks) + i for i, t in enumerate(_LLAMA3_SPECIALS)}
+        self.special_ids = set(self.specials.values())
+        self.names = {i: t for t, i in self.specials.items()}
+        self.vocab_size = len(ranks) + len(self.specials)
+        try:
+            self.enc = tiktoken.Encoding(str(path), pat_str=_LLAMA3_PATTERN, mergeable_ranks=ranks,
+                                         special_tokens=self.specials)
+        except ValueError as e:
+            raise TokenizerError(f"{path} is not a valid tiktoken BPE file ({e}); download it again.") from None
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        # Special-token text is encoded as the special token, as Hugging Face tokenizers do.
+        ids = self.enc.encode(text, allowed_special="all")
+        return [self.specials[self.bos_token], *ids] if add_special_tokens else ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self.special_ids]
+        return self.enc.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.specials.get(token, self.ranks.get(token.encode()))
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.names.get(token_id)
+
+
+def _read_tiktoken(path: Path) -> dict[bytes, int] | None:
+    """The ranks of a `<base64 token> <rank>` file; None when it is something else (a SentencePiece protobuf)."""
+    ranks: dict[bytes, int] = {}
+    for n, line in enumerate(_read_bytes(path).splitlines(), 1):
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except (ValueError, binascii.Error):
+            if n == 1:
+                return None
+            raise TokenizerError(f"{path} line {n} is not '<base64 token> <rank>': the file is damaged; "
+                                 "download it again.") from None
+    return ranks or None
+
+
+# ---------------------------------------------------------------- the tokenizer
+
+
+class Tokenizer:
+    """Encode, decode, stream and render chat prompts, the same way for every backend."""
+
+    def __init__(self, backend, *, special_tokens: dict[str, str], eos_token_ids: set[int],
+                 chat_template: str | None):
+        self._backend = backend
+        self._special_tokens = special_tokens  # bos_token, eos_token, ... as text, for templates
+        self.bos_token_id = self.token_to_id(special_tokens.get("bos_token"))
+        self.eos_token_ids = eos_token_ids
+        self.chat_template = chat_template
+
+    @property
+    def vocab_size(self) -> int:
+        """Every id the tokenizer can produce, added tokens included (transformers' len(tokenizer))."""
+        return self._backend.vocab_size
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.chat_template is not None
+
+    def token_to_id(self, token: str | None) -> int | None:
+        return None if token is None else self._backend.token_to_id(token)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._backend.encode(text, add_special_tokens)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self._backend.decode(list(ids), skip_special_tokens)
+
+    def detokenizer(self, skip_special_tokens: bool = False) -> StreamingDetokenizer:
+        return StreamingDetokenizer(lambda ids: self._backend.decode(ids, skip_special_tokens))
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            tokenize: bool = False, **kwargs) -> str | list[int]:
+        """The prompt text (or its ids) for `messages`; extra kwargs (tools=, ...) reach the template.
+
+        As in transformers, `tools` and `documents` default to None, and ids are encoded without
+        adding BOS again (the template writes it).
+        """
+        if self.chat_template is None:
+            raise TokenizerError("this model has no chat template (none in tokenizer_config.json, "
+                                 "chat_template.jinja or chat_template.json): prompt it with plain text.")
+        context = {"tools": None, "documents": None, **self._special_tokens, **kwargs}
+        try:
+            text = chat_template.render(self.chat_template, messages=messages,
+                                        add_generation_prompt=add_generation_prompt, **context)
+        except Exception as e:  # syntax errors, raise_exception(), sandbox violations, type errors
+            raise TokenizerError(f"the chat template failed: {type(e).__name__}: {e}") from None
+        return self.encode(text, add_special_tokens=False) if tokenize else text
+
+
+class StreamingDetokenizer:
+    """Turns generated ids into text as they arrive, never emitting half a character.
+
+    Decoding token by token is wrong twice over: byte-level BPE splits characters across tokens,
+    and SentencePiece decoders drop the leading space of whichever token comes first. So each step
+    decodes a short window, `context` tokens whose text is already out plus the pending ones, and
+    emits what the pending ones add. Text ending in U+FFFD waits for the bytes that complete it.
+    The window restarts after each emission, so the cost per token stays constant, and the pieces
+    add up to decode(all ids).
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]):
+        self._decode = decode
+        self._tokens: list[int] = []  # context tokens, then pending ones
+        self._context = 0
+        self._context_text = ""
+        self._text = ""
+
+    @property
+    def text(self) -> str:
+        """Everything emitted so far."""
+        return self._text
+
+    def add_token(self, token_id: int) -> str:
+        """The newly completed text (may be "")."""
+        self._tokens.append(token_id)
+        text = self._decode(self._tokens)
+        if text.endswith("\ufffd") or len(text) <= len(self._context_text):
+            return ""
+        return self._emit(text)
+
+    def finalize(self) -> str:
+        """Whatever is still pending, incomplete characters included (as U+FFFD)."""
+        if len(self._tokens) == self._context:
+            return ""
+        return self._emit(self._decode(self._tokens))
+
+    def _emit(self, text: str) -> str:
+        piece = text[len(self._context_text) :]
+        self._tokens = self._tokens[self._context :]
+        self._context = len(self._tokens)
+        self._context_text = self._decode(self._tokens)
+        self._text += piece
+        return piece
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_tokenizer(folder: Path | str) -> Tokenizer | None:
+    """The tokenizer of a model folder; None if the folder has no tokenizer files at all."""
+    folder = Path(folder)
+    config = {**_read_json(folder / "special_tokens_map.json"), **_read_json(folder / "tokenizer_config.json")}
+    tiktoken_files = [p for p in (folder / "tokenizer.model", folder / "original" / "tokenizer.model") if p.is_file()]
+    special = {name: t for name in _SPECIAL_NAMES if (t := _token_text(config.get(name))) is not None}
+
+    if (folder / "tokenizer.json").is_file():
+        backend = _HFBackend(folder / "tokenizer.json")
+        if backend.tk.post_processor is None:  # else it decides, as in transformers 5
+            backend.set_bos_eos(special.get("bos_token") if config.get("add_bos_token") else None,
+                                special.get("eos_token") if config.get("add_eos_token") else None)
+        default_template = None
+    elif tiktoken_files:
+        ranks = next(filter(None, map(_read_tiktoken, tiktoken_files)), None)
+        if ranks is None:
+            raise TokenizerError(f"{tiktoken_files[0]} is a SentencePiece model, which mlxmodels does not read: "
+                                 "provide tokenizer.json (e.g. save the tokenizer with transformers' "
+                                 "save_pretrained, or download it from the model's Hub repo).")
+        backend = _TiktokenBackend(ranks, tiktoken_files[0])
+        special.setdefault("bos_token", backend.bos_token)
+        special.setdefault("eos_token", backend.eos_tokens[0])
+        default_template = chat_template.LLAMA3_TEMPLATE
+    elif config:
+        raise TokenizerError(f"{folder} has tokenizer_config.json but no tokenizer.json: add the model's "
+                             "tokenizer.json (download it from the model's Hub repo).")
+    else:
+        return None
+
+    generation = _read_json(folder / "generation_config.json")
+    model = _read_json(folder / "config.json")
+    if "bos_token" not in special:  # a bare tokenizer.json: take BOS from the model's configs
+        bos_id = _ids(generation.get("bos_token_id")) or _ids(model.get("bos_token_id"))
+        if bos_id and (token := backend.id_to_token(min(bos_id))) is not None:
+            special["bos_token"] = token
+
+    eos = {backend.token_to_id(t) for t in (special.get("eos_token"), *backend.eos_tokens) if t}
+    for cfg in (generation, model, model.get("text_config") or {}):
+        eos |= _ids(cfg.get("eos_token_id"))
+    eos.discard(None)
+
+    template = _read_template(folder, config) or default_template
+    return Tokenizer(backend, special_tokens=special, eos_token_ids=eos, chat_template=template)
+
+
+def _read_template(folder: Path, config: dict) -> str | None:
+    """The default chat template: chat_template.jinja, then chat_template.json, then tokenizer_config.json."""
+    if (folder / "chat_template.jinja").is_file():
+        return _read_bytes(folder / "chat_template.jinja").decode("utf-8", errors="replace")
+    template = _read_json(folder / "chat_template.json").get("chat_template") or config.get("chat_template")
+    if isinstance(template, list):  # [{"name": ..., "template": ...}]: the one named "default", else the first
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    return template if isinstance(template, str) and template else None
+
+
+def _token_text(value) -> str | None:
+    """Special tokens are saved as text or as {"content": text, ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _ids(value) -> set[int]:
+    """eos_token_id-style values: an int, a list of ints, or null."""
+    values = value if isinstance(value, list) else [value]
+    return {v for v in values if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise TokenizerError(f"cannot read {path}: {e.strerror or e}. Check the file's permissions, "
+                             "or download the model again.") from None
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object file, {} if absent; a damaged file is an error naming it."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(_read_bytes(path))
+    except ValueError as e:
+        raise TokenizerError(f"{path} is not valid JSON ({e}): download it again.") from None
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path} should hold a JSON object, not {type(data).__name__}: download it again.")
+    return data
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)

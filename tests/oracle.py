@@ -1,0 +1,49 @@
+"""Hugging Face transformers as the oracle: tiny random models built in the test, saved as float32 safetensors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+
+def randomize(model: torch.nn.Module, seed: int):
+    """Weights far from their init (norm weights not 1, biases not 0) so that every tensor matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+            else:
+                p.add_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def build_hf(model_type: str, folder: Path, seed: int = 0, **config):
+    """-> (transformers model in float32, eval mode), saved to folder."""
+    cfg = AutoConfig.for_model(model_type, **config)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    randomize(model, seed)
+    model.save_pretrained(folder, safe_serialization=True)
+    return model
+
+
+def hf_logits(model, ids: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor(ids, dtype=torch.long)).logits.float().numpy()
+
+
+def hf_greedy(model, ids: np.ndarray, n: int) -> list:
+    with torch.no_grad():
+        out = model.generate(torch.tensor(ids, dtype=torch.long), max_new_tokens=n, do_sample=False,
+                             min_new_tokens=n, eos_token_id=None, pad_token_id=0)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def edit_config(folder: Path, fn):
+    path = Path(folder) / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg = fn(cfg) or cfg
+    path.write_text(json.dumps(cfg, indent=2))
+    return cfg

@@ -1,0 +1,484 @@
+"""Tokenizer tests: tokenizers built here (byte-level BPE, SentencePiece-style, tiktoken), transformers as oracle."""
+
+import base64
+import json
+from datetime import datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer as RustTokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from mlxmodels.tokenizer import StreamingDetokenizer, TokenizerError, load_tokenizer
+
+FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"  # man ZWJ woman ZWJ girl ZWJ boy
+TEXTS = [
+    "Hello, world! The quick brown fox jumps over the lazy dog.",
+    "Größenwahn: Über die Brücke gehen Äpfel, Öl und Straße.",
+    "你好，世界！我们今天去图书馆看书。",
+    "こんにちは世界。東京は今日も晴れです。カタカナとひらがな。",
+    "مرحبا بالعالم، كيف حالك اليوم؟",
+    f"Family {FAMILY}, flags 🇩🇪🇯🇵, thumbs 👍🏽, heart ❤️.",
+    "Combining: e\u0301 a\u0308 n\u0303, Zalgo Z\u0351\u0364a\u0307l\u0350g\u0357o.",
+    "def f(x):\n    return x ** 2  # tab\there\r\nend",
+    "Numbers 1234567890, pi 3.14159, prices €12,50 and ¥500.",
+]
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+CHATML_SPECIALS = ["<|im_start|>", "<|im_end|>"]
+
+LLAMA3_LIKE_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+CHATML_TEMPLATE = """{%- if tools %}
+<|im_start|>system
+You may call these tools:
+{%- for tool in tools %}
+{{ tool | tojson }}
+{%- endfor %}<|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message.role not in ['system', 'user', 'assistant'] %}{{ raise_exception('unknown role ' + message.role) }}{% endif %}
+<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% endfor %}
+{%- if add_generation_prompt %}
+<|im_start|>assistant
+{% endif %}"""
+MESSAGES = [
+    {"role": "system", "content": "Du bist hilfsbereit. 🙂"},
+    {"role": "user", "content": "  Wie ist das Wetter in München? 天气如何？  "},
+    {"role": "assistant", "content": "Sonnig ☀️."},
+    {"role": "user", "content": "Und morgen?"},
+]
+TOOLS = [{"type": "function", "function": {"name": "wetter", "description": "Wetter für einen Ort – z. B. Köln",
+                                           "parameters": {"type": "object", "properties": {"ort": {"type": "string"}}}}}]
+
+
+# ---------------------------------------------------------------- building tokenizers
+
+
+def _byte_level() -> RustTokenizer:
+    """GPT-2/Llama 3-style byte-level BPE; a small vocabulary splits emoji and CJK over several tokens."""
+    tk = RustTokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=LLAMA3_SPECIALS + CHATML_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(TEXTS * 4, trainer)
+    bos = "<|begin_of_text|>"
+    tk.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tk.token_to_id(bos))])
+    return tk
+
+
+def _with_byte_fallback(tk: RustTokenizer) -> RustTokenizer:
+    """Add SentencePiece's <0xXX> tokens, so characters outside the small alphabet still encode."""
+    data = json.loads(tk.to_str())
+    vocab = data["model"]["vocab"]
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    data["model"]["byte_fallback"] = True
+    return RustTokenizer.from_str(json.dumps(data))
+
+
+def _llama2_style() -> RustTokenizer:
+    """Llama 2/Mistral-style: '▁' for spaces via the normalizer, byte fallback, Strip decoder; no post-processor."""
+    tk = RustTokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], limit_alphabet=50,
+                                  show_progress=False)
+    tk.train_from_iterator(TEXTS * 4, trainer)
+    return _with_byte_fallback(tk)
+
+
+def _metaspace_unigram() -> RustTokenizer:
+    """SentencePiece Unigram with Metaspace pre-tokenizer and decoder (T5/ALBERT-style), BOS by post-processor."""
+    tk = RustTokenizer(models.Unigram())
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], unk_token="<unk>",
+                                      show_progress=False)
+    tk.train_from_iterator(TEXTS * 4, trainer)
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))])
+    return tk
+
+
+def _save(folder, tk, tokenizer_config, **files):
+    folder.mkdir()
+    tk.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "TokenizersBackend", **tokenizer_config}))
+    for name, content in files.items():
+        (folder / f"{name}.json").write_text(json.dumps(content))
+    return folder
+
+
+def _tiktoken_lines(tk: RustTokenizer) -> str:
+    """The byte-level BPE's vocabulary as a Llama 3 'original/tokenizer.model' (merge order = rank order)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    to_byte = {c: b for b, c in bytes_to_unicode().items()}
+    vocab = sorted((i, t) for t, i in tk.get_vocab(with_added_tokens=False).items() if not t.startswith("<|"))
+    tokens = [bytes(to_byte[c] for c in t) for _, t in vocab]
+    return "".join(f"{base64.b64encode(t).decode()} {rank}\n" for rank, t in enumerate(tokens))
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tokenizers")
+    byte_level = _byte_level()
+    chatml = RustTokenizer.from_str(byte_level.to_str())
+    chatml.post_processor = processors.ByteLevel(trim_offsets=False)  # Qwen-style: no BOS
+    tiktoken_dir = root / "tiktoken"
+    (tiktoken_dir / "original").mkdir(parents=True)
+    (tiktoken_dir / "original" / "tokenizer.model").write_text(_tiktoken_lines(byte_level))
+    return {
+        "llama3": _save(root / "llama3", byte_level,
+                        {"bos_token": "<|begin_of_text|>", "eos_token": {"__type": "AddedToken", "content": "<|eot_id|>", "lstrip": False,
+                                       "normalized": False, "rstrip": False, "single_word": False, "special": True},
+                         "chat_template": LLAMA3_LIKE_TEMPLATE, "clean_up_tokenization_spaces": False},
+                        generation_config={"eos_token_id": [byte_level.token_to_id("<|end_of_text|>"),
+                                                            byte_level.token_to_id("<|eot_id|>")]}),
+        "chatml": _save(root / "chatml", chatml,
+                        {"bos_token": None, "eos_token": "<|im_end|>", "add_bos_token": False,
+                         "chat_template": CHATML_TEMPLATE},
+                        config={"eos_token_id": byte_level.token_to_id("<|end_of_text|>")}),
+        "llama2": _save(root / "llama2", _llama2_style(),
+                        {"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True}),
+        "unigram": _save(root / "unigram", _metaspace_unigram(), {"bos_token": "<s>", "eos_token": "</s>"}),
+        "tiktoken": tiktoken_dir,
+    }
+
+
+@pytest.fixture(scope="module")
+def toks(folders):
+    return {name: load_tokenizer(path) for name, path in folders.items()}
+
+
+@pytest.fixture(scope="module")
+def hf(folders):
+    """transformers' view of the same folders: the oracle."""
+    from transformers import AutoTokenizer
+
+    return {name: AutoTokenizer.from_pretrained(str(folders[name])) for name in ("llama3", "chatml", "unigram")}
+
+
+def _stream(tok, ids, **kw):
+    det = tok.detokenizer(**kw)
+    pieces = [det.add_token(i) for i in ids]
+    pieces.append(det.finalize())
+    assert det.text == "".join(pieces)
+    return pieces
+
+
+# ---------------------------------------------------------------- encode / decode
+
+
+@pytest.mark.parametrize("name", ["llama3", "chatml", "llama2", "tiktoken"])
+def test_round_trip(toks, name):
+    tok = toks[name]
+    for text in TEXTS + [" leading space", "two  spaces\n\nand newlines  "]:
+        assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+        assert tok.decode(tok.encode(text), skip_special_tokens=True) == text
+
+
+def test_unigram_round_trip_on_its_alphabet(toks):
+    for text in TEXTS:
+        assert toks["unigram"].decode(toks["unigram"].encode(text), skip_special_tokens=True) == text
+
+
+@pytest.mark.parametrize("name", ["llama3", "chatml", "unigram"])
+def test_matches_transformers(toks, hf, name):
+    tok, ref = toks[name], hf[name]
+    for text in TEXTS + ["<|im_start|>user\nhi<|im_end|>", "<s> x </s>"]:
+        ids = tok.encode(text)
+        assert ids == ref(text)["input_ids"]
+        assert tok.encode(text, add_special_tokens=False) == ref(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == ref.decode(ids)
+        assert tok.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True)
+    assert tok.vocab_size == len(ref)
+
+
+def test_tiktoken_matches_transformers_conversion(folders, toks):
+    """transformers' TikTokenConverter turns the same file into a tokenizers BPE with Llama 3's pattern."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from mlxmodels.tokenizer import _LLAMA3_SPECIALS
+
+    ref = TikTokenConverter(str(folders["tiktoken"] / "original" / "tokenizer.model"),
+                            extra_special_tokens=_LLAMA3_SPECIALS).converted()
+    tok = toks["tiktoken"]
+    for text in TEXTS + ["<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"]:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert ids == ref.encode(text, add_special_tokens=False).ids
+        assert tok.decode(ids) == ref.decode(ids, skip_special_tokens=False)
+
+
+def test_bos_and_eos(toks, hf):
+    llama3, chatml, llama2, unigram = toks["llama3"], toks["chatml"], toks["llama2"], toks["unigram"]
+    bot, eot, eoft = (llama3.token_to_id(t) for t in ("<|begin_of_text|>", "<|eot_id|>", "<|end_of_text|>"))
+    assert llama3.bos_token_id == bot and llama3.encode("hi")[0] == bot and llama3.encode("hi", False)[0] != bot
+    assert llama3.eos_token_ids == {eot, eoft}  # tokenizer_config (a dict) + generation_config (a list)
+    # The tokenizer.json post-processor adds nothing here, and add_bos_token: false agrees.
+    assert chatml.bos_token_id is None and bot not in chatml.encode("hi")
+    assert chatml.eos_token_ids == {chatml.token_to_id("<|im_end|>"), eoft}  # + config.json's int
+    # No post-processor: add_bos_token decides (transformers 4 semantics; transformers 5 would add nothing).
+    assert llama2.bos_token_id == llama2.token_to_id("<s>") == 1
+    assert llama2.encode("hi")[0] == 1 and 1 not in llama2.encode("hi", add_special_tokens=False)
+    assert llama2.eos_token_ids == {2}
+    assert unigram.encode("hi")[0] == unigram.bos_token_id == hf["unigram"].bos_token_id
+
+
+def test_tiktoken_layout(toks):
+    """Meta's llama3 tokenizer.py numbers its 256 special tokens right after the BPE ranks."""
+    tok = toks["tiktoken"]
+    n = tok.vocab_size - 256
+    expected = {"<|begin_of_text|>": 0, "<|end_of_text|>": 1, "<|reserved_special_token_0|>": 2,
+                "<|reserved_special_token_3|>": 5, "<|start_header_id|>": 6, "<|end_header_id|>": 7,
+                "<|reserved_special_token_4|>": 8, "<|eot_id|>": 9, "<|reserved_special_token_5|>": 10,
+                "<|reserved_special_token_250|>": 255}
+    assert {t: tok.token_to_id(t) - n for t in expected} == expected
+    assert tok.bos_token_id == n and tok.eos_token_ids == {n + 1, n + 9}
+    assert tok.encode("hi")[0] == n and tok.encode("hi", add_special_tokens=False)[0] != n
+    assert tok.encode("<|eot_id|>", add_special_tokens=False) == [n + 9]
+    assert tok.decode([n, *tok.encode("hi", False), n + 9], skip_special_tokens=True) == "hi"
+
+
+# ---------------------------------------------------------------- streaming
+
+
+@pytest.mark.parametrize("name", ["llama3", "llama2", "unigram", "tiktoken"])
+def test_streaming_equals_decode(toks, name):
+    tok = toks[name]
+    for text in TEXTS + [FAMILY * 3, "🦄𝄞 ümlaut " + FAMILY]:
+        ids = tok.encode(text)
+        pieces = _stream(tok, ids)
+        assert "".join(pieces) == tok.decode(ids)
+        assert not any("\ufffd" in p for p in pieces)
+        assert pieces[-1] == ""  # valid text is out before finalize
+        assert "".join(_stream(tok, ids, skip_special_tokens=True)) == tok.decode(ids, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("name", ["llama3", "llama2", "tiktoken"])
+def test_streaming_emoji_split_over_tokens(toks, name):
+    tok = toks[name]
+    ids = tok.encode(FAMILY, add_special_tokens=False)
+    assert len(ids) > 4 and any("\ufffd" in tok.decode(ids[:k]) for k in range(len(ids)))  # characters split
+    pieces = _stream(tok, ids)
+    assert "".join(pieces) == FAMILY and all("\ufffd" not in p for p in pieces)
+    assert sum(bool(p) for p in pieces) > 1  # emitted as characters complete, not all at the end
+
+
+def test_streaming_keeps_metaspace_spaces(toks):
+    for name in ("llama2", "unigram"):
+        tok = toks[name]
+        ids = tok.encode("Hello world the fox", add_special_tokens=False)
+        assert "".join(_stream(tok, ids)) == "Hello world the fox"
+
+
+def test_streaming_window_stays_small():
+    """Each step decodes a few recent tokens, not the whole sequence."""
+    seen = []
+
+    def decode(ids):
+        seen.append(len(ids))
+        return "".join(chr(65 + i % 26) for i in ids)
+
+    det = StreamingDetokenizer(decode)
+    out = "".join(det.add_token(i) for i in range(5000)) + det.finalize()
+    assert out == decode(list(range(5000))) and max(seen[:-1]) <= 2
+
+
+def test_streaming_holds_incomplete_characters():
+    """Bytes of one character come out together, once the last one arrives."""
+    det = StreamingDetokenizer(lambda ids: bytes(ids).decode("utf-8", errors="replace"))
+    assert [det.add_token(b) for b in "中a🙂".encode()] == ["", "", "中", "a", "", "", "", "🙂"]
+    assert det.finalize() == "" and det.text == "中a🙂"
+    det = StreamingDetokenizer(lambda ids: bytes(ids).decode("utf-8", errors="replace"))
+    assert [det.add_token(b) for b in b"x\xe4\xb8"] == ["x", "", ""]
+    assert det.finalize() == "\ufffd" and det.text == "x\ufffd"  # an unfinished character is flushed as U+FFFD
+
+
+_settings = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.mark.parametrize("name", ["llama3", "llama2", "unigram", "tiktoken"])
+@_settings
+@given(data=st.data())
+def test_streaming_any_ids(toks, name, data):
+    """For any id sequence (broken UTF-8 included), the pieces add up to decode()."""
+    tok = toks[name]
+    ids = data.draw(st.lists(st.integers(0, tok.vocab_size - 1), max_size=40))
+    assert "".join(_stream(tok, ids)) == tok.decode(ids)
+
+
+@pytest.mark.parametrize("name", ["llama3", "llama2", "tiktoken"])
+@_settings
+@given(text=st.text(st.characters(exclude_categories=("Cs",)), max_size=30)
+       | st.lists(st.sampled_from([FAMILY, "👍🏽", "🇩🇪", "e\u0301", "中", "ö", " ", "a", "\n"]), max_size=12).map("".join))
+def test_streaming_valid_text(toks, name, text):
+    """Valid text streams without U+FFFD pieces and round-trips exactly."""
+    tok = toks[name]
+    pieces = _stream(tok, tok.encode(text, add_special_tokens=False))
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+# ---------------------------------------------------------------- chat templates
+
+
+def test_llama3_like_template(toks, hf):
+    tok = toks["llama3"]
+    text = tok.apply_chat_template(MESSAGES)
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nDu bist hilfsbereit. 🙂<|eot_id|>")
+    assert "<|start_header_id|>user<|end_header_id|>\n\nWie ist das Wetter in München? 天气如何？<|eot_id|>" in text
+    assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    for gen in (True, False):
+        ours = tok.apply_chat_template(MESSAGES, add_generation_prompt=gen)
+        assert ours == hf["llama3"].apply_chat_template(MESSAGES, add_generation_prompt=gen, tokenize=False)
+    ids = tok.apply_chat_template(MESSAGES, tokenize=True)
+    assert ids == hf["llama3"].apply_chat_template(MESSAGES, add_generation_prompt=True, return_dict=False)
+    assert ids.count(tok.bos_token_id) == 1 and tok.decode(ids) == text
+
+
+def test_chatml_template_with_tools(toks, hf):
+    tok = toks["chatml"]
+    text = tok.apply_chat_template(MESSAGES, tools=TOOLS)
+    assert '"description": "Wetter für einen Ort – z. B. Köln"' in text  # tojson keeps non-ASCII
+    assert "<|im_start|>user\n  Wie ist das Wetter in München? 天气如何？  <|im_end|>\n" in text
+    assert text.endswith("<|im_start|>assistant\n")
+    for tools in (TOOLS, None):
+        ours = tok.apply_chat_template(MESSAGES, tools=tools)
+        assert ours == hf["chatml"].apply_chat_template(MESSAGES, tools=tools, add_generation_prompt=True,
+                                                        tokenize=False)
+    assert "You may call" not in tok.apply_chat_template(MESSAGES)
+    ids = tok.apply_chat_template(MESSAGES, tools=TOOLS, tokenize=True)
+    assert ids == hf["chatml"].apply_chat_template(MESSAGES, tools=TOOLS, add_generation_prompt=True, return_dict=False)
+    assert tok.decode(ids) == text
+
+
+def test_tiktoken_builtin_llama3_template(toks):
+    tok = toks["tiktoken"]
+    assert tok.has_chat_template
+    text = tok.apply_chat_template([{"role": "user", "content": " hi "}])
+    assert text == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    ids = tok.apply_chat_template([{"role": "user", "content": " hi "}], tokenize=True)
+    n = tok.vocab_size - 256
+    assert ids[:2] == [n, n + 6] and ids.count(n) == 1 and n + 9 in ids
+
+
+def _folder_with_template(tmp_path, template, **extra_files):
+    tmp_path.mkdir(exist_ok=True)
+    _byte_level().save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|eot_id|>", "chat_template": template}))
+    for name, content in extra_files.items():
+        (tmp_path / name).write_text(content)
+    return load_tokenizer(tmp_path)
+
+
+def test_template_sources(tmp_path):
+    named = [{"name": "tool_use", "template": "TOOLS"}, {"name": "default", "template": "DEFAULT"}]
+    assert _folder_with_template(tmp_path / "a", named).apply_chat_template([]) == "DEFAULT"
+    # transformers 5 saves chat_template.jinja (or chat_template.json); those win over tokenizer_config.json.
+    assert _folder_with_template(tmp_path / "b", "CONFIG", **{"chat_template.jinja": "JINJA"}).apply_chat_template([]) == "JINJA"
+    tok = _folder_with_template(tmp_path / "c", "CONFIG", **{"chat_template.json": json.dumps({"chat_template": "JSON"})})
+    assert tok.apply_chat_template([]) == "JSON"
+    none = _folder_with_template(tmp_path / "d", None)
+    assert not none.has_chat_template
+    with pytest.raises(TokenizerError, match="no chat template"):
+        none.apply_chat_template(MESSAGES)
+
+
+def test_template_globals_and_extensions(tmp_path):
+    template = ("{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}"
+                "{% generation %}[{{ m.content }}]{% endgeneration %}{% endfor %}"
+                "{{ strftime_now('%Y') }} {{ eos_token }} {{ {'k': 'ä'} | tojson }} {{ custom }}")
+    tok = _folder_with_template(tmp_path, template)
+    assert tok.apply_chat_template(MESSAGES, custom=42) == f"[Du bist hilfsbereit. 🙂]{datetime.now():%Y} <|eot_id|> {{\"k\": \"ä\"}} 42"
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{{ raise_exception('system messages are not supported') }}", "system messages are not supported"),
+    ("{% for m in messages %}", "TemplateSyntaxError"),
+    ("{{ ''.__class__.__mro__ }}", "unsafe"),
+    ("{{ messages.append(1) }}", "SecurityError"),
+    ("{{ raise_exception.__globals__ }}", "unsafe"),
+    ("{{ messages[0].content + 1 }}", "TypeError"),
+])
+def test_template_errors_and_sandbox(toks, template, message):
+    tok = toks["chatml"]
+    original, tok.chat_template = tok.chat_template, template
+    try:
+        with pytest.raises(TokenizerError, match=message):
+            tok.apply_chat_template(MESSAGES)
+    finally:
+        tok.chat_template = original
+
+
+def test_chatml_unknown_role_raises(toks):
+    with pytest.raises(TokenizerError, match="unknown role tool"):
+        toks["chatml"].apply_chat_template([{"role": "tool", "content": "x"}])
+
+
+# ---------------------------------------------------------------- folders and errors
+
+
+def test_no_tokenizer_files(tmp_path):
+    assert load_tokenizer(tmp_path) is None
+    (tmp_path / "config.json").write_text("{}")
+    assert load_tokenizer(tmp_path) is None
+
+
+def test_bad_files(tmp_path, folders):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": ')
+    with pytest.raises(TokenizerError, match=r"tokenizer\.json.*download it again"):
+        load_tokenizer(bad)
+
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "tokenizer.json").write_bytes((folders["llama3"] / "tokenizer.json").read_bytes())
+    (cfg / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(TokenizerError, match=r"tokenizer_config\.json is not valid JSON"):
+        load_tokenizer(cfg)
+    (cfg / "tokenizer_config.json").unlink()
+    (cfg / "tokenizer_config.json").mkdir()  # unreadable
+    with pytest.raises(TokenizerError, match=r"cannot read .*tokenizer_config\.json"):
+        load_tokenizer(cfg)
+
+    only_cfg = tmp_path / "only_cfg"
+    only_cfg.mkdir()
+    (only_cfg / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(TokenizerError, match="no tokenizer.json"):
+        load_tokenizer(only_cfg)
+
+
+def test_sentencepiece_model_needs_tokenizer_json(tmp_path):
+    # The first bytes of a real SentencePiece ModelProto: field 1 (pieces), a piece "<unk>" with score 0.
+    (tmp_path / "tokenizer.model").write_bytes(b"\n\x0b\n\x05<unk>\x15\x00\x00\x00\x00\x18\x02\n\x07\n\x03<s>\x15\x00")
+    with pytest.raises(TokenizerError, match="SentencePiece.*provide tokenizer.json"):
+        load_tokenizer(tmp_path)
+
+
+def test_damaged_tiktoken_file(tmp_path):
+    (tmp_path / "tokenizer.model").write_text("IQ== 0\nnot base64!! x\n")
+    with pytest.raises(TokenizerError, match="line 2"):
+        load_tokenizer(tmp_path)
+
+
+def test_never_runs_folder_code(tmp_path, folders):
+    """A config naming a custom class and auto_map loads as plain tokenizer.json; the module is never imported."""
+    (tmp_path / "tokenizer.json").write_bytes((folders["llama3"] / "tokenizer.json").read_bytes())
+    marker = tmp_path / "pwned"
+    (tmp_path / "tokenization_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "EvilTokenizer", "auto_map": {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]},
+        "trust_remote_code": True, "eos_token": "<|eot_id|>"}))
+    tok = load_tokenizer(tmp_path)
+    assert tok.decode(tok.encode("Größe")[1:]) == "Größe" and not marker.exists()
