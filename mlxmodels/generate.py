@@ -59,10 +59,13 @@ def _as_tokens(tokens: Union[Sequence[int], mx.array]) -> mx.array:
 
 
 def _cache_arrays(cache: List[Any]) -> List[mx.array]:
-    """The arrays a cache holds (its `.state`, mlx-lm style), for evaluating a chunk without its logits."""
+    """The arrays the caches hold (`.state` mlx-lm style, else their array attributes), so a prefill chunk
+    can be evaluated without its logits."""
     arrays: List[mx.array] = []
     for c in cache:
         state = getattr(c, "state", None)
+        if state is None:
+            state = getattr(c, "__dict__", None)
         arrays.extend(v for _, v in tree_flatten(state) if isinstance(v, mx.array))
     return arrays
 
@@ -78,7 +81,7 @@ def prefill(model: Any, tokens: Union[Sequence[int], mx.array], cache: List[Any]
 
     All but the last token go through in chunks of `step_size`, each evaluated through the cache state only:
     the output head never runs on them and memory stays bounded by one chunk. The last token runs alone,
-    so only its logits are computed. (A cache without `.state` makes us evaluate the chunk's logits instead.)
+    so only its logits are computed. (A cache holding no arrays we can see makes us evaluate the chunk's logits.)
     """
     if step_size < 1:
         raise ValueError(f"prefill step size must be >= 1, got {step_size}")
@@ -169,8 +172,20 @@ def _split_stop(text: str, stops: List[str]) -> Tuple[str, str, bool]:
     return text[:cut], text[cut:], False
 
 
+class _NoText:
+    """Detokenizer for tokenizer=None: token ids only, no text."""
+
+    def add_token(self, token: int) -> str:
+        return ""
+
+    def finalize(self) -> str:
+        return ""
+
+
 def _encode(tokenizer: Any, prompt: Union[str, Sequence[int], mx.array]) -> mx.array:
     if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ValueError("a text prompt needs a tokenizer; pass token ids when tokenizer is None")
         bos = getattr(tokenizer, "bos_token", None)  # a chat template may already have written BOS
         add_special = not (isinstance(bos, str) and bos and prompt.startswith(bos))
         prompt = tokenizer.encode(prompt, add_special_tokens=add_special)
@@ -210,6 +225,7 @@ def stream_generate(
     """Stream text pieces. Stops on any EOS id or stop string (neither is emitted) or after `max_tokens`.
 
     `prompt` is text (encoded here) or token ids; with a reused `cache`, pass only the tokens it lacks.
+    `tokenizer=None` streams token ids only (text is "", no EOS); it needs an id prompt and no stop strings.
     `sampler`/`logits_processors` override the ones built from the sampling arguments.
     """
     if max_tokens == 0 or max_tokens < -1:
@@ -224,7 +240,9 @@ def stream_generate(
     key = mx.random.key(seed) if seed is not None else None
     eos = frozenset(getattr(tokenizer, "eos_token_ids", None) or ())
     stops = [s for s in (stop or []) if s]
-    detokenizer = tokenizer.detokenizer()
+    if stops and tokenizer is None:
+        raise ValueError("stop strings need a tokenizer to turn tokens into text")
+    detokenizer = _NoText() if tokenizer is None else tokenizer.detokenizer()
     n_prompt = tokens.size
 
     _reset_peak()

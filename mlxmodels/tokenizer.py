@@ -110,8 +110,8 @@ class _TiktokenBackend:
         return [self.specials[self.bos_token], *ids] if add_special_tokens else ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
-        if skip_special_tokens:
-            ids = [i for i in ids if i not in self.special_ids]
+        # Like tokenizers, skip ids it does not know (a model's padded vocabulary can sample them).
+        ids = [i for i in ids if i < self.vocab_size and not (skip_special_tokens and i in self.special_ids)]
         return self.enc.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def token_to_id(self, token: str) -> int | None:
@@ -125,11 +125,13 @@ def _read_tiktoken(path: Path) -> dict[bytes, int] | None:
     """The ranks of a `<base64 token> <rank>` file; None when it is something else (a SentencePiece protobuf)."""
     ranks: dict[bytes, int] = {}
     for n, line in enumerate(_read_bytes(path).splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             token, rank = line.split()
             ranks[base64.b64decode(token, validate=True)] = int(rank)
         except (ValueError, binascii.Error):
-            if n == 1:
+            if not ranks:  # already the first line is something else
                 return None
             raise TokenizerError(f"{path} line {n} is not '<base64 token> <rank>': the file is damaged; "
                                  "download it again.") from None
@@ -198,7 +200,9 @@ class StreamingDetokenizer:
     decodes a short window, `context` tokens whose text is already out plus the pending ones, and
     emits what the pending ones add. Text ending in U+FFFD waits for the bytes that complete it.
     The window restarts after each emission, so the cost per token stays constant, and the pieces
-    add up to decode(all ids).
+    add up to decode(all ids). (One exception, on broken UTF-8 only: tokenizers' ByteFallback decoder
+    turns a whole run of byte tokens into U+FFFDs when the run is invalid, valid bytes included; the
+    stream has already shown those valid bytes.)
     """
 
     def __init__(self, decode: Callable[[list[int]], str]):
@@ -262,7 +266,7 @@ def load_tokenizer(folder: Path | str) -> Tokenizer | None:
         special.setdefault("bos_token", backend.bos_token)
         special.setdefault("eos_token", backend.eos_tokens[0])
         default_template = chat_template.LLAMA3_TEMPLATE
-    elif config:
+    elif (folder / "tokenizer_config.json").exists():
         raise TokenizerError(f"{folder} has tokenizer_config.json but no tokenizer.json: add the model's "
                              "tokenizer.json (download it from the model's Hub repo).")
     else:

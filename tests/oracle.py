@@ -41,9 +41,27 @@ def hf_greedy(model, ids: np.ndarray, n: int) -> list:
     return out[0, ids.shape[1]:].tolist()
 
 
+def save_byte_tokenizer(folder: Path, chat_template: str = None):
+    """A byte-level BPE tokenizer with no merges: ids 0-255 are bytes, then <pad>, <s>, </s> (vocab 259)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet, key=lambda c: ord(c)))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    if chat_template:
+        fast.chat_template = chat_template
+    fast.save_pretrained(folder)
+    return fast
+
+
 def edit_config(folder: Path, fn):
     path = Path(folder) / "config.json"
     cfg = json.loads(path.read_text())
-    cfg = fn(cfg) or cfg
+    new = fn(cfg)
+    cfg = new if isinstance(new, dict) else cfg
     path.write_text(json.dumps(cfg, indent=2))
     return cfg

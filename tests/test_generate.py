@@ -451,6 +451,27 @@ def test_bad_inputs_raise():
         list(stream_generate(model, TOK, [1], max_tokens=0))
     with pytest.raises(ValueError):
         prefill(model, [1, 2], model.make_cache(), 0)
+    with pytest.raises(ValueError):
+        list(stream_generate(model, None, "text needs a tokenizer", max_tokens=3))
+
+
+def test_without_tokenizer_streams_token_ids_only():
+    model = SumModel()
+    rs = list(stream_generate(model, None, [3, 17, 5], max_tokens=5))
+    want = [t for t, _ in generate_step(model, [3, 17, 5], model.make_cache(), max_tokens=5)]
+    assert [r.token for r in rs] == want and all(r.text == "" for r in rs) and rs[-1].finish_reason == "length"
+
+
+def test_prefill_evaluates_array_attributes_of_caches_without_state():
+    from mlxmodels.generate import _cache_arrays
+
+    class AttrCache:
+        def __init__(self):
+            self.offset, self.keys, self.values, self.extra = 3, mx.zeros((2,)), mx.ones((3,)), [mx.ones((1,))]
+
+    c = AttrCache()
+    got = _cache_arrays([c, PlainCache(), SumCache(4)])
+    assert len(got) == 4 and got[0] is c.keys and got[1] is c.values and got[3].shape == (1, 4)
 
 
 def test_matches_mlx_lm_on_a_tiny_llama_with_kv_cache():
