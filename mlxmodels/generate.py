@@ -59,15 +59,8 @@ def _as_tokens(tokens: Union[Sequence[int], mx.array]) -> mx.array:
 
 
 def _cache_arrays(cache: List[Any]) -> List[mx.array]:
-    """The arrays the caches hold (`.state` mlx-lm style, else their array attributes), so a prefill chunk
-    can be evaluated without its logits."""
-    arrays: List[mx.array] = []
-    for c in cache:
-        state = getattr(c, "state", None)
-        if state is None:
-            state = getattr(c, "__dict__", None)
-        arrays.extend(v for _, v in tree_flatten(state) if isinstance(v, mx.array))
-    return arrays
+    """The arrays the caches hold (their `.state`), so a prefill chunk can be evaluated without its logits."""
+    return [v for c in cache for _, v in tree_flatten(getattr(c, "state", None)) if isinstance(v, mx.array)]
 
 
 def _clear_cache() -> None:

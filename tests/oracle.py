@@ -35,8 +35,9 @@ def hf_logits(model, ids: np.ndarray) -> np.ndarray:
 
 
 def hf_greedy(model, ids: np.ndarray, n: int) -> list:
-    with torch.no_grad():
-        out = model.generate(torch.tensor(ids, dtype=torch.long), max_new_tokens=n, do_sample=False,
+    ids = torch.tensor(ids, dtype=torch.long)
+    with torch.no_grad():  # an explicit attention mask: no prompt token is taken for padding
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
                              min_new_tokens=n, eos_token_id=None, pad_token_id=0)
     return out[0, ids.shape[1]:].tolist()
 

@@ -462,16 +462,14 @@ def test_without_tokenizer_streams_token_ids_only():
     assert [r.token for r in rs] == want and all(r.text == "" for r in rs) and rs[-1].finish_reason == "length"
 
 
-def test_prefill_evaluates_array_attributes_of_caches_without_state():
+def test_prefill_evaluates_cache_state():
     from mlxmodels.generate import _cache_arrays
+    from mlxmodels.parts.cache import KVCache
 
-    class AttrCache:
-        def __init__(self):
-            self.offset, self.keys, self.values, self.extra = 3, mx.zeros((2,)), mx.ones((3,)), [mx.ones((1,))]
-
-    c = AttrCache()
+    c = KVCache()
+    c.update_and_fetch(mx.zeros((1, 2, 3, 4)), mx.ones((1, 2, 3, 4)))
     got = _cache_arrays([c, PlainCache(), SumCache(4)])
-    assert len(got) == 4 and got[0] is c.keys and got[1] is c.values and got[3].shape == (1, 4)
+    assert len(got) == 3 and got[0] is c.keys and got[1] is c.values and got[2].shape == (1, 4)
 
 
 def test_matches_mlx_lm_on_a_tiny_llama_with_kv_cache():

@@ -63,6 +63,10 @@ class KVCache:
         return n
 
     @property
+    def state(self):
+        return self.keys, self.values
+
+    @property
     def nbytes(self) -> int:
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
 
@@ -111,6 +115,10 @@ class RotatingKVCache:
         self._idx = 0 if self.keys.shape[2] == self.window else self.keys.shape[2]
         self.offset += T
         return k, v
+
+    @property
+    def state(self):
+        return self.keys, self.values
 
     @property
     def nbytes(self) -> int:
