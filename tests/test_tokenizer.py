@@ -1,6 +1,7 @@
 """Tokenizer tests: tokenizers built here (byte-level BPE, SentencePiece-style, tiktoken), transformers as oracle."""
 
 import base64
+import functools
 import json
 from datetime import datetime
 
@@ -30,7 +31,8 @@ CHATML_SPECIALS = ["<|im_start|>", "<|im_end|>"]
 LLAMA3_LIKE_TEMPLATE = (
     "{{- bos_token }}"
     "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
@@ -42,7 +44,9 @@ You may call these tools:
 {%- endfor %}<|im_end|>
 {% endif %}
 {%- for message in messages %}
-{%- if message.role not in ['system', 'user', 'assistant'] %}{{ raise_exception('unknown role ' + message.role) }}{% endif %}
+{%- if message.role not in ['system', 'user', 'assistant'] %}
+{{- raise_exception('unknown role ' + message.role) }}
+{%- endif %}
 <|im_start|>{{ message.role }}
 {{ message.content }}<|im_end|>
 {% endfor %}
@@ -55,13 +59,15 @@ MESSAGES = [
     {"role": "assistant", "content": "Sonnig ☀️."},
     {"role": "user", "content": "Und morgen?"},
 ]
-TOOLS = [{"type": "function", "function": {"name": "wetter", "description": "Wetter für einen Ort – z. B. Köln",
-                                           "parameters": {"type": "object", "properties": {"ort": {"type": "string"}}}}}]
+TOOLS = [{"type": "function", "function": {
+    "name": "wetter", "description": "Wetter für einen Ort – z. B. Köln",
+    "parameters": {"type": "object", "properties": {"ort": {"type": "string"}}}}}]
 
 
 # ---------------------------------------------------------------- building tokenizers
 
 
+@functools.cache
 def _byte_level() -> RustTokenizer:
     """GPT-2/Llama 3-style byte-level BPE; a small vocabulary splits emoji and CJK over several tokens."""
     tk = RustTokenizer(models.BPE())
@@ -112,7 +118,8 @@ def _metaspace_unigram() -> RustTokenizer:
 def _save(folder, tk, tokenizer_config, **files):
     folder.mkdir()
     tk.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "TokenizersBackend", **tokenizer_config}))
+    tokenizer_config = {"tokenizer_class": "TokenizersBackend", **tokenizer_config}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     for name, content in files.items():
         (folder / f"{name}.json").write_text(json.dumps(content))
     return folder
@@ -137,17 +144,18 @@ def folders(tmp_path_factory):
     tiktoken_dir = root / "tiktoken"
     (tiktoken_dir / "original").mkdir(parents=True)
     (tiktoken_dir / "original" / "tokenizer.model").write_text(_tiktoken_lines(byte_level))
+    eot = {"__type": "AddedToken", "content": "<|eot_id|>", "lstrip": False, "normalized": False, "rstrip": False,
+           "single_word": False, "special": True}  # older configs save special tokens as dicts
+    end_of_text, eot_id = byte_level.token_to_id("<|end_of_text|>"), byte_level.token_to_id("<|eot_id|>")
     return {
         "llama3": _save(root / "llama3", byte_level,
-                        {"bos_token": "<|begin_of_text|>", "eos_token": {"__type": "AddedToken", "content": "<|eot_id|>", "lstrip": False,
-                                       "normalized": False, "rstrip": False, "single_word": False, "special": True},
-                         "chat_template": LLAMA3_LIKE_TEMPLATE, "clean_up_tokenization_spaces": False},
-                        generation_config={"eos_token_id": [byte_level.token_to_id("<|end_of_text|>"),
-                                                            byte_level.token_to_id("<|eot_id|>")]}),
+                        {"bos_token": "<|begin_of_text|>", "eos_token": eot, "chat_template": LLAMA3_LIKE_TEMPLATE,
+                         "clean_up_tokenization_spaces": False},
+                        generation_config={"eos_token_id": [end_of_text, eot_id]}),
         "chatml": _save(root / "chatml", chatml,
                         {"bos_token": None, "eos_token": "<|im_end|>", "add_bos_token": False,
                          "chat_template": CHATML_TEMPLATE},
-                        config={"eos_token_id": byte_level.token_to_id("<|end_of_text|>")}),
+                        config={"eos_token_id": end_of_text}),
         "llama2": _save(root / "llama2", _llama2_style(),
                         {"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True}),
         "unigram": _save(root / "unigram", _metaspace_unigram(), {"bos_token": "<s>", "eos_token": "</s>"}),
@@ -165,7 +173,8 @@ def hf(folders):
     """transformers' view of the same folders: the oracle."""
     from transformers import AutoTokenizer
 
-    return {name: AutoTokenizer.from_pretrained(str(folders[name])) for name in ("llama3", "chatml", "llama2", "unigram")}
+    return {name: AutoTokenizer.from_pretrained(str(folders[name]))
+            for name in ("llama3", "chatml", "llama2", "unigram")}
 
 
 def _stream(tok, ids, **kw):
@@ -195,7 +204,7 @@ def test_unigram_round_trip_on_its_alphabet(toks):
 @pytest.mark.parametrize("name", ["llama3", "chatml", "llama2", "unigram"])
 def test_matches_transformers(toks, hf, name):
     tok, ref = toks[name], hf[name]
-    # Our one deliberate difference: a tokenizer.json without post-processor follows add_bos_token (see test_bos_and_eos).
+    # One deliberate difference: a tokenizer.json without post-processor follows add_bos_token (test_bos_and_eos).
     bos = [tok.bos_token_id] if name == "llama2" else []
     for text in TEXTS + ["<|im_start|>user\nhi<|im_end|>", "<s> x </s>"]:
         ids = tok.encode(text)
@@ -204,6 +213,16 @@ def test_matches_transformers(toks, hf, name):
         assert tok.decode(ids) == ref.decode(ids)
         assert tok.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True)
     assert tok.vocab_size == len(ref)
+
+
+def test_folder_saved_by_transformers(tmp_path, toks, hf):
+    """transformers 5 writes chat_template.jinja and its own tokenizer_config.json; we read them the same."""
+    hf["llama3"].save_pretrained(str(tmp_path))
+    assert (tmp_path / "chat_template.jinja").is_file()
+    tok, ref = load_tokenizer(tmp_path), toks["llama3"]
+    assert tok.apply_chat_template(MESSAGES) == ref.apply_chat_template(MESSAGES)
+    assert tok.encode(TEXTS[5]) == ref.encode(TEXTS[5]) and tok.bos_token_id == ref.bos_token_id
+    assert ref.eos_token_ids - tok.eos_token_ids == {ref.token_to_id("<|end_of_text|>")}  # not in tokenizer files
 
 
 def test_tiktoken_matches_transformers_conversion(folders, toks):
@@ -306,6 +325,7 @@ def test_streaming_holds_incomplete_characters():
     assert det.finalize() == "\ufffd" and det.text == "x\ufffd"  # an unfinished character is flushed as U+FFFD
 
 
+CHARS = st.characters(exclude_categories=("Cs",), exclude_characters="\ufffd")  # valid text; no genuine U+FFFD
 _settings = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -327,7 +347,7 @@ def test_streaming_any_ids_byte_fallback(toks, data):
     tok = toks["llama2"]
     byte_ids = {tok.token_to_id(f"<0x{b:02X}>") for b in range(256)}
     normal = st.integers(0, tok.vocab_size - 1).filter(lambda i: i not in byte_ids).map(lambda i: [i])
-    char = st.characters(exclude_categories=("Cs",), exclude_characters="\ufffd").map(lambda c: [tok.token_to_id(f"<0x{b:02X}>") for b in c.encode()])
+    char = CHARS.map(lambda c: [tok.token_to_id(f"<0x{b:02X}>") for b in c.encode()])
     ids = sum(data.draw(st.lists(normal | char, max_size=30)), [])
     pieces = _stream(tok, ids)
     assert "".join(pieces) == tok.decode(ids) and not any("\ufffd" in p for p in pieces)
@@ -335,8 +355,9 @@ def test_streaming_any_ids_byte_fallback(toks, data):
 
 @pytest.mark.parametrize("name", ["llama3", "llama2", "tiktoken"])
 @_settings
-@given(text=st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\ufffd"), max_size=30)
-       | st.lists(st.sampled_from([FAMILY, "👍🏽", "🇩🇪", "e\u0301", "中", "ö", " ", "a", "\n"]), max_size=12).map("".join))
+@given(text=st.text(CHARS, max_size=30)
+       | st.lists(st.sampled_from([FAMILY, "👍🏽", "🇩🇪", "e\u0301", "中", "ö", " ", "a", "\n"]), max_size=12)
+       .map("".join))
 def test_streaming_valid_text(toks, name, text):
     """Valid text streams without U+FFFD pieces and round-trips exactly."""
     tok = toks[name]
@@ -350,8 +371,9 @@ def test_streaming_valid_text(toks, name, text):
 def test_llama3_like_template(toks, hf):
     tok = toks["llama3"]
     text = tok.apply_chat_template(MESSAGES)
-    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nDu bist hilfsbereit. 🙂<|eot_id|>")
-    assert "<|start_header_id|>user<|end_header_id|>\n\nWie ist das Wetter in München? 天气如何？<|eot_id|>" in text
+    header = "<|start_header_id|>{}<|end_header_id|>\n\n".format
+    assert text.startswith("<|begin_of_text|>" + header("system") + "Du bist hilfsbereit. 🙂<|eot_id|>")
+    assert header("user") + "Wie ist das Wetter in München? 天气如何？<|eot_id|>" in text  # trimmed
     assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     for gen in (True, False):
         ours = tok.apply_chat_template(MESSAGES, add_generation_prompt=gen)
@@ -401,8 +423,9 @@ def test_template_sources(tmp_path):
     named = [{"name": "tool_use", "template": "TOOLS"}, {"name": "default", "template": "DEFAULT"}]
     assert _folder_with_template(tmp_path / "a", named).apply_chat_template([]) == "DEFAULT"
     # transformers 5 saves chat_template.jinja (or chat_template.json); those win over tokenizer_config.json.
-    assert _folder_with_template(tmp_path / "b", "CONFIG", **{"chat_template.jinja": "JINJA"}).apply_chat_template([]) == "JINJA"
-    tok = _folder_with_template(tmp_path / "c", "CONFIG", **{"chat_template.json": json.dumps({"chat_template": "JSON"})})
+    tok = _folder_with_template(tmp_path / "b", "CONFIG", **{"chat_template.jinja": "JINJA"})
+    assert tok.apply_chat_template([]) == "JINJA"
+    tok = _folder_with_template(tmp_path / "c", "CONFIG", **{"chat_template.json": '{"chat_template": "JSON"}'})
     assert tok.apply_chat_template([]) == "JSON"
     none = _folder_with_template(tmp_path / "d", None)
     assert not none.has_chat_template
@@ -415,7 +438,8 @@ def test_template_globals_and_extensions(tmp_path):
                 "{% generation %}[{{ m.content }}]{% endgeneration %}{% endfor %}"
                 "{{ strftime_now('%Y') }} {{ eos_token }} {{ {'k': 'ä'} | tojson }} {{ custom }}")
     tok = _folder_with_template(tmp_path, template)
-    assert tok.apply_chat_template(MESSAGES, custom=42) == f"[Du bist hilfsbereit. 🙂]{datetime.now():%Y} <|eot_id|> {{\"k\": \"ä\"}} 42"
+    expected = f'[Du bist hilfsbereit. 🙂]{datetime.now():%Y} <|eot_id|> {{"k": "ä"}} 42'
+    assert tok.apply_chat_template(MESSAGES, custom=42) == expected
 
 
 @pytest.mark.parametrize("template, message", [

@@ -1,32 +1,15 @@
 """Multi-head attention with grouped K/V heads (MHA, GQA, MQA are n_kv_heads = n_heads, < n_heads, = 1).
 
-Span (global, sliding window, chunked) lives in the cache and its mask; this part only projects, normalises,
-rotates and attends. Options set order of operations (QK-norm before RoPE), never a subclass.
+Span (global, sliding window, chunked) and the attention over what is cached live in the cache
+(`cache.attend`); this part only projects, normalises and rotates. Options set the order of operations
+(QK-norm before RoPE), never a subclass.
 """
 
-import mlx.core as mx
 import mlx.nn as nn
 
 from ..spec import AttnSpec, NormSpec
 from .norms import l2_norm, make_norm
 from .rope import RoPE
-
-
-def attend(q, k, v, scale: float, mask, softcap=None):
-    """q (B, H, T, D), k/v (B, Hkv, S, D) -> (B, H, T, Dv). mask: None | "causal" | bool (T, S)."""
-    if softcap is None:
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-    B, H, T, D = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
-    q = q.reshape(B, Hkv, H // Hkv, T, D)
-    scores = (q * scale) @ k[:, :, None].swapaxes(-1, -2)  # (B, Hkv, G, T, S)
-    scores = mx.tanh(scores / softcap) * softcap
-    if isinstance(mask, str):
-        mask = mx.arange(S)[None] <= mx.arange(S - T, S)[:, None]
-    if mask is not None:
-        scores = mx.where(mask, scores, mx.array(-mx.inf, scores.dtype))
-    weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(v.dtype)
-    return (weights @ v[:, :, None]).reshape(B, H, T, -1)
 
 
 class Attention(nn.Module):
@@ -62,7 +45,5 @@ class Attention(nn.Module):
             q, k = l2_norm(q, s.qk_norm_eps), l2_norm(k, s.qk_norm_eps)
         if self.rope is not None:
             q, k = self.rope(q, cache.offset), self.rope(k, cache.offset)
-        mask = cache.mask(T)
-        k, v = cache.update_and_fetch(k, v)
-        out = attend(q, k, v, self.scale, mask, s.softcap)  # (B, H, T, D)
+        out = cache.attend(q, k, v, self.scale, s.softcap)  # (B, H, T, D)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))

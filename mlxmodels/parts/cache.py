@@ -10,6 +10,7 @@ from typing import Optional
 import mlx.core as mx
 
 from ..spec import AttnSpec
+from .sdpa import attend
 
 
 def window_mask(q_start: int, T: int, k_start: int, S: int, window: Optional[int] = None, chunk: Optional[int] = None):
@@ -24,7 +25,17 @@ def window_mask(q_start: int, T: int, k_start: int, S: int, window: Optional[int
     return visible
 
 
-class KVCache:
+class Cache:
+    """What every KV cache offers a layer: store the new keys/values and attend over what it holds."""
+
+    def attend(self, q, k, v, scale: float, softcap=None):
+        # q: (B, H, T, D); k, v: (B, Hkv, T, D) for the T new tokens
+        mask = self.mask(q.shape[2])
+        k, v = self.update_and_fetch(k, v)
+        return attend(q, k, v, scale, mask, softcap)
+
+
+class KVCache(Cache):
     """Contiguous cache; grows in steps of `step` tokens so decode does not reallocate every token."""
 
     step = 256
@@ -71,7 +82,7 @@ class KVCache:
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
 
 
-class RotatingKVCache:
+class RotatingKVCache(Cache):
     """Sliding-window cache holding at most `window` tokens, so memory is bounded by the window.
 
     Decode writes one token into a ring buffer (slot order does not matter to attention: RoPE is already applied

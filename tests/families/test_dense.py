@@ -28,6 +28,8 @@ CASES = {
                                     rope_scaling=dict(rope_type="linear", factor=2.0)), None),
     "llama-dynamic": ("llama", dict(BASE, max_position_embeddings=32,
                                     rope_scaling=dict(rope_type="dynamic", factor=2.0)), None),
+    "llama-yarn": ("llama", dict(BASE, rope_scaling=dict(rope_type="yarn", factor=4.0,
+                                                          original_max_position_embeddings=16)), None),
     "mistral": ("mistral", dict(BASE, sliding_window=8), "ignores the sliding window"),
     "qwen2": ("qwen2", dict(BASE, num_key_value_heads=1), None),
     "qwen3": ("qwen3", dict(BASE, use_sliding_window=True, sliding_window=8, max_window_layers=1),
