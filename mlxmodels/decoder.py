@@ -13,12 +13,16 @@ from .parts.attention import Attention
 from .parts.block import DecoderBlock
 from .parts.cache import make_layer_cache
 from .parts.ffn import MLP
+from .parts.mla import MLA
+from .parts.moe import MoE
 from .parts.norms import make_norm
-from .spec import LayerSpec, ModelSpec
+from .spec import LayerSpec, MLASpec, ModelSpec, MoESpec
 
 
 def build_block(hidden: int, spec: LayerSpec) -> DecoderBlock:
-    return DecoderBlock(hidden, spec, Attention(hidden, spec.attn, spec.norm), MLP(hidden, spec.ffn))
+    attn = MLA(hidden, spec.attn) if isinstance(spec.attn, MLASpec) else Attention(hidden, spec.attn, spec.norm)
+    ffn = MoE(hidden, spec.ffn) if isinstance(spec.ffn, MoESpec) else MLP(hidden, spec.ffn)
+    return DecoderBlock(hidden, spec, attn, ffn)
 
 
 class Body(nn.Module):

@@ -55,6 +55,9 @@ class AttnSpec:
     softcap: Optional[float] = None  # tanh soft cap on scores (Gemma 2)
     qk_norm: Optional[QKNorm] = None  # head: RMSNorm per head; proj: over the whole projection; l2: no weight
     qk_norm_eps: float = 1e-6
+    qk_norm_after_rope: bool = False  # Llama 4 normalises the rotated q/k
+    # Llama 4 NoPE layers: q *= 1 + attn_scale * log1p(floor((pos + 1) / floor_scale)); (floor_scale, attn_scale)
+    temperature_tuning: Optional[tuple] = None
     bias: bool = False  # q/k/v projection bias
     o_bias: bool = False
 
@@ -68,11 +71,52 @@ class FFNSpec:
 
 
 @dataclass(frozen=True)
+class MLASpec:
+    """Multi-head latent attention (DeepSeek-V2/V3): K/V come from a compressed latent that is all the cache keeps."""
+
+    n_heads: int
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    rope: RopeSpec
+    q_lora_rank: Optional[int] = None  # None: q_proj straight from the hidden state (V2-Lite)
+    scale: Optional[float] = None  # None -> (qk_nope + qk_rope) ** -0.5
+    bias: bool = False  # q_a / kv_a / o projection bias
+    latent_eps: float = 1e-6  # q_a_layernorm / kv_a_layernorm
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """Routed experts (+ optional shared experts). Router semantics follow the families' reference code."""
+
+    n_experts: int
+    top_k: int
+    hidden: int  # per-expert intermediate size
+    act: Activation = "silu"
+    score: Literal["softmax", "sigmoid"] = "softmax"
+    norm_topk: bool = False  # renormalise the selected weights to sum to 1
+    n_group: Optional[int] = None  # group-limited routing: keep the best `topk_group` of `n_group` groups
+    topk_group: Optional[int] = None
+    group_score: Literal["max", "top2"] = "max"  # DeepSeek-V2 group_limited_greedy | V3 noaux_tc
+    correction_bias: bool = False  # V3: e_score_correction_bias steers selection, not the weights
+    scaling: float = 1.0  # routed_scaling_factor
+    weight_input: bool = False  # Llama 4: scale the expert's input by its score instead of its output
+    shared_hidden: Optional[int] = None  # intermediate size of the always-on shared expert(s)
+    shared_gate: bool = False  # Qwen2-MoE: sigmoid gate on the shared expert
+    shared_name: str = "shared_experts"  # checkpoint name of the shared expert module
+    router_name: str = "gate"  # checkpoint name of the router
+    experts_name: str = "switch_mlp"  # name of the stacked experts (mlx-lm's; Llama 4 folders say `experts`)
+    router_bias: bool = False
+
+
+@dataclass(frozen=True)
 class LayerSpec:
-    attn: AttnSpec
-    ffn: FFNSpec
+    attn: Union[AttnSpec, MLASpec]
+    ffn: Union[FFNSpec, MoESpec]
     norm: NormSpec = field(default_factory=NormSpec)
     placement: Placement = "pre"
+    ffn_name: str = "mlp"  # checkpoint name of the FFN module (Mixtral: block_sparse_moe; Llama 4: feed_forward)
 
 
 @dataclass(frozen=True)
@@ -95,4 +139,4 @@ class ModelSpec:
         return replace(self, layers=tuple(layers))
 
 
-AnySpec = Union[NormSpec, RopeSpec, AttnSpec, FFNSpec, LayerSpec, ModelSpec]
+AnySpec = Union[NormSpec, RopeSpec, AttnSpec, MLASpec, FFNSpec, MoESpec, LayerSpec, ModelSpec]

@@ -18,6 +18,8 @@ def legacy(cfg: dict) -> dict:
     if types and cfg.get("model_type") == "gemma3_text":
         every = types.index("full_attention") + 1 if "full_attention" in types else len(types) + 1
         cfg["sliding_window_pattern"] = every
+    if cfg.get("model_type") == "qwen3_moe" and "num_local_experts" in cfg:
+        cfg["num_experts"] = cfg.pop("num_local_experts")
     if cfg.get("model_type") == "gpt2":
         cfg["n_ctx"] = cfg["n_positions"]
     return cfg

@@ -17,6 +17,9 @@ def randomize(model: torch.nn.Module, seed: int):
                 p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
             else:
                 p.add_(torch.randn(p.shape, generator=g) * 0.2)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # steers routing: make it matter
+                b.copy_(torch.randn(b.shape, generator=g) * 0.5)
 
 
 def build_hf(model_type: str, folder: Path, seed: int = 0, **config):

@@ -7,7 +7,8 @@ whose tensors differ from our module names by more than the identity.
 from types import ModuleType
 
 from ..config import ConfigError
-from . import gemma2, gemma3, gpt2, llama, mistral, olmo2, qwen2, qwen3, smollm3
+from . import (deepseek_v2, deepseek_v3, gemma2, gemma3, gpt2, llama, llama4, mistral, mixtral, olmo2, qwen2, qwen2_moe,
+               qwen3, qwen3_moe, smollm3)
 
 REGISTRY: dict[str, ModuleType] = {
     "llama": llama,
@@ -20,6 +21,14 @@ REGISTRY: dict[str, ModuleType] = {
     "olmo2": olmo2,
     "smollm3": smollm3,
     "gpt2": gpt2,
+    "mixtral": mixtral,
+    "qwen2_moe": qwen2_moe,
+    "qwen3_moe": qwen3_moe,
+    "deepseek_v2": deepseek_v2,
+    "deepseek_v3": deepseek_v3,
+    "kimi_k2": deepseek_v3,
+    "llama4_text": llama4,
+    "llama4": llama4,  # the multimodal wrapper; its text_config and language_model weights are read
 }
 
 

@@ -55,3 +55,34 @@ def map_weights(weights: dict, cfg: HFConfig) -> dict:
         else:
             out[name] = w
     return out
+
+
+# Our q/k/v projections are one fused `c_attn` in mlx-lm's layout, so they must share quantization params.
+FUSED_ON_EXPORT = (("q_proj", "k_proj", "v_proj"),)
+EXPORT = [
+    (r"^model\.embed_tokens\.", "model.wte."),
+    (r"^model\.embed_positions\.", "model.wpe."),
+    (r"^model\.norm\.", "model.ln_f."),
+    (r"^model\.layers\.(\d+)\.input_layernorm\.", r"model.h.\1.ln_1."),
+    (r"^model\.layers\.(\d+)\.post_attention_layernorm\.", r"model.h.\1.ln_2."),
+    (r"^model\.layers\.(\d+)\.self_attn\.o_proj\.", r"model.h.\1.attn.c_proj."),
+    (r"^model\.layers\.(\d+)\.mlp\.up_proj\.", r"model.h.\1.mlp.c_fc."),
+    (r"^model\.layers\.(\d+)\.mlp\.down_proj\.", r"model.h.\1.mlp.c_proj."),
+]
+
+
+def export_weights(weights: dict, cfg: HFConfig) -> dict:
+    """Our tensors -> mlx-lm's GPT-2 names (`model.h.N.attn.c_attn`, fused q/k/v as (out, in), `model.wte`, ...),
+    which `map_weights` reads back. Quantized q/k/v rows are independent, so their triplets fuse by rows too."""
+    out, fused = {}, {}
+    for name, w in weights.items():
+        m = re.match(r"^model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(\w+)$", name)
+        if m:
+            fused.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = w
+            continue
+        for pattern, repl in EXPORT:
+            name = re.sub(pattern, repl, name)
+        out[name] = w
+    for (layer, leaf), parts in fused.items():
+        out[f"model.h.{layer}.attn.c_attn.{leaf}"] = mx.concatenate([parts[p] for p in "qkv"], axis=0)
+    return out

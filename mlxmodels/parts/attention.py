@@ -5,6 +5,7 @@ Span (global, sliding window, chunked) and the attention over what is cached liv
 (QK-norm before RoPE), never a subclass.
 """
 
+import mlx.core as mx
 import mlx.nn as nn
 
 from ..spec import AttnSpec, NormSpec
@@ -39,11 +40,26 @@ class Attention(nn.Module):
         q = q.reshape(B, T, s.n_heads, s.head_dim).transpose(0, 2, 1, 3)  # (B, H, T, D)
         k = k.reshape(B, T, s.n_kv_heads, s.head_dim).transpose(0, 2, 1, 3)  # (B, Hkv, T, D)
         v = v.reshape(B, T, s.n_kv_heads, s.head_dim).transpose(0, 2, 1, 3)
-        if s.qk_norm == "head":
-            q, k = self.q_norm(q), self.k_norm(k)
-        elif s.qk_norm == "l2":
-            q, k = l2_norm(q, s.qk_norm_eps), l2_norm(k, s.qk_norm_eps)
+        if not s.qk_norm_after_rope:
+            q, k = self._head_norm(q, k)
         if self.rope is not None:
             q, k = self.rope(q, cache.offset), self.rope(k, cache.offset)
+        if s.qk_norm_after_rope:
+            q, k = self._head_norm(q, k)
+        if s.temperature_tuning is not None:
+            q = q * self._temperature(cache.offset, T).astype(q.dtype)
         out = cache.attend(q, k, v, self.scale, s.softcap)  # (B, H, T, D)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
+
+    def _head_norm(self, q, k):
+        if self.spec.qk_norm == "head":
+            return self.q_norm(q), self.k_norm(k)
+        if self.spec.qk_norm == "l2":
+            return l2_norm(q, self.spec.qk_norm_eps), l2_norm(k, self.spec.qk_norm_eps)
+        return q, k
+
+    def _temperature(self, offset: int, T: int):
+        """Llama 4's NoPE layers sharpen attention as positions grow: (T, 1) factors for the queries."""
+        floor_scale, attn_scale = self.spec.temperature_tuning
+        pos = mx.arange(offset, offset + T, dtype=mx.float32)
+        return (mx.log1p(mx.floor((pos + 1.0) / floor_scale)) * attn_scale + 1.0)[:, None]

@@ -18,10 +18,11 @@ NORM_SLOTS = {
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, hidden: int, spec: LayerSpec, self_attn: nn.Module, mlp: nn.Module):
+    def __init__(self, hidden: int, spec: LayerSpec, self_attn: nn.Module, ffn: nn.Module):
         super().__init__()
         self.self_attn = self_attn
-        self.mlp = mlp
+        setattr(self, spec.ffn_name, ffn)
+        self._ffn = spec.ffn_name
         self._slots = NORM_SLOTS[spec.placement]
         for name in self._slots:
             if name is not None:
@@ -33,4 +34,4 @@ class DecoderBlock(nn.Module):
 
     def __call__(self, x, cache):
         h = x + self._norm(1, self.self_attn(self._norm(0, x), cache))
-        return h + self._norm(3, self.mlp(self._norm(2, h)))
+        return h + self._norm(3, self[self._ffn](self._norm(2, h)))

@@ -9,7 +9,7 @@ from typing import Optional
 
 import mlx.core as mx
 
-from ..spec import AttnSpec
+from ..spec import MLASpec
 from .sdpa import attend
 
 
@@ -35,10 +35,19 @@ class Cache:
         return attend(q, k, v, scale, mask, softcap)
 
 
-class KVCache(Cache):
-    """Contiguous cache; grows in steps of `step` tokens so decode does not reallocate every token."""
+def append(buf, new, used: int, step: int = 256):
+    """Write new (B, H, T, D) after the first `used` positions of buf, growing it in steps; -> (buf, used + T)."""
+    end = used + new.shape[2]
+    if buf is None or end > buf.shape[2]:
+        n = ((new.shape[2] + step - 1) // step) * step
+        grown = mx.zeros((*new.shape[:2], n, new.shape[3]), new.dtype)
+        buf = grown if buf is None else mx.concatenate([buf[..., :used, :], grown], axis=2)
+    buf[..., used:end, :] = new
+    return buf, end
 
-    step = 256
+
+class KVCache(Cache):
+    """Contiguous cache; grows in steps of 256 tokens so decode does not reallocate every token."""
 
     def __init__(self):
         self.keys = self.values = None
@@ -51,21 +60,9 @@ class KVCache(Cache):
 
     def update_and_fetch(self, k, v):
         # k: (B, n_kv, T, Dk), v: (B, n_kv, T, Dv)
-        T = k.shape[2]
-        end = self.offset + T
-        if self.keys is None or end > self.keys.shape[2]:
-            n = ((T + self.step - 1) // self.step) * self.step
-            grow_k = mx.zeros((*k.shape[:2], n, k.shape[3]), k.dtype)
-            grow_v = mx.zeros((*v.shape[:2], n, v.shape[3]), v.dtype)
-            if self.keys is None:
-                self.keys, self.values = grow_k, grow_v
-            else:
-                self.keys = mx.concatenate([self.keys[..., : self.offset, :], grow_k], axis=2)
-                self.values = mx.concatenate([self.values[..., : self.offset, :], grow_v], axis=2)
-        self.keys[..., self.offset : end, :] = k
-        self.values[..., self.offset : end, :] = v
-        self.offset = end
-        return self.keys[..., :end, :], self.values[..., :end, :]
+        self.keys, _ = append(self.keys, k, self.offset)
+        self.values, self.offset = append(self.values, v, self.offset)
+        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
     def trim(self, n: int) -> int:
         """Forget the last n tokens (speculative rollback); returns how many were forgotten."""
@@ -136,7 +133,78 @@ class RotatingKVCache(Cache):
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
 
 
-def make_layer_cache(attn: AttnSpec):
+class ChunkedKVCache(Cache):
+    """Chunked attention (Llama 4): a query sees only keys of its own chunk of `chunk` positions, so the cache
+    keeps only the current chunk (memory bounded by the chunk)."""
+
+    def __init__(self, chunk: int):
+        self.chunk = chunk
+        self.keys = self.values = None
+        self.start = 0  # absolute position of keys[..., 0, :]
+        self.offset = 0
+
+    def mask(self, T: int):
+        if T == 1:
+            return None  # every kept key is in the query's chunk
+        return window_mask(self.offset, T, self.start, self.offset - self.start + T, chunk=self.chunk)
+
+    def update_and_fetch(self, k, v):
+        used = self.offset - self.start
+        self.keys, _ = append(self.keys, k, used)
+        self.values, used = append(self.values, v, used)
+        keys, values = self.keys[..., :used, :], self.values[..., :used, :]
+        self.offset += k.shape[2]
+        start = self.offset // self.chunk * self.chunk
+        if start > self.start:  # the next query opens a new chunk: forget the old one
+            drop = start - self.start
+            self.keys, self.values = keys[..., drop:, :], values[..., drop:, :]
+            self.start = start
+        return keys, values
+
+    @property
+    def state(self):
+        return self.keys, self.values
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+
+class LatentCache(Cache):
+    """MLA: one row [latent, k_rope] per token, shared by all heads; nothing per head is stored."""
+
+    def __init__(self, value_dims: int):
+        self.value_dims = value_dims  # the first value_dims features of a row are the latent (the values)
+        self.rows = None
+        self.offset = 0
+
+    mask = KVCache.mask
+
+    def update_and_fetch(self, rows):
+        # rows: (B, 1, T, kv_lora + rope)
+        self.rows, self.offset = append(self.rows, rows, self.offset)
+        return self.rows[..., : self.offset, :]
+
+    def attend(self, q, rows, _values, scale: float, softcap=None):
+        """Absorbed attention: q (B, H, T, kv_lora + rope) over the cached rows -> (B, H, T, kv_lora)."""
+        mask = self.mask(q.shape[2])
+        rows = self.update_and_fetch(rows)
+        return attend(q, rows, rows[..., : self.value_dims], scale, mask, softcap)
+
+    @property
+    def state(self):
+        return (self.rows,)
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.rows is None else self.rows.nbytes
+
+
+def make_layer_cache(attn):
+    if isinstance(attn, MLASpec):
+        return LatentCache(attn.kv_lora_rank)
     if attn.window is not None:
         return RotatingKVCache(attn.window)
+    if attn.chunk is not None:
+        return ChunkedKVCache(attn.chunk)
     return KVCache()

@@ -1,4 +1,4 @@
-"""Every dense family against transformers (float32 logits): full prefill, token-by-token decode with the cache,
+"""Every family against transformers (float32 logits): full prefill, token-by-token decode with the cache,
 chunked prefill, greedy generation; both config dialects; and against mlx-lm where mlx-lm is right."""
 
 import json
@@ -18,6 +18,10 @@ SEQ = 48
 BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, vocab_size=256, max_position_embeddings=256,
             pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+MLA = dict(BASE, num_hidden_layers=3, num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=2,
+           moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1, q_lora_rank=32, kv_lora_rank=16,
+           qk_nope_head_dim=8, qk_rope_head_dim=8, head_dim=8, v_head_dim=12)
 
 # name -> (model_type, config, what mlx-lm gets wrong or None)
 CASES = {
@@ -42,6 +46,26 @@ CASES = {
     "smollm3": ("smollm3", dict(BASE, num_hidden_layers=4, no_rope_layer_interval=2), None),
     "gpt2": ("gpt2", dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=256),
              "cannot load transformers-5 GPT-2 folders (weights prefixed `transformer.`)"),
+    # sparse and latent: MoE layers mixed with dense ones, group-limited routing, MLA, chunked attention
+    "mixtral": ("mixtral", dict(BASE, num_local_experts=4, num_experts_per_tok=2), None),
+    "qwen2_moe": ("qwen2_moe", dict(BASE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                    shared_expert_intermediate_size=64, mlp_only_layers=[0]),
+                  "ignores mlp_only_layers (dense layers among MoE layers)"),
+    "qwen3_moe": ("qwen3_moe", dict(BASE, num_experts=8, num_experts_per_tok=3, moe_intermediate_size=32,
+                                    norm_topk_prob=True, mlp_only_layers=[1]), None),
+    "deepseek_v2_lite": ("deepseek_v2", dict(MLA, q_lora_rank=None, rope_scaling=dict(  # as V2-Lite's config
+        rope_type="yarn", factor=4.0, mscale=0.707, mscale_all_dim=0.707, original_max_position_embeddings=16,
+        beta_fast=32, beta_slow=1)), None),
+    "deepseek_v2_group": ("deepseek_v2", dict(MLA, topk_method="group_limited_greedy", n_group=4, topk_group=2,
+                                              routed_scaling_factor=1.5),
+                          "crashes when config.json has no rope_scaling"),
+    "deepseek_v3": ("deepseek_v3", dict(MLA, n_group=4, topk_group=2, routed_scaling_factor=2.5), None),
+    "deepseek_v3_yarn": ("deepseek_v3", dict(MLA, n_group=4, topk_group=2, rope_scaling=dict(
+        rope_type="yarn", factor=4.0, mscale=1.0, mscale_all_dim=0.8, original_max_position_embeddings=16)), None),
+    "llama4": ("llama4_text", dict(BASE, num_hidden_layers=4, num_local_experts=4, num_experts_per_tok=1,
+                                   intermediate_size_mlp=96, attention_chunk_size=8, interleave_moe_layer_step=2,
+                                   floor_scale=4, attn_scale=0.5, use_qk_norm=True),
+               "its llama4_text has no MoE layers"),
 }
 
 

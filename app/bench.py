@@ -1,0 +1,297 @@
+"""Benchmark runner: prompt and generation tok/s, time to first token and peak memory, ours beside mlx-lm.
+
+Both tools are timed by the same loop (`time_generation`), around each tool's own model forward and KV cache,
+so the numbers share one definition:
+
+- time to first token: prefill (chunks of `prefill_step_size`, each evaluated through the cache, then the last
+  prompt token alone) plus the greedy sample of the first token;
+- prompt tok/s = prompt tokens / time to first token;
+- generation tok/s = (generated tokens - 1) / (time from the first token to the last), pipelined as both tools
+  decode (token n+1 is queued with `mx.async_eval` before token n is read);
+- peak memory: `mx.get_peak_memory()` after `mx.reset_peak_memory()`, weights included, in GB (1e9 bytes).
+
+Each (tool, setting) runs in its own process (`worker`, driven over stdin/stdout), so peak memory and
+allocator state are never shared. `run_interleaved` keeps the two workers of a setting alive together and
+asks them for trials in ABBA order, so slow drift on a shared machine hits both tools alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
+METRICS = ("prompt_tps", "generation_tps", "ttft_s", "peak_memory_gb")
+
+# ---------------------------------------------------------------- loading, in the worker process
+
+
+def load_tool(tool: str, folder: str, dtype: Optional[str]) -> Tuple[Any, Callable[[], list], str]:
+    """-> (model, make_cache, compute dtype name). dtype None: the tool's own default.
+
+    ours: `mlxmodels.load(folder, dtype)`. mlx-lm: `mlx_lm.utils.load_model` (it has no dtype option; it computes
+    in the checkpoint's dtype, for 4-bit the scales' dtype), then `model.set_dtype(...)` when a dtype is asked
+    for, which casts every floating parameter (scales and biases of quantized layers included), as
+    `mlx_lm.convert --dtype` does for unquantized weights.
+    """
+    import mlx.core as mx
+
+    if tool == "ours":
+        import mlxmodels
+
+        model, _ = mlxmodels.load(folder, dtype=dtype)
+        make_cache = model.make_cache
+    elif tool == "mlx-lm":
+        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.utils import load_model
+
+        model, _ = load_model(Path(folder))
+        if dtype is not None:
+            model.set_dtype(getattr(mx, dtype))
+            mx.eval(model.parameters())
+        model.eval()
+
+        def make_cache():
+            return make_prompt_cache(model)
+    else:
+        raise ValueError(f"unknown tool {tool!r}; use ours or mlx-lm")
+    return model, make_cache, float_dtype(model)
+
+
+def float_dtype(model) -> str:
+    """The most common floating dtype among the parameters: the dtype the model computes in."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    counts: Dict[str, int] = {}
+    for _, p in tree_flatten(model.parameters()):
+        if mx.issubdtype(p.dtype, mx.floating):
+            name = str(p.dtype).replace("mlx.core.", "")
+            counts[name] = counts.get(name, 0) + p.size
+    return max(counts, key=counts.get) if counts else "?"
+
+
+def weight_bytes(model) -> int:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    return sum(p.nbytes for _, p in tree_flatten(model.parameters()) if isinstance(p, mx.array))
+
+
+# ---------------------------------------------------------------- the timing loop (same for both tools)
+
+
+def time_generation(model, make_cache: Callable[[], list], prompt: Sequence[int], gen_tokens: int,
+                    prefill_step_size: int = 512) -> Dict[str, float]:
+    """One greedy generation from a fresh cache, timed; see the module docstring for the definitions."""
+    import mlx.core as mx
+
+    def states(cache):
+        return [a for c in cache for a in c.state if isinstance(a, mx.array)]
+
+    cache = make_cache()
+    tokens = mx.array(list(prompt), dtype=mx.int32)
+    mx.eval(tokens)
+    mx.clear_cache()
+    mx.reset_peak_memory()
+
+    tic = time.perf_counter()
+    n, start = tokens.size, 0
+    while n - start > 1:
+        end = min(start + prefill_step_size, n - 1)
+        model(tokens[None, start:end], cache=cache)
+        mx.eval(states(cache))
+        start = end
+        mx.clear_cache()
+    y = mx.argmax(model(tokens[None, start:], cache=cache)[:, -1, :], axis=-1)  # (1,)
+    mx.async_eval(y)
+    generated = []
+    for i in range(gen_tokens):
+        if i + 1 < gen_tokens:  # queue token i+1 before reading token i
+            next_y = mx.argmax(model(y[None], cache=cache)[:, -1, :], axis=-1)
+            mx.async_eval(next_y)
+        generated.append(y.item())
+        if i == 0:
+            t_first = time.perf_counter()
+        if i + 1 < gen_tokens:
+            y = next_y
+    t_last = time.perf_counter()
+    ttft = t_first - tic
+    return {
+        "prompt_tps": n / ttft,
+        "generation_tps": (gen_tokens - 1) / (t_last - t_first) if gen_tokens > 1 else 0.0,
+        "ttft_s": ttft,
+        "peak_memory_gb": mx.get_peak_memory() / 1e9,
+        "kv_bytes_per_token": sum(a.nbytes for a in states(cache)) / max(cache[0].offset, 1),
+        "cache_offset": cache[0].offset,
+        "tokens": generated,
+    }
+
+
+def own_stream_stats(tool: str, folder: str, model, make_cache, prompt: Sequence[int], gen_tokens: int,
+                     prefill_step_size: int = 512) -> Dict[str, float]:
+    """The same generation through the tool's own `stream_generate`, with the stats it reports (a cross-check:
+    mlx-lm's generation_tps counts the first token over the time since it, ours does not)."""
+    import mlx.core as mx
+
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    if tool == "ours":
+        import mlxmodels
+
+        gen = mlxmodels.stream_generate(model, None, list(prompt), max_tokens=gen_tokens, temperature=0.0,
+                                        prefill_step_size=prefill_step_size, cache=make_cache())
+    else:
+        from mlx_lm.generate import stream_generate
+        from mlx_lm.utils import load_tokenizer
+
+        tokenizer = load_tokenizer(Path(folder))
+        tokenizer._eos_token_ids = set()  # random weights: never stop early
+        gen = stream_generate(model, tokenizer, mx.array(list(prompt)), max_tokens=gen_tokens,
+                              prefill_step_size=prefill_step_size, prompt_cache=make_cache())
+    last = None
+    for last in gen:
+        pass
+    return {"prompt_tps": last.prompt_tps, "generation_tps": last.generation_tps,
+            "generation_tokens": last.generation_tokens, "peak_memory_gb": last.peak_memory}
+
+
+# ---------------------------------------------------------------- worker process
+
+
+def worker(tool: str, folder: str, dtype: Optional[str], prompt_tokens: int, gen_tokens: int,
+           prefill_step_size: int = 512, seed: int = 0, vocab: int = 32000) -> None:
+    """Load once, warm up, then answer one JSON line per "trial" (or "own") line read on stdin."""
+    import mlx.core as mx
+
+    t0 = time.perf_counter()
+    model, make_cache, dt = load_tool(tool, folder, dtype)
+    load_s = time.perf_counter() - t0
+    prompt = mx.random.randint(0, vocab, (prompt_tokens,), key=mx.random.key(seed)).tolist()
+    time_generation(model, make_cache, prompt, gen_tokens, prefill_step_size)  # warm-up, same shapes
+    info = {"tool": tool, "dtype": dt, "requested_dtype": dtype, "load_s": load_s, "weight_bytes": weight_bytes(model),
+            "mlx": mx.__version__, "ld_preload": os.environ.get("LD_PRELOAD", "")}
+    _send(info)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "trial":
+            _send(time_generation(model, make_cache, prompt, gen_tokens, prefill_step_size))
+        elif cmd == "own":
+            _send(own_stream_stats(tool, folder, model, make_cache, prompt, gen_tokens, prefill_step_size))
+        elif cmd == "quit":
+            break
+
+
+def _send(obj) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+class Worker:
+    """A worker process seen from the driver."""
+
+    def __init__(self, tool: str, folder: str, dtype: Optional[str], prompt_tokens: int, gen_tokens: int,
+                 prefill_step_size: int = 512, openblas: bool = False, cwd: Optional[str] = None):
+        env = dict(os.environ)
+        env.pop("LD_PRELOAD", None)
+        if openblas:
+            env["LD_PRELOAD"] = OPENBLAS
+        args = [sys.executable, "-m", "app.bench", "worker", tool, folder, dtype or "default",
+                str(prompt_tokens), str(gen_tokens), str(prefill_step_size)]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                     cwd=cwd or str(Path(__file__).resolve().parents[1]))
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark worker {self.proc.args[3:6]} died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def ask(self, cmd: str = "trial") -> dict:
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.proc.wait()
+
+
+def run_interleaved(a: Worker, b: Worker, trials: int, own_stats: bool = False) -> Tuple[List[dict], List[dict]]:
+    """Trials in ABBA order: a, b, b, a, a, b, ... Returns the trial lists of a and b."""
+    ra: List[dict] = []
+    rb: List[dict] = []
+    for t in range(trials):
+        order = [(a, ra), (b, rb)] if t % 2 == 0 else [(b, rb), (a, ra)]
+        for w, out in order:
+            out.append(w.ask("trial"))
+    if own_stats:
+        for w, out in ((a, ra), (b, rb)):
+            own = w.ask("own")
+            for r in out:
+                r["own"] = own
+    return ra, rb
+
+
+# ---------------------------------------------------------------- statistics and report
+
+
+def summarize(trials: List[dict]) -> Dict[str, Dict[str, float]]:
+    """metric -> {median, min, max} over trials."""
+    out = {}
+    for m in METRICS + ("kv_bytes_per_token",):
+        vals = [t[m] for t in trials]
+        out[m] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+    return out
+
+
+def ratios(ours: Dict[str, Dict[str, float]], peer: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+    """ours / peer of the medians (tok/s: > 1 is ours faster; memory and TTFT: < 1 is ours smaller)."""
+    return {m: ours[m]["median"] / peer[m]["median"] for m in METRICS}
+
+
+def fmt_spread(s: Dict[str, float], digits: int = 1) -> str:
+    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
+
+
+def table(rows: List[dict]) -> str:
+    """Markdown table; each row: setting, tool, dtype, summary (and ratio rows)."""
+    head = ("| setting | tool | computes in | prompt tok/s | gen tok/s | TTFT s | peak GB |\n"
+            "|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        if "ratio" in r:
+            q = r["ratio"]
+            lines.append(f"| {r['setting']} | **ours ÷ mlx-lm** | | **{q['prompt_tps']:.2f}** | "
+                         f"**{q['generation_tps']:.2f}** | {q['ttft_s']:.2f} | {q['peak_memory_gb']:.2f} |")
+        else:
+            s = r["summary"]
+            lines.append(f"| {r['setting']} | {r['tool']} | {r['dtype']} | {fmt_spread(s['prompt_tps'])} | "
+                         f"{fmt_spread(s['generation_tps'])} | {fmt_spread(s['ttft_s'], 2)} | "
+                         f"{fmt_spread(s['peak_memory_gb'], 3)} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "worker":
+        tool, folder, dtype, p, g, step = argv[1:7]
+        worker(tool, folder, None if dtype == "default" else dtype, int(p), int(g), int(step))
+        return 0
+    print("usage: python -m app.bench worker TOOL FOLDER DTYPE|default PROMPT_TOKENS GEN_TOKENS STEP", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

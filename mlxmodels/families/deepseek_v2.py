@@ -1,0 +1,74 @@
+"""DeepSeek-V2 = Llama, except: multi-head latent attention (optional q LoRA; interleaved RoPE on the rope part;
+YaRN softmax-scale correction) and, from layer `first_k_dense_replace` on, softmax-routed experts (greedy or
+group-limited greedy) scaled by `routed_scaling_factor`, plus always-on shared experts."""
+
+from dataclasses import replace
+
+from ..config import HFConfig
+from ..parts.rope import yarn_mscale
+from ..spec import LayerSpec, MLASpec, MoESpec
+from . import llama
+from .experts import n_experts, stack_experts
+
+
+def mla(cfg: HFConfig) -> MLASpec:
+    nope, rope_dims = cfg.require("qk_nope_head_dim"), cfg.require("qk_rope_head_dim")
+    rope = replace(cfg.rope(dims=rope_dims), traditional=bool(cfg.get("rope_interleave", True)))
+    scale = (nope + rope_dims) ** -0.5
+    if rope.kind != "default" and rope.param("mscale_all_dim"):
+        scale *= yarn_mscale(rope.param("factor"), rope.param("mscale_all_dim")) ** 2
+    return MLASpec(n_heads=cfg.require("num_attention_heads"), kv_lora_rank=cfg.require("kv_lora_rank"),
+                   qk_nope_head_dim=nope, qk_rope_head_dim=rope_dims, v_head_dim=cfg.require("v_head_dim"),
+                   rope=rope, q_lora_rank=cfg.get("q_lora_rank"), scale=scale,
+                   bias=bool(cfg.get("attention_bias", False)))
+
+
+def moe(cfg: HFConfig) -> MoESpec:
+    method = cfg.get("topk_method", "greedy")
+    shared = cfg.get("n_shared_experts") or 0
+    return MoESpec(
+        n_experts=n_experts(cfg), top_k=cfg.require("num_experts_per_tok"),
+        hidden=cfg.require("moe_intermediate_size"), act=llama.activation(cfg.get("hidden_act", "silu")),
+        # DeepSeek's V2 code renormalises only when choosing several experts
+        norm_topk=bool(cfg.get("norm_topk_prob", False)) and cfg["num_experts_per_tok"] > 1,
+        n_group=cfg.get("n_group") if method != "greedy" else None, topk_group=cfg.get("topk_group"),
+        scaling=cfg.get("routed_scaling_factor", 1.0) or 1.0,
+        shared_hidden=cfg["moe_intermediate_size"] * shared if shared else None)
+
+
+def is_sparse(cfg: HFConfig, i: int) -> bool:
+    return i >= cfg.get("first_k_dense_replace", 0) and i % (cfg.get("moe_layer_freq", 1) or 1) == 0
+
+
+def spec(cfg: HFConfig, moe_spec=None):
+    base = llama.spec(cfg)
+    attn, moe_spec = mla(cfg), moe_spec or moe(cfg)
+    return base.with_layers(
+        LayerSpec(attn, moe_spec if is_sparse(cfg, i) else l.ffn, l.norm) for i, l in enumerate(base.layers)
+    )
+
+
+def split_kv_b(weights: dict, cfg: HFConfig) -> dict:
+    """kv_b_proj (H * (nope + v), kv_lora) -> embed_q (H, kv_lora, nope) and unembed_out (H, v, kv_lora)."""
+    H, nope, v = cfg["num_attention_heads"], cfg["qk_nope_head_dim"], cfg["v_head_dim"]
+    out = {}
+    for name, w in weights.items():
+        if not name.endswith("self_attn.kv_b_proj.weight"):
+            out[name] = w
+            continue
+        w = w.reshape(H, nope + v, -1)
+        prefix = name[: -len("kv_b_proj.weight")]
+        out[prefix + "embed_q.weight"] = w[:, :nope, :].swapaxes(-1, -2)
+        out[prefix + "unembed_out.weight"] = w[:, nope:, :]
+    return out
+
+
+def map_weights(weights: dict, cfg: HFConfig) -> dict:
+    n = cfg.require("num_hidden_layers")
+    weights = {k: v for k, v in weights.items() if layer_index(k) < n}  # MTP modules are mlxmodels.mtp's
+    return split_kv_b(stack_experts(weights), cfg)
+
+
+def layer_index(name: str) -> float:
+    parts = name.split(".")
+    return int(parts[2]) if name.startswith("model.layers.") else -1

@@ -1,0 +1,405 @@
+"""SRC (a folder or a Hub id) -> an MLX folder in mlx-lm's layout, one decoder layer at a time, atomically.
+
+The model decides everything: `adapter.spec` builds a `Decoder` (never evaluated: its parameters are lazy, so it
+costs nothing) whose parameter names and shapes are the output's, and whose modules say what can be quantized
+(`to_quantized`). Each group of source tensors (one decoder layer, or one top-level module such as the embeddings)
+goes through the same steps:
+
+    read (mmap, one tensor at a time) -> FP8 dequantize -> adapter.map_weights -> check names and shapes
+    -> cast -> module.to_quantized -> adapter.export_weights (mlx-lm's names, where they differ) -> write
+
+A first pass runs those steps on placeholders (lazy zeros, never evaluated) to plan every output tensor, so the
+whole output is known (names, shapes, bytes, shards) before any data is read: errors surface early, the disk
+space check is exact, and each shard's header is written up front so tensors stream straight to disk. Peak memory
+is about one group (the largest layer or the embedding), never the model.
+
+Output goes to a temporary folder beside OUT that is renamed at the end: an error or Ctrl-C leaves no OUT (and
+an existing OUT, replaced with `force`, survives until the new one is complete).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
+from mlxmodels.config import ConfigError, ModelError, read_config
+from mlxmodels.decoder import Decoder
+from mlxmodels.families import get_adapter
+
+from . import fp8, recipes
+from .safetensors import DTYPES, INDEX, Checkpoint, ShardWriter, dtype_name, nbytes, read_index
+
+SHARD_BYTES = 5 << 30  # mlx-lm's shard size
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+META_PATTERNS = ["*.json", "*.jinja", "tokenizer*", "*.tiktoken", "merges.txt", "vocab.txt"]
+TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
+                   "merges.txt", "*.tiktoken", "chat_template*", "generation_config.json"]
+GB = 1e9
+
+
+class ConvertError(ModelError):
+    """A conversion that cannot be done as asked; nothing was written."""
+
+
+@dataclass
+class Options:
+    dtype: Optional[str] = None  # None: config.json's dtype, else each tensor's own (FP8 -> bfloat16)
+    quantize: bool = False
+    setting: recipes.Setting = field(default_factory=recipes.Setting)
+    shard_bytes: int = SHARD_BYTES
+    force: bool = False
+
+
+@dataclass
+class Result:
+    folder: Path
+    source: Path
+    tensors: int
+    bytes: int
+    shards: int
+    parameters: int
+    seconds: float
+    quantization: Optional[dict]
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.bytes / max(self.parameters, 1)
+
+
+# ------------------------------------------------------------------------------------------ source
+
+
+def fetch(src) -> Path:
+    """A local folder as is; otherwise a Hub repo id fetched with huggingface_hub (progress bars; the HF cache and
+    HF_HUB_OFFLINE honoured): only json, tokenizer and safetensors files, and with an index only its shards."""
+    path = Path(src).expanduser()
+    if path.is_dir():
+        return path
+    name = str(src)
+    if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise ConvertError(f"{name} is not a model folder or a Hugging Face Hub id like 'org/name'")
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        meta = Path(huggingface_hub.snapshot_download(name, allow_patterns=META_PATTERNS))
+        index = meta / INDEX
+        weights = sorted(set(read_index(index).values())) if index.is_file() else ["*.safetensors"]
+        check_download_space(name, META_PATTERNS + weights)
+        return Path(huggingface_hub.snapshot_download(name, allow_patterns=META_PATTERNS + weights))
+    except LocalEntryNotFoundError:
+        raise ConvertError(f"{name} is not in the Hugging Face cache and the Hub cannot be reached (offline?); "
+                           "download it once with a network, or pass a local folder") from None
+    except HfHubHTTPError as e:
+        raise ConvertError(f"could not fetch {name} from the Hugging Face Hub: {str(e).splitlines()[0]}") from None
+
+
+def check_download_space(repo: str, patterns: list):
+    """Before downloading, the bytes still to fetch must fit in the HF cache's disk (best effort: needs the Hub)."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    try:
+        files = huggingface_hub.snapshot_download(repo, allow_patterns=patterns, dry_run=True)
+    except Exception:  # offline, or an old huggingface_hub: the download itself will say what is wrong
+        return
+    need = sum(f.file_size or 0 for f in files if f.will_download)
+    if need:
+        check_space(Path(constants.HF_HUB_CACHE), need, f"downloading {repo}")
+
+
+def free_bytes(folder: Path) -> int:
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            return shutil.disk_usage(p).free
+    return shutil.disk_usage(Path.cwd()).free
+
+
+def check_space(folder: Path, need: int, what: str):
+    free = free_bytes(folder)
+    if free < need + (64 << 20):
+        raise ConvertError(f"not enough disk space for {what} in {folder}: it needs about {need / GB:.2f} GB and "
+                           f"{free / GB:.2f} GB are free; free some space or choose another place")
+
+
+def group_key(name: str) -> tuple:
+    """Source tensors are processed in groups: one per decoder layer (`...layers.N.` / GPT-2's `h.N.`, experts and
+    all), one per other module (embeddings, final norm, head). Non-layer groups first, then layers in order."""
+    parts = name.split(".")
+    for i, p in enumerate(parts[:-1]):
+        if p.isdigit():
+            return (1, int(p), ".".join(parts[: i + 1]))
+    return (0, 0, ".".join(parts[:-1]))
+
+
+# ------------------------------------------------------------------------------------------ the pipeline
+
+
+class Converter:
+    def __init__(self, folder: Path, options: Options):
+        self.folder, self.options = Path(folder), options
+        self.cfg = read_config(self.folder)  # raises the clear errors: no config.json, not JSON
+        self.raw = json.loads((self.folder / "config.json").read_text())  # as written (multimodal wrapper kept)
+        self.adapter = get_adapter(self.cfg.get("model_type"))  # unknown model_type lists the supported ones
+        self.spec = self.adapter.spec(self.cfg)
+        self.model = Decoder(self.spec)  # lazy: never evaluated, only asked for names, shapes and modules
+        self.modules = dict(self.model.named_modules())
+        self.expected = {k: tuple(v.shape) for k, v in tree_flatten(self.model.parameters())}
+        self.block = self._source_quantization()
+        self.ckpt = Checkpoint(self.folder)
+        self.has_fp8 = any(self.ckpt.info(n).dtype == "F8_E4M3" for n in self.ckpt.where)
+        self.dtype = self._dtype()
+        self.qplan = {}
+        if options.quantize:
+            fused = getattr(self.adapter, "FUSED_ON_EXPORT", ())
+            self.qplan = recipes.plan(self.model, options.setting, self.spec.num_layers, self.spec.tie_embeddings,
+                                      fused)
+        groups = {}
+        for name in self.ckpt.where:
+            groups.setdefault(group_key(name), []).append(name)
+        self.groups = [sorted(groups[k]) for k in sorted(groups)]
+
+    def _source_quantization(self):
+        q = self.cfg.get("quantization") or self.cfg.get("quantization_config")
+        if not q:
+            return None
+        block = fp8.block_size({"quantization_config": q})
+        if block is None:
+            method = q.get("quant_method") or q.get("mode") or ("mlx" if "bits" in q else "unknown")
+            raise ConvertError(f"{self.folder} is already quantized ({method}); convert from the float (or FP8) "
+                               "checkpoint instead")
+        return block
+
+    def _dtype(self):
+        name = self.options.dtype
+        if name is None:
+            name = self.cfg.get("torch_dtype") or self.cfg.get("dtype")
+            name = name if name in FLOAT_DTYPES else ("bfloat16" if self.has_fp8 else None)
+        if name is not None and name not in FLOAT_DTYPES:
+            raise ConvertError(f"unknown dtype {name!r}; use one of {', '.join(FLOAT_DTYPES)}")
+        return getattr(mx, name) if name else None
+
+    # ---------------------------------------------------------------------------------- one group
+
+    def transform(self, tensors: dict, dtypes: dict) -> dict:
+        """Source tensors of one group -> output tensors (name -> lazy array), sorted by name."""
+        tensors = fp8.dequantize_group(tensors, dtypes, self.block)
+        tensors = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
+        if hasattr(self.adapter, "map_weights"):
+            tensors = self.adapter.map_weights(tensors, self.cfg)
+        if self.spec.tie_embeddings:
+            tensors.pop("lm_head.weight", None)
+        self._check(tensors)
+        self.mapped = set(tensors)
+        out, by_module = {}, {}
+        for name, t in tensors.items():
+            t = self._cast(name, t)
+            path, leaf = name.rsplit(".", 1)
+            if path in self.qplan:
+                by_module.setdefault(path, {})[leaf] = t
+            else:
+                out[name] = t
+        for path, local in by_module.items():
+            out.update(self._quantize(path, local))
+        if hasattr(self.adapter, "export_weights"):
+            out = self.adapter.export_weights(out, self.cfg)
+        return dict(sorted(out.items()))
+
+    def _check(self, tensors: dict):
+        for name, t in tensors.items():
+            want = self.expected.get(name)
+            if want is None:
+                raise ConvertError(f"{self.folder}: unexpected tensor {name}; the checkpoint does not match "
+                                   "config.json's model_type/layer count")
+            if tuple(t.shape) != want:
+                raise ConvertError(f"{self.folder}: tensor {name} has shape {tuple(t.shape)} but config.json implies "
+                                   f"{want}; the config and the weights disagree")
+
+    def _cast(self, name: str, t: mx.array) -> mx.array:
+        if not mx.issubdtype(t.dtype, mx.floating) or recipes.FLOAT32_TENSORS.search(name):
+            return t
+        return t.astype(self.dtype) if self.dtype is not None else t
+
+    def _quantize(self, path: str, local: dict) -> dict:
+        """The module's own `to_quantized` on its real tensors (Linear, Embedding, stacked experts alike)."""
+        module = self.modules[path]
+        saved = module.parameters()
+        own = {k for k, _ in tree_flatten(saved)}
+        if set(local) != own:
+            raise ConvertError(f"{path}: the checkpoint gives {sorted(local)} but the module has {sorted(own)}")
+        module.update(tree_unflatten(list(local.items())))
+        try:
+            q = module.to_quantized(**self.qplan[path])
+        finally:
+            module.update(saved)
+        return {f"{path}.{k}": v for k, v in tree_flatten(q.parameters())}
+
+    def _placeholders(self, names):
+        out, dtypes = {}, {}
+        for n in names:
+            info = self.ckpt.info(n)
+            out[n] = mx.zeros(info.shape, dtype=DTYPES[info.dtype][2])
+            dtypes[n] = info.dtype
+        return out, dtypes
+
+    # ---------------------------------------------------------------------------------- whole model
+
+    def plan(self) -> list:
+        """Every output tensor (name, safetensors dtype, shape) in write order, from placeholders: no data read.
+        Also checks that the checkpoint covers every parameter of the model."""
+        entries, seen = [], set()
+        for names in self.groups:
+            out = self.transform(*self._placeholders(names))
+            seen |= self.mapped
+            entries += [(name, dtype_name(t.dtype), tuple(t.shape)) for name, t in out.items()]
+        missing = sorted(self.expected.keys() - seen)
+        if missing:
+            raise ConvertError(f"{self.folder}: missing {len(missing)} tensor(s), e.g. {', '.join(missing[:3])}; "
+                               "the checkpoint is incomplete or does not match config.json")
+        names = [e[0] for e in entries]
+        if len(set(names)) != len(names):
+            raise ConvertError(f"{self.folder}: two groups produce the same output tensor; the checkpoint repeats one")
+        self.entries = entries
+        return entries
+
+    def write(self, folder: Path, progress: Optional[Callable[[int, str], None]] = None) -> ShardWriter:
+        writer = ShardWriter(folder, self.entries, self.options.shard_bytes, metadata={"format": "mlx"})
+        try:
+            for names in self.groups:
+                tensors = {n: self.ckpt.array(n) for n in names}
+                dtypes = {n: self.ckpt.info(n).dtype for n in names}
+                out = self.transform(tensors, dtypes)
+                del tensors
+                mx.eval(list(out.values()))
+                for name, t in out.items():
+                    writer.write(name, t)
+                del out
+                if progress:
+                    progress(sum(self.ckpt.info(n).nbytes for n in names), names[0])
+            writer.finish(total_parameters=self.parameters)
+        finally:
+            writer.abort()
+        return writer
+
+    @property
+    def parameters(self) -> int:
+        total = 0
+        for shape in self.expected.values():
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+        return total
+
+    @property
+    def source_bytes(self) -> int:
+        return sum(self.ckpt.info(n).nbytes for n in self.ckpt.where)
+
+    def quantization_entry(self) -> Optional[dict]:
+        if not self.options.quantize:
+            return None
+        setting = self.options.setting
+        entry = recipes.config_entry(setting, self.qplan)
+        if hasattr(self.adapter, "export_weights"):
+            # mlx-lm reads per-layer params under its own module names: infer them from the exported shapes.
+            shapes = {n: s for n, _, s in self.entries}
+            for name, shape in shapes.items():
+                if name.endswith(".scales"):
+                    path = name[: -len(".scales")]
+                    bits = shapes[f"{path}.weight"][-1] * 32 // (shape[-1] * setting.group_size)
+                    if bits != setting.bits:
+                        entry[path] = setting.params(bits)
+        return entry
+
+    def config(self) -> dict:
+        cfg = dict(self.raw)
+        cfg.pop("quantization", None)
+        cfg.pop("quantization_config", None)
+        entry = self.quantization_entry()
+        if entry is not None:
+            cfg["quantization"] = entry
+            cfg["quantization_config"] = dict(entry)
+        if self.dtype is not None:
+            name = str(self.dtype).split(".")[-1]
+            keys = [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]
+            for k in keys:
+                cfg[k] = name
+        return cfg
+
+    def close(self):
+        self.ckpt.close()
+
+
+# ------------------------------------------------------------------------------------------ atomic output
+
+
+def tokenizer_files(folder: Path) -> list:
+    files = set()
+    for pattern in TOKENIZER_FILES:
+        files.update(p for p in folder.glob(pattern) if p.is_file())
+    return sorted(files)
+
+
+def convert(src, out, options: Optional[Options] = None, progress=None, log: Callable[[str], None] = lambda s: None
+            ) -> Result:
+    """Convert SRC into OUT; returns what was written. Raises ModelError subclasses for user mistakes."""
+    options = options or Options()
+    start = time.perf_counter()
+    out = Path(out).expanduser().absolute()
+    if out.exists() and not options.force:
+        raise ConvertError(f"{out} already exists; pass --force to replace it")
+    folder = fetch(src).absolute()
+    if out.resolve() == folder.resolve() or (out.exists() and folder.resolve().is_relative_to(out.resolve())):
+        raise ConvertError(f"{out} is (or holds) the source folder; choose another OUT")
+    conv = Converter(folder, options)
+    try:
+        entries = conv.plan()
+        extra = sum(p.stat().st_size for p in tokenizer_files(folder))
+        total = sum(nbytes(d, s) for _, d, s in entries)
+        check_space(out.parent, total + extra, f"the converted model ({out.name})")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        done = False
+        try:
+            log(f"converting {len(conv.groups)} groups, {conv.source_bytes / GB:.2f} GB -> {total / GB:.2f} GB")
+            writer = conv.write(tmp, progress)
+            (tmp / "config.json").write_text(json.dumps(conv.config(), indent=4))
+            for f in tokenizer_files(folder):
+                shutil.copyfile(f, tmp / f.name)
+            replace(tmp, out)
+            done = True
+        finally:
+            if not done:
+                shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        conv.close()
+    return Result(out, folder, len(entries), total, len(writer.names), conv.parameters,
+                  time.perf_counter() - start, conv.quantization_entry())
+
+
+def replace(tmp: Path, out: Path):
+    """Move the finished folder into place; an old OUT is set aside first and removed only once the new one is in."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.rmdir(old)
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()
