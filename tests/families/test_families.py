@@ -173,7 +173,7 @@ def test_against_mlx_lm(case, tmp_path):
     # transformers only (checked above and in the other tests).
     try:
         full, steps = mlx_lm_run(old, case["ids"])
-    except ValueError:
+    except Exception:  # mlx-lm cannot load it at all: that is the gap
         return
     err = max(np.abs(full - case["ref"]).max(), np.abs(steps - reference(case, [1] * SEQ)).max())
     assert err > 1e-3, f"mlx-lm now gets {case['name']} right; drop its gap note"
