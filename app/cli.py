@@ -42,6 +42,8 @@ def parser():
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     g.add_argument("-v", "--verbose", action="store_true", help="print speed and memory to stderr")
     g.set_defaults(func=cmd_generate)
+    from app import convert_cmd
+    convert_cmd.add_parser(sub)
     return p
 
 

@@ -271,7 +271,8 @@ class Converter:
         self.entries = entries
         return entries
 
-    def write(self, folder: Path, progress: Optional[Callable[[int, str], None]] = None) -> ShardWriter:
+    def write(self, folder: Path, progress: Optional[Callable[[int], None]] = None) -> ShardWriter:
+        """Read, transform and write every group; `progress(n)` after each with the source bytes it read."""
         writer = ShardWriter(folder, self.entries, self.options.shard_bytes, metadata={"format": "mlx"})
         try:
             for names in self.groups:
@@ -284,7 +285,7 @@ class Converter:
                     writer.write(name, t)
                 del out
                 if progress:
-                    progress(sum(self.ckpt.info(n).nbytes for n in names), names[0])
+                    progress(sum(self.ckpt.info(n).nbytes for n in names))
             writer.finish(total_parameters=self.parameters)
         finally:
             writer.abort()
@@ -351,7 +352,9 @@ def tokenizer_files(folder: Path) -> list:
 
 def convert(src, out, options: Optional[Options] = None, progress=None, log: Callable[[str], None] = lambda s: None
             ) -> Result:
-    """Convert SRC into OUT; returns what was written. Raises ModelError subclasses for user mistakes."""
+    """Convert SRC into OUT; returns what was written. Raises ModelError subclasses for user mistakes.
+
+    `progress(total_bytes)`, if given, makes a progress bar (`update(n)`, `close()`) over the source bytes."""
     options = options or Options()
     start = time.perf_counter()
     out = Path(out).expanduser().absolute()
@@ -368,22 +371,33 @@ def convert(src, out, options: Optional[Options] = None, progress=None, log: Cal
         check_space(out.parent, total + extra, f"the converted model ({out.name})")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-        done = False
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result should look like a mkdir
+        done, bar = False, None
         try:
-            log(f"converting {len(conv.groups)} groups, {conv.source_bytes / GB:.2f} GB -> {total / GB:.2f} GB")
-            writer = conv.write(tmp, progress)
+            log(f"converting {folder}: {len(conv.groups)} groups, {conv.source_bytes / GB:.2f} GB -> "
+                f"{total / GB:.2f} GB")
+            bar = progress(conv.source_bytes) if progress else None
+            writer = conv.write(tmp, bar.update if bar else None)
             (tmp / "config.json").write_text(json.dumps(conv.config(), indent=4))
             for f in tokenizer_files(folder):
                 shutil.copyfile(f, tmp / f.name)
             replace(tmp, out)
             done = True
         finally:
+            if bar is not None:
+                bar.close()
             if not done:
                 shutil.rmtree(tmp, ignore_errors=True)
     finally:
         conv.close()
     return Result(out, folder, len(entries), total, len(writer.names), conv.parameters,
                   time.perf_counter() - start, conv.quantization_entry())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def replace(tmp: Path, out: Path):

@@ -12,9 +12,6 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import mlx.nn as nn
-from mlx.utils import tree_flatten
-
 from mlxmodels.config import ModelError
 
 MODES = {"affine": None, "mxfp4": (4, 32), "mxfp8": (8, 32)}  # mx modes allow exactly one (bits, group size)
@@ -128,7 +125,7 @@ def layer_of(path: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def plan(model: nn.Module, setting: Setting, num_layers: int, tied: bool, fused=()) -> dict:
+def plan(model, setting: Setting, num_layers: int, tied: bool, fused=()) -> dict:
     """{module path: to_quantized params} for every module to quantize. Works on an unevaluated model (shapes only).
 
     `fused`: tuples of sibling names an adapter exports as one tensor (GPT-2's q/k/v -> c_attn); siblings get the
@@ -164,27 +161,9 @@ def plan(model: nn.Module, setting: Setting, num_layers: int, tied: bool, fused=
 
 def config_entry(setting: Setting, params: dict) -> dict:
     """mlx-lm's `quantization` entry: the defaults plus a dict per module whose params differ from them."""
-    entry = setting.params()
+    default = setting.params()
+    entry = dict(default)
     for path, p in sorted(params.items()):
-        if p != entry:
+        if p != default:
             entry[path] = dict(p)
     return entry
-
-
-def bits_per_weight(model_bytes: int, parameters: int) -> float:
-    return 8 * model_bytes / max(parameters, 1)
-
-
-def count_parameters(params: dict, shapes: dict) -> int:
-    """Parameters of the unquantized model: shapes {tensor name: shape} of its float form."""
-    total = 0
-    for shape in shapes.values():
-        n = 1
-        for d in shape:
-            n *= d
-        total += n
-    return total
-
-
-def float_shapes(model: nn.Module) -> dict:
-    return {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import List
 
@@ -95,6 +96,7 @@ def _compile(args: List[str], what: str) -> None:
         raise BuildError(f"g++ could not compile {what}:\n{r.stderr[-6000:]}")
 
 
+@lru_cache(maxsize=None)
 def _version(cxx: str) -> str:
     return subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
 

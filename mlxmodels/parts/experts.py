@@ -22,7 +22,12 @@ class SwitchLinear(nn.Module):
 
     def __call__(self, x, idx, sorted_indices=False):
         # x: (..., 1, in) broadcast against idx (...); -> (..., 1, out)
-        return mx.gather_mm(x, self.weight.swapaxes(-1, -2), rhs_indices=idx, sorted_indices=sorted_indices)
+        w = self.weight.swapaxes(-1, -2)
+        if x.dtype != mx.float32 and mx.default_device() == mx.cpu:
+            # MLX's CPU gather_mm is float32-only: compute there, return in the model's dtype
+            y = mx.gather_mm(x.astype(mx.float32), w.astype(mx.float32), rhs_indices=idx, sorted_indices=sorted_indices)
+            return y.astype(x.dtype)
+        return mx.gather_mm(x, w, rhs_indices=idx, sorted_indices=sorted_indices)
 
     def to_quantized(self, group_size: int = 64, bits: int = 4, mode: str = "affine"):
         return QuantizedSwitchLinear(self.weight, group_size, bits, mode)

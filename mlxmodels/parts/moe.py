@@ -14,7 +14,8 @@ from .ffn import MLP
 
 
 def top_groups(group_scores, k: int):
-    """(N, G) -> bool (N, G) marking the k best groups; ties go to the lower index (as torch.topk on CPU)."""
+    """(N, G) -> bool (N, G) marking the k best groups; ties go to the lower index, so routing is deterministic
+    (torch.topk leaves tie order unspecified)."""
     s = group_scores[:, :, None]  # candidate g
     t = group_scores[:, None, :]  # competitor h
     lower = mx.arange(group_scores.shape[-1])[None, :] < mx.arange(group_scores.shape[-1])[:, None]  # h < g

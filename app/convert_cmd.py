@@ -1,0 +1,110 @@
+"""`mlxm convert SRC OUT`: import Hugging Face safetensors (folder or Hub id), optionally quantize, write an MLX
+folder that mlx-lm loads too. Self-contained: `add_parser(subparsers)` registers it."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+DESCRIPTION = """Convert a Hugging Face checkpoint (a local folder or a Hub id such as Qwen/Qwen3-0.6B) into an MLX
+folder in mlx-lm's layout, one layer at a time. FP8 block-scaled checkpoints are dequantized. With -q (or any
+quantization option) Linear and Embedding weights are quantized; norms, biases and MoE routers stay float.
+The output appears only when complete; an existing OUT is replaced only with --force."""
+
+
+def add_parser(subparsers):
+    from quantize import recipes
+
+    p = subparsers.add_parser("convert", help="import (and quantize) a Hugging Face checkpoint",
+                              description=DESCRIPTION)
+    p.error = _one_line_error  # user mistakes: one line, no usage dump
+    p.add_argument("src", metavar="SRC", help="local model folder or Hugging Face Hub id")
+    p.add_argument("out", metavar="OUT", help="output folder (must not exist, unless --force)")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
+                   help="dtype of float tensors (default: config.json's; FP8 checkpoints -> bfloat16)")
+    q = p.add_argument_group("quantization (any of these implies -q)")
+    q.add_argument("-q", "--quantize", action="store_true", help="quantize (default: affine 4-bit, group 64)")
+    q.add_argument("--bits", type=int, choices=recipes.BITS, default=None)
+    q.add_argument("--group-size", type=int, choices=recipes.GROUP_SIZES, default=None)
+    q.add_argument("--mode", choices=list(recipes.MODES), default=None,
+                   help="affine (2-8 bits), mxfp4 (4 bits, group 32), mxfp8 (8 bits, group 32)")
+    q.add_argument("--recipe", choices=sorted(recipes.RECIPES), default=None,
+                   help="per-layer bits: edges_4_6 = 4-bit, 6-bit head and first/last layers' v/o/down "
+                        "projections; mixed_L_H = llama.cpp Q*_K_M-like")
+    q.add_argument("--no-quantize-embeddings", dest="embeddings", action="store_false",
+                   help="keep the embeddings float")
+    q.add_argument("--no-quantize-head", dest="head", action="store_false", help="keep the output head float")
+    p.add_argument("--shard-size", type=float, default=5.0, metavar="GB", help="output shard size (default 5 GB)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists (once the new one is complete)")
+    r = p.add_argument_group("report")
+    r.add_argument("--report", metavar="TEXTFILE", default=None,
+                   help="after converting, print perplexity on TEXTFILE and mean KL from the float model")
+    r.add_argument("--report-settings", default="", metavar="LIST",
+                   help="more settings to compare in memory, e.g. 8,4,3g32,mxfp4,edges_4_6")
+    r.add_argument("--report-tokens", type=int, default=2048, metavar="N")
+    r.add_argument("--report-context", type=int, default=512, metavar="N")
+    p.set_defaults(func=run)
+    return p
+
+
+def _one_line_error(message):
+    print(f"mlxm: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def setting_from(args):
+    from quantize import recipes
+
+    quantize = args.quantize or any(v is not None for v in (args.bits, args.group_size, args.mode, args.recipe))
+    return quantize, recipes.Setting.for_mode(args.mode or "affine", bits=args.bits, group_size=args.group_size,
+                                              recipe=args.recipe, embeddings=args.embeddings, head=args.head)
+
+
+def run(args):
+    from quantize import report
+    from quantize.convert import Options, convert
+
+    quantize, setting = setting_from(args)
+    if args.shard_size <= 0:
+        raise ValueError("--shard-size must be positive")
+    text, extra = None, []
+    if args.report:
+        text = Path(args.report).read_text(encoding="utf-8", errors="replace")  # fail before converting
+        extra = report.parse_settings(args.report_settings, setting)
+    options = Options(dtype=args.dtype, quantize=quantize, setting=setting, shard_bytes=int(args.shard_size * 1e9),
+                      force=args.force)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a kill cleans up like Ctrl-C
+    try:
+        result = convert(args.src, args.out, options, progress=_bar, log=lambda s: print(s, file=sys.stderr))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    what = f"{setting.label}, {result.bits_per_weight:.2f} bits/weight" if quantize else "float"
+    print(f"wrote {result.folder} ({what}): {result.tensors} tensors, {result.bytes / 1e9:.3f} GB in "
+          f"{result.shards} shard(s), {result.seconds:.1f} s")
+    if text is not None:
+        label = f"{setting.label} (OUT)" if quantize else "float (OUT)"
+        rows, tokens = report.report(text, result.source, result.folder, extra, _dtype(result.folder),
+                                     args.report_context, args.report_tokens, label)
+        print(report.table(rows, tokens))
+
+
+def _dtype(folder):
+    import json
+
+    import mlx.core as mx
+
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    name = cfg.get("torch_dtype") or cfg.get("dtype")
+    return getattr(mx, name) if name in ("float32", "bfloat16", "float16") else None
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _bar(total):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc="convert", file=sys.stderr, leave=False)
