@@ -128,7 +128,7 @@ def time_generation(model, make_cache: Callable[[], list], prompt: Sequence[int]
         "generation_tps": (gen_tokens - 1) / (t_last - t_first) if gen_tokens > 1 else 0.0,
         "ttft_s": ttft,
         "peak_memory_gb": mx.get_peak_memory() / 1e9,
-        "kv_bytes_per_token": sum(a.nbytes for a in states(cache)) / max(cache[0].offset, 1),
+        "kv_state_bytes": sum(a.nbytes for a in states(cache)),  # as allocated (ours grows in steps of 256)
         "cache_offset": cache[0].offset,
         "tokens": generated,
     }
@@ -165,6 +165,21 @@ def own_stream_stats(tool: str, folder: str, model, make_cache, prompt: Sequence
 # ---------------------------------------------------------------- worker process
 
 
+def default_dtype(tool: str, folder: str, openblas: bool = False) -> str:
+    """The compute dtype `tool` picks for `folder` when none is asked for (loaded in a fresh process)."""
+    out = subprocess.run([sys.executable, "-m", "app.bench", "dtype", tool, folder], capture_output=True, text=True,
+                         check=True, env=_env(openblas), cwd=str(Path(__file__).resolve().parents[1]))
+    return out.stdout.strip().splitlines()[-1]
+
+
+def _env(openblas: bool) -> dict:
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    if openblas:
+        env["LD_PRELOAD"] = OPENBLAS
+    return env
+
+
 def worker(tool: str, folder: str, dtype: Optional[str], prompt_tokens: int, gen_tokens: int,
            prefill_step_size: int = 512, seed: int = 0, vocab: int = 32000) -> None:
     """Load once, warm up, then answer one JSON line per "trial" (or "own") line read on stdin."""
@@ -198,10 +213,7 @@ class Worker:
 
     def __init__(self, tool: str, folder: str, dtype: Optional[str], prompt_tokens: int, gen_tokens: int,
                  prefill_step_size: int = 512, openblas: bool = False, cwd: Optional[str] = None):
-        env = dict(os.environ)
-        env.pop("LD_PRELOAD", None)
-        if openblas:
-            env["LD_PRELOAD"] = OPENBLAS
+        env = _env(openblas)
         args = [sys.executable, "-m", "app.bench", "worker", tool, folder, dtype or "default",
                 str(prompt_tokens), str(gen_tokens), str(prefill_step_size)]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
@@ -250,7 +262,7 @@ def run_interleaved(a: Worker, b: Worker, trials: int, own_stats: bool = False) 
 def summarize(trials: List[dict]) -> Dict[str, Dict[str, float]]:
     """metric -> {median, min, max} over trials."""
     out = {}
-    for m in METRICS + ("kv_bytes_per_token",):
+    for m in METRICS:
         vals = [t[m] for t in trials]
         out[m] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
     return out
@@ -285,6 +297,9 @@ def table(rows: List[dict]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "dtype":  # the compute dtype a tool picks by default for a folder
+        print(load_tool(argv[1], argv[2], None)[2])
+        return 0
     if argv and argv[0] == "worker":
         tool, folder, dtype, p, g, step = argv[1:7]
         worker(tool, folder, None if dtype == "default" else dtype, int(p), int(g), int(step))

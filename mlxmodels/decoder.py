@@ -61,8 +61,9 @@ class Decoder(nn.Module):
         if not spec.tie_embeddings:
             self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
 
-    def make_cache(self) -> list:
-        return [make_layer_cache(layer.attn) for layer in self.spec.layers]
+    def make_cache(self, rollback: int = 0) -> list:
+        """One cache per layer; `rollback` > 0 lets callers `trim` that many tokens after a step."""
+        return [make_layer_cache(layer.attn, rollback) for layer in self.spec.layers]
 
     def head(self, h):
         """Hidden states (B, T, hidden) -> logits (B, T, vocab)."""

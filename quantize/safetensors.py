@@ -52,7 +52,7 @@ DTYPES = {
 MX_NAMES = {mx.float64: "F64", mx.float32: "F32", mx.float16: "F16", mx.bfloat16: "BF16", mx.int64: "I64",
             mx.int32: "I32", mx.int16: "I16", mx.int8: "I8", mx.uint64: "U64", mx.uint32: "U32",
             mx.uint16: "U16", mx.uint8: "U8", mx.bool_: "BOOL"}
-RAW = {2: mx.uint16, 4: mx.uint32, 8: mx.uint64}  # bit-cast views for bytes NumPy cannot name (bfloat16)
+NP_NAMES = {np.dtype(v[1]): k for k, v in DTYPES.items() if k not in ("BF16", "F8_E4M3")}
 
 
 class SafetensorsError(ModelError):
@@ -298,7 +298,7 @@ def as_bytes(a) -> memoryview:
         if a.dtype == mx.bfloat16:
             a = a.view(mx.uint16)
         a = np.asarray(a)
-    return memoryview(np.ascontiguousarray(a)).cast("B")
+    return memoryview(np.ascontiguousarray(a).reshape(-1)).cast("B")
 
 
 def save_file(path, tensors: dict, metadata: Optional[dict] = None):
@@ -307,8 +307,12 @@ def save_file(path, tensors: dict, metadata: Optional[dict] = None):
     for name, a in tensors.items():
         if isinstance(a, tuple):
             a, dtype = a
+        elif isinstance(a, mx.array):
+            dtype = dtype_name(a.dtype)
         else:
-            dtype = dtype_name(a.dtype) if isinstance(a, mx.array) else dtype_name(mx.array(a[:0]).dtype)
+            dtype = NP_NAMES.get(np.dtype(a.dtype))
+            if dtype is None:
+                raise SafetensorsError(f"cannot write NumPy dtype {a.dtype} to safetensors")
         entries.append((name, dtype, tuple(a.shape)))
         arrays.append(a)
     mx.eval([a for a in arrays if isinstance(a, mx.array)])

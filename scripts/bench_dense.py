@@ -152,37 +152,71 @@ def ensure_folders(workdir: Path) -> dict:
 # ---------------------------------------------------------------- benchmark
 
 
+def run_pair(name: str, folder: str, d_ours, d_peer, args) -> dict:
+    t0 = time.perf_counter()
+    print(f"[{name}] ours {d_ours or 'default'} / mlx-lm {d_peer or 'default'} on {Path(folder).name} "
+          f"({'OpenBLAS' if args.openblas else 'reference BLAS'}) ...", flush=True)
+    common = dict(prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
+                  prefill_step_size=args.prefill_step_size, openblas=args.openblas)
+    ours = bench.Worker("ours", folder, d_ours, **common)
+    peer = bench.Worker("mlx-lm", folder, d_peer, **common)
+    try:
+        r_ours, r_peer = bench.run_interleaved(ours, peer, args.trials, own_stats=args.own_stats)
+    finally:
+        ours.close()
+        peer.close()
+    same = all(a["tokens"] == b["tokens"] for a, b in zip(r_ours, r_peer))
+    for r in r_ours + r_peer:
+        r.pop("tokens")
+    s_ours, s_peer = bench.summarize(r_ours), bench.summarize(r_peer)
+    out = {
+        "folder": folder,
+        "ours": {"info": ours.info, "summary": s_ours, "trials": r_ours},
+        "mlx-lm": {"info": peer.info, "summary": s_peer, "trials": r_peer},
+        "ratio": bench.ratios(s_ours, s_peer),
+        "same_greedy_tokens": same,
+        "interleaved": True,
+        "seconds": time.perf_counter() - t0,
+    }
+    _print_ratio(name, out)
+    return out
+
+
+def _print_ratio(name: str, r: dict) -> None:
+    q = r["ratio"]
+    print(f"[{name}] ours {r['ours']['info']['dtype']} / mlx-lm {r['mlx-lm']['info']['dtype']}: "
+          f"prompt x{q['prompt_tps']:.2f}, gen x{q['generation_tps']:.2f}, peak mem x{q['peak_memory_gb']:.2f}"
+          + (f", same greedy tokens {r['same_greedy_tokens']} ({r['seconds']:.0f} s)" if "seconds" in r else ""),
+          flush=True)
+
+
 def run_settings(folders: dict, args) -> dict:
+    """Explicit-dtype settings first; a default setting reuses the explicit runs whose dtype each tool's default
+    resolves to (checked by loading with no dtype), and runs its own pair only when there is none."""
     results = {}
-    for name in args.settings:
+    explicit = [n for n in args.settings if SETTINGS[n][1] is not None]
+    defaults = [n for n in args.settings if SETTINGS[n][1] is None]
+    for name in explicit:
         fkey, d_ours, d_peer = SETTINGS[name]
-        t0 = time.perf_counter()
-        print(f"[{name}] starting workers ({'OpenBLAS' if args.openblas else 'reference BLAS'}) ...", flush=True)
-        common = dict(prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
-                      prefill_step_size=args.prefill_step_size, openblas=args.openblas)
-        ours = bench.Worker("ours", folders[fkey], d_ours, **common)
-        peer = bench.Worker("mlx-lm", folders[fkey], d_peer, **common)
-        try:
-            r_ours, r_peer = bench.run_interleaved(ours, peer, args.trials, own_stats=args.own_stats)
-        finally:
-            ours.close()
-            peer.close()
-        same = [a["tokens"] == b["tokens"] for a, b in zip(r_ours, r_peer)]
-        s_ours, s_peer = bench.summarize(r_ours), bench.summarize(r_peer)
-        for r in r_ours + r_peer:
-            r.pop("tokens")
-        results[name] = {
-            "folder": folders[fkey],
-            "ours": {"info": ours.info, "summary": s_ours, "trials": r_ours},
-            "mlx-lm": {"info": peer.info, "summary": s_peer, "trials": r_peer},
-            "ratio": bench.ratios(s_ours, s_peer),
-            "same_greedy_tokens": all(same),
-            "seconds": time.perf_counter() - t0,
-        }
-        q = results[name]["ratio"]
-        print(f"[{name}] ours {ours.info['dtype']} / mlx-lm {peer.info['dtype']}: prompt x{q['prompt_tps']:.2f}, "
-              f"gen x{q['generation_tps']:.2f}, peak mem x{q['peak_memory_gb']:.2f}, same tokens {all(same)} "
-              f"({results[name]['seconds']:.0f} s)", flush=True)
+        results[name] = run_pair(name, folders[fkey], d_ours, d_peer, args)
+    for name in defaults:
+        fkey = SETTINGS[name][0]
+        picked = {tool: bench.default_dtype(tool, folders[fkey], args.openblas) for tool in ("ours", "mlx-lm")}
+        source = {tool: next((n for n in explicit if SETTINGS[n][0] == fkey and SETTINGS[n][1] == picked[tool]), None)
+                  for tool in picked}
+        if None in source.values():
+            results[name] = run_pair(name, folders[fkey], None, None, args)
+            continue
+        r = {"folder": folders[fkey], "default_dtype": picked, "interleaved": False,
+             "from_settings": source}
+        for tool, src in source.items():
+            r[tool] = results[src][tool]
+        r["ratio"] = bench.ratios(r["ours"]["summary"], r["mlx-lm"]["summary"])
+        r["same_greedy_tokens"] = None
+        results[name] = r
+        print(f"[{name}] defaults: ours -> {picked['ours']} (from {source['ours']}), "
+              f"mlx-lm -> {picked['mlx-lm']} (from {source['mlx-lm']})", flush=True)
+        _print_ratio(name, r)
     return results
 
 

@@ -80,18 +80,23 @@ class KVCache(Cache):
 
 
 class RotatingKVCache(Cache):
-    """Sliding-window cache holding at most `window` tokens, so memory is bounded by the window.
+    """Sliding-window cache holding at most `window + slack` tokens, so memory is bounded by the window.
 
-    Decode writes one token into a ring buffer (slot order does not matter to attention: RoPE is already applied
-    and the buffer holds exactly the visible keys). A multi-token step first puts the buffer back in temporal
-    order, attends over old + new with an explicit window mask, then keeps the last `window` tokens.
+    `slack` extra tokens let a speculative step be rolled back (`trim`) without losing keys the window still
+    needs. Decode writes one token into a ring buffer (slot order does not matter to attention: RoPE is already
+    applied), masking the `slack` oldest slots. A multi-token step first puts the buffer back in temporal order,
+    attends over old + new with an explicit window mask, then keeps the last `window + slack` tokens.
     """
 
-    def __init__(self, window: int):
-        self.window = window
+    def __init__(self, window: int, slack: int = 0):
+        self.window, self.capacity = window, window + slack
         self.keys = self.values = None
         self.offset = 0
-        self._idx = 0  # next ring slot to write
+        self._idx = 0  # next ring slot to write once the buffer is full
+
+    @property
+    def kept(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
 
     def _temporal(self):
         if self.keys is None or self._idx == 0:
@@ -101,28 +106,43 @@ class RotatingKVCache(Cache):
         v = mx.concatenate([self.values[..., i:, :], self.values[..., :i, :]], axis=2)
         return k, v
 
+    def _ring_mode(self, T: int) -> bool:
+        return T == 1 and self.kept == self.capacity
+
     def mask(self, T: int):
-        if T == 1:
-            return None
-        kept = 0 if self.keys is None else self.keys.shape[2]
-        return window_mask(self.offset, T, self.offset - kept, kept + T, window=self.window)
+        if self._ring_mode(T):
+            if self.capacity == self.window:
+                return None  # the ring holds exactly the visible keys
+            age = (self._idx - mx.arange(self.capacity)) % self.capacity  # 0 for the slot about to be written
+            return (age < self.window)[None]
+        return window_mask(self.offset, T, self.offset - self.kept, self.kept + T, window=self.window)
 
     def update_and_fetch(self, k, v):
         T = k.shape[2]
-        if T == 1 and self.keys is not None and self.keys.shape[2] == self.window:
+        if self._ring_mode(T):
             self.keys[..., self._idx : self._idx + 1, :] = k
             self.values[..., self._idx : self._idx + 1, :] = v
-            self._idx = (self._idx + 1) % self.window
+            self._idx = (self._idx + 1) % self.capacity
             self.offset += 1
             return self.keys, self.values
         old_k, old_v = self._temporal()
         if old_k is not None:
             k = mx.concatenate([old_k, k], axis=2)
             v = mx.concatenate([old_v, v], axis=2)
-        self.keys, self.values = k[..., -self.window :, :], v[..., -self.window :, :]
-        self._idx = 0 if self.keys.shape[2] == self.window else self.keys.shape[2]
+        self.keys, self.values = k[..., -self.capacity :, :], v[..., -self.capacity :, :]
+        self._idx = 0
         self.offset += T
         return k, v
+
+    def trim(self, n: int) -> int:
+        if n > self.kept - min(self.window - 1, self.offset - n):
+            raise ValueError(f"cannot roll a sliding-window cache back {n} tokens: make the cache with "
+                             f"model.make_cache(rollback={n}) or more")
+        k, v = self._temporal()
+        self.keys, self.values = k[..., : self.kept - n, :], v[..., : self.kept - n, :]
+        self._idx = 0
+        self.offset -= n
+        return n
 
     @property
     def state(self):
@@ -135,16 +155,17 @@ class RotatingKVCache(Cache):
 
 class ChunkedKVCache(Cache):
     """Chunked attention (Llama 4): a query sees only keys of its own chunk of `chunk` positions, so the cache
-    keeps only the current chunk (memory bounded by the chunk)."""
+    keeps only the current chunk (memory bounded by the chunk); with `slack` > 0 it keeps the chunk of the oldest
+    position a rollback may return to."""
 
-    def __init__(self, chunk: int):
-        self.chunk = chunk
+    def __init__(self, chunk: int, slack: int = 0):
+        self.chunk, self.slack = chunk, slack
         self.keys = self.values = None
         self.start = 0  # absolute position of keys[..., 0, :]
         self.offset = 0
 
     def mask(self, T: int):
-        if T == 1:
+        if T == 1 and self.start >= self.offset // self.chunk * self.chunk:
             return None  # every kept key is in the query's chunk
         return window_mask(self.offset, T, self.start, self.offset - self.start + T, chunk=self.chunk)
 
@@ -154,12 +175,20 @@ class ChunkedKVCache(Cache):
         self.values, used = append(self.values, v, used)
         keys, values = self.keys[..., :used, :], self.values[..., :used, :]
         self.offset += k.shape[2]
-        start = self.offset // self.chunk * self.chunk
+        start = max((self.offset - self.slack) // self.chunk * self.chunk, self.start)
         if start > self.start:  # the next query opens a new chunk: forget the old one
             drop = start - self.start
             self.keys, self.values = keys[..., drop:, :], values[..., drop:, :]
             self.start = start
         return keys, values
+
+    def trim(self, n: int) -> int:
+        if (self.offset - n) // self.chunk * self.chunk < self.start:
+            raise ValueError(f"cannot roll a chunked cache back {n} tokens: make the cache with "
+                             f"model.make_cache(rollback={n}) or more")
+        self.keys, self.values = self.keys[..., : self.offset - n - self.start, :], self.values[..., : self.offset - n - self.start, :]
+        self.offset -= n
+        return n
 
     @property
     def state(self):
@@ -179,6 +208,7 @@ class LatentCache(Cache):
         self.offset = 0
 
     mask = KVCache.mask
+    trim = KVCache.trim
 
     def update_and_fetch(self, rows):
         # rows: (B, 1, T, kv_lora + rope)
@@ -200,11 +230,12 @@ class LatentCache(Cache):
         return 0 if self.rows is None else self.rows.nbytes
 
 
-def make_layer_cache(attn):
+def make_layer_cache(attn, rollback: int = 0):
+    """`rollback`: how many tokens a caller may `trim` after a step (speculative decoding)."""
     if isinstance(attn, MLASpec):
         return LatentCache(attn.kv_lora_rank)
     if attn.window is not None:
-        return RotatingKVCache(attn.window)
+        return RotatingKVCache(attn.window, rollback)
     if attn.chunk is not None:
-        return ChunkedKVCache(attn.chunk)
+        return ChunkedKVCache(attn.chunk, rollback)
     return KVCache()
