@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -219,6 +220,7 @@ class Worker:
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                      cwd=cwd or str(Path(__file__).resolve().parents[1]))
         self.info = self._read()
+        os.kill(self.proc.pid, signal.SIGSTOP)
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -227,11 +229,17 @@ class Worker:
         return json.loads(line)
 
     def ask(self, cmd: str = "trial") -> dict:
+        """Resume the worker, send `cmd`, read its answer, stop it again (SIGSTOP): an idle worker's threads
+        (OpenBLAS spins its pool for a while after each call) must not steal cores from the one being timed."""
+        os.kill(self.proc.pid, signal.SIGCONT)
         self.proc.stdin.write(cmd + "\n")
         self.proc.stdin.flush()
-        return self._read()
+        answer = self._read()
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        return answer
 
     def close(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
         try:
             self.proc.stdin.write("quit\n")
             self.proc.stdin.close()

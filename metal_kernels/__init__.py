@@ -2,7 +2,8 @@
 
 On a Metal GPU each entry point runs its kernel (the `.metal` bodies beside this file, via
 `mx.fast.metal_kernel`); everywhere else, or when switched off, it runs `reference.py`, plain MLX ops with the
-same semantics (MLX's own `quantized_matmul` for the matrix-vector products). Switch the kernels off on a Mac
+same semantics (MLX's own `quantized_matmul` for the matrix-vector products). Shapes a kernel does not
+take (head dims that are not multiples of 32, other bit widths) also run the reference. Switch the kernels off on a Mac
 to compare with MLX's built-ins: `MLXMODELS_KERNELS=mlx` in the environment, or `use_kernels(False)`.
 
     paged_attention(q, k_pool, v_pool, block_tables, context_lens, scale, softcap=None, window=None, chunk=None)
@@ -41,7 +42,7 @@ def kernels_enabled() -> bool:
 def paged_attention(q, k_pool, v_pool, block_tables, context_lens, scale: float, softcap: Optional[float] = None,
                     window: Optional[int] = None, chunk: Optional[int] = None) -> mx.array:
     """One query token per sequence, q (B, H, D), over its K/V blocks (num_blocks, block_size, Hkv, D) -> (B, H, D)."""
-    if kernels_enabled():
+    if kernels_enabled() and q.shape[-1] % 32 == 0 and v_pool.shape == k_pool.shape:
         launch = attention_launch(q, k_pool, v_pool, block_tables, context_lens, scale, softcap, window, chunk)
         return run_metal(launch)[0]
     return reference.paged_attention(q, k_pool, v_pool, block_tables, context_lens, scale, softcap, window, chunk)
@@ -49,7 +50,7 @@ def paged_attention(q, k_pool, v_pool, block_tables, context_lens, scale: float,
 
 def paged_mla(q_latent, q_rope, pool, block_tables, context_lens, scale: float) -> mx.array:
     """Absorbed MLA decode: q_latent (B, H, R), q_rope (B, H, P) over rows [latent | rope key] -> (B, H, R)."""
-    if kernels_enabled():
+    if kernels_enabled() and q_latent.shape[-1] % 32 == 0 and q_rope.shape[-1] % 32 == 0:
         return run_metal(mla_launch(q_latent, q_rope, pool, block_tables, context_lens, scale))[0]
     return reference.paged_mla(q_latent, q_rope, pool, block_tables, context_lens, scale)
 

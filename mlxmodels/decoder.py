@@ -15,14 +15,15 @@ from .parts.cache import make_layer_cache
 from .parts.ffn import MLP
 from .parts.mla import MLA
 from .parts.moe import MoE
+from .parts.mtp import MTPBlock
 from .parts.norms import make_norm
 from .spec import LayerSpec, MLASpec, ModelSpec, MoESpec
 
 
-def build_block(hidden: int, spec: LayerSpec) -> DecoderBlock:
+def build_block(hidden: int, spec: LayerSpec, block=DecoderBlock) -> DecoderBlock:
     attn = MLA(hidden, spec.attn) if isinstance(spec.attn, MLASpec) else Attention(hidden, spec.attn, spec.norm)
     ffn = MoE(hidden, spec.ffn) if isinstance(spec.ffn, MoESpec) else MLP(hidden, spec.ffn)
-    return DecoderBlock(hidden, spec, attn, ffn)
+    return block(hidden, spec, attn, ffn)
 
 
 class Body(nn.Module):
@@ -33,7 +34,11 @@ class Body(nn.Module):
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
         if spec.learned_positions:
             self.embed_positions = nn.Embedding(spec.learned_positions, spec.hidden_size)
-        self.layers = [build(spec.hidden_size, layer) for layer in spec.layers]
+        # MTP modules follow the main layers, as in the checkpoints; only the main layers run in __call__
+        self.layers = [build(spec.hidden_size, layer) for layer in spec.layers] + [
+            build_block(spec.hidden_size, layer, MTPBlock) for layer in spec.mtp
+        ]
+        self._n_main = len(spec.layers)
         self.norm = make_norm(spec.norm, spec.hidden_size)
         self._embed_scale = spec.embed_scale
 
@@ -43,12 +48,14 @@ class Body(nn.Module):
             # Multiply in the activation dtype: transformers rounds the scale to it too.
             h = h * mx.array(self._embed_scale, dtype=mx.float32).astype(h.dtype)
         if "embed_positions" in self:
-            h = h + self.embed_positions(mx.arange(offset, offset + input_ids.shape[1]))
+            # offset: an int, or one position per sequence (B,) from a batched paged cache
+            start = offset[:, None] if isinstance(offset, mx.array) else offset
+            h = h + self.embed_positions(start + mx.arange(input_ids.shape[1]))
         return h
 
     def __call__(self, input_ids, cache):
         h = self.embed(input_ids, cache[0].offset)
-        for layer, c in zip(self.layers, cache):
+        for layer, c in zip(self.layers[: self._n_main], cache):
             h = layer(h, c)
         return self.norm(h)
 
@@ -61,9 +68,31 @@ class Decoder(nn.Module):
         if not spec.tie_embeddings:
             self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
 
-    def make_cache(self, rollback: int = 0) -> list:
-        """One cache per layer; `rollback` > 0 lets callers `trim` that many tokens after a step."""
+    def make_cache(self, rollback: int = 0, paged: bool = False, **paged_options) -> list:
+        """One cache per layer; `rollback` > 0 lets callers `trim` that many tokens after a step.
+        paged=True: paged caches sharing one block pool (options: num_blocks, block_size); any step can be
+        rolled back while its blocks are kept, so `rollback` does not apply."""
+        if paged:
+            from .parts.paged_cache import make_paged_cache
+
+            return make_paged_cache(self.spec, **paged_options)
+        if paged_options:
+            raise TypeError(f"cache options {sorted(paged_options)} apply to paged=True only")
         return [make_layer_cache(layer.attn, rollback) for layer in self.spec.layers]
+
+    def make_mtp_cache(self, rollback: int = 0) -> list:
+        """One cache per MTP module (empty if the checkpoint has none)."""
+        return [make_layer_cache(layer.attn, rollback) for layer in self.spec.mtp]
+
+    @property
+    def mtp_modules(self) -> list:
+        return self.model.layers[self.model._n_main :]
+
+    def mtp_step(self, k: int, tokens, h, cache):
+        """MTP module k: tokens (B, T) t_{i+k+1}, h (B, T, D) of the previous depth -> (h', logits)."""
+        module = self.mtp_modules[k]
+        h = module.predict(self.model.embed_tokens(tokens), h, cache)
+        return h, self.head(module.shared_head.norm(h))
 
     def head(self, h):
         """Hidden states (B, T, hidden) -> logits (B, T, vocab)."""

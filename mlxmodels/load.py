@@ -5,6 +5,7 @@ Nothing from the folder is ever executed.
 """
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -115,10 +116,12 @@ def load_model(folder: Path, dtype=None) -> Decoder:
     cfg = read_config(folder)
     adapter = get_adapter(cfg.get("model_type"))
     spec = adapter.spec(cfg)
-    model = Decoder(spec)
     weights = {k: v for k, v in read_weights(folder).items() if not k.endswith("rotary_emb.inv_freq")}
     if hasattr(adapter, "map_weights"):
         weights = adapter.map_weights(weights, cfg)
+    if spec.mtp and not any(k.startswith(f"model.layers.{spec.num_layers}.") for k in weights):
+        spec = replace(spec, mtp=())  # configs announce MTP modules that transformers and mlx-lm leave out
+    model = Decoder(spec)
     if spec.tie_embeddings:
         weights.pop("lm_head.weight", None)
     quantize_like(model, cfg, weights)

@@ -129,6 +129,7 @@ class ModelSpec:
     embed_scale: Optional[float] = None  # Gemma multiplies embeddings by sqrt(hidden)
     learned_positions: Optional[int] = None  # GPT-2: size of the absolute position table
     final_softcap: Optional[float] = None
+    mtp: tuple = ()  # DeepSeek-V3 multi-token prediction modules: one LayerSpec each, stored after the last layer
     model_type: str = ""
 
     @property

@@ -42,10 +42,14 @@ def is_sparse(cfg: HFConfig, i: int) -> bool:
 
 def spec(cfg: HFConfig, moe_spec=None):
     base = llama.spec(cfg)
-    attn, moe_spec = mla(cfg), moe_spec or moe(cfg)
-    return base.with_layers(
-        LayerSpec(attn, moe_spec if is_sparse(cfg, i) else l.ffn, l.norm) for i, l in enumerate(base.layers)
-    )
+    attn, moe_spec, n = mla(cfg), moe_spec or moe(cfg), cfg.require("num_hidden_layers")
+    dense = base.layers[0].ffn
+
+    def layer(i):
+        return LayerSpec(attn, moe_spec if is_sparse(cfg, i) else dense, base.layers[0].norm)
+
+    mtp = tuple(layer(n + k) for k in range(cfg.get("num_nextn_predict_layers") or 0))
+    return replace(base.with_layers(layer(i) for i in range(n)), mtp=mtp)
 
 
 def split_kv_b(weights: dict, cfg: HFConfig) -> dict:
@@ -65,10 +69,11 @@ def split_kv_b(weights: dict, cfg: HFConfig) -> dict:
 
 def map_weights(weights: dict, cfg: HFConfig) -> dict:
     n = cfg.require("num_hidden_layers")
-    weights = {k: v for k, v in weights.items() if layer_index(k) < n}  # MTP modules are mlxmodels.mtp's
+    # MTP modules (layers >= n) carry copies of the embedding and head, which are shared with the main model.
+    copies = (".embed_tokens.weight", ".shared_head.head.weight")
+    weights = {k: v for k, v in weights.items() if not (layer_index(k) >= n and k.endswith(copies))}
     return split_kv_b(stack_experts(weights), cfg)
 
 
-def layer_index(name: str) -> float:
-    parts = name.split(".")
-    return int(parts[2]) if name.startswith("model.layers.") else -1
+def layer_index(name: str) -> int:
+    return int(name.split(".")[2]) if name.startswith("model.layers.") else -1

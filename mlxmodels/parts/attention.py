@@ -61,5 +61,7 @@ class Attention(nn.Module):
     def _temperature(self, offset: int, T: int):
         """Llama 4's NoPE layers sharpen attention as positions grow: (T, 1) factors for the queries."""
         floor_scale, attn_scale = self.spec.temperature_tuning
-        pos = mx.arange(offset, offset + T, dtype=mx.float32)
-        return (mx.log1p(mx.floor((pos + 1.0) / floor_scale)) * attn_scale + 1.0)[:, None]
+        # offset: an int, or one position per sequence (B,) from a batched paged cache -> (B, 1, T, 1) factors
+        start = offset[:, None, None].astype(mx.float32) if isinstance(offset, mx.array) else offset
+        pos = start + mx.arange(T, dtype=mx.float32)
+        return (mx.log1p(mx.floor((pos + 1.0) / floor_scale)) * attn_scale + 1.0)[..., None]

@@ -17,7 +17,7 @@ import mlx.core as mx
 
 import metal_kernels
 
-from ..spec import AttnSpec, ModelSpec
+from ..spec import AttnSpec, MLASpec, ModelSpec
 from .block_pool import BlockPool, PoolExhausted, Step
 from .cache import Cache, window_mask
 from .sdpa import attend
@@ -101,37 +101,54 @@ class PagedKVCache(_PagedLayer):
 
 
 class PagedLatentCache(_PagedLayer):
-    """MLA's paged cache: one row [latent (R) | rope key (P)] per token, attended in latent space (absorbed)."""
+    """MLA's paged cache: one row [latent (R) | rope key (P)] per token, shared by all heads.
 
-    def __init__(self, pool: BlockPool, kv_lora_rank: int, rope_dim: int):
+    Speaks the MLA part's cache protocol: `attend(q, rows, None, scale)` for the absorbed form (q: (B, H, T, R + P)
+    = [q_nope W_UK | q_rope], rows: (B, 1, T, R + P)) -> (B, H, T, R), and `mask(T)` then `update_and_fetch(rows)`
+    -> (B, 1, S, R + P) for the expanded prefill.
+    """
+
+    def __init__(self, pool: BlockPool, kv_lora_rank: int):
         super().__init__(pool)
-        self.rank, self.rope_dim = kv_lora_rank, rope_dim
+        self.rank = kv_lora_rank
         self.rows: Optional[mx.array] = None  # (num_blocks, block_size, R + P)
 
     def _arrays(self) -> list:
         return [self.rows]
 
-    def attend_latent(self, q_latent, q_rope, latent, k_rope, scale: float):
-        """q_latent (B, H, T, R) (W_UK absorbed), q_rope (B, H, T, P), this step's latent (B, T, R) and rotated
-        k_rope (B, T, P) -> (B, H, T, R), the attention output in latent space (apply W_UV after)."""
-        B, H, T, R = q_latent.shape
+    def _write(self, rows) -> Step:
+        B, _, T, F = rows.shape
         step = self.pool.begin(T, self.layer_id)
         if self.rows is None:
-            self.rows = mx.zeros((self.pool.num_blocks, self.pool.block_size, R + k_rope.shape[-1]), latent.dtype)
-        self.rows[step.blocks, step.rows] = mx.concatenate([latent, k_rope], axis=-1).reshape(B * T, -1)
-        if T == 1:
-            out = metal_kernels.paged_mla(q_latent[:, :, 0], q_rope[:, :, 0], self.rows, step.tables,
+            self.rows = mx.zeros((self.pool.num_blocks, self.pool.block_size, F), rows.dtype)
+        self.rows[step.blocks, step.rows] = rows.reshape(B * T, F)
+        return step
+
+    def mask(self, T: int):
+        """The expanded path's mask over the rows `update_and_fetch` returns: (T, S), or (B, 1, T, S)."""
+        step = self.pool.begin(T, self.layer_id)
+        masks = self._visible(step, step.tables.shape[1] * self.pool.block_size)
+        return masks[0] if len(masks) == 1 else mx.stack(masks)[:, None]
+
+    def update_and_fetch(self, rows):
+        step = self._write(rows)
+        out = metal_kernels.reference.gather_blocks(self.rows, step.tables)[:, None]  # (B, 1, S, R + P)
+        self.pool.layer_done(step, self.layer_id)
+        return out
+
+    def attend(self, q, rows, _values, scale: float, softcap=None):
+        # q: (B, H, T, R + P) absorbed queries; rows: (B, 1, T, R + P) this step's latent rows
+        B, H, T, _ = q.shape
+        step = self._write(rows)
+        R = self.rank
+        if T == 1 and softcap is None:
+            out = metal_kernels.paged_mla(q[:, :, 0, :R], q[:, :, 0, R:], self.rows, step.tables,
                                           step.context_lens, scale)[:, :, None]
         else:
-            rows = metal_kernels.reference.gather_blocks(self.rows, step.tables)  # (B, S, R + P)
-            masks = self._visible(step, rows.shape[1])
-            outs = []
-            for b in range(B):
-                c, kr = rows[b, :, :R], rows[b, :, R:]  # (S, R), (S, P)
-                scores = (q_latent[b] @ c.T + q_rope[b] @ kr.T) * scale  # (H, T, S)
-                scores = mx.where(masks[b], scores, mx.array(-mx.inf, scores.dtype))
-                outs.append(mx.softmax(scores.astype(mx.float32), axis=-1).astype(c.dtype) @ c)  # (H, T, R)
-            out = mx.stack(outs)
+            cached = metal_kernels.reference.gather_blocks(self.rows, step.tables)[:, None]  # (B, 1, S, R + P)
+            masks = self._visible(step, cached.shape[2])
+            out = mx.concatenate([attend(q[b:b + 1], cached[b:b + 1], cached[b:b + 1, ..., :R], scale, masks[b],
+                                         softcap) for b in range(B)])
         self.pool.layer_done(step, self.layer_id)
         return out
 
@@ -147,6 +164,7 @@ class PagedCaches(list):
 def make_paged_cache(spec: ModelSpec, num_blocks: int = 256, block_size: int = 16) -> PagedCaches:
     """A paged cache for every layer, sharing one pool, with one empty sequence active (generate.py's case)."""
     pool = BlockPool(num_blocks, block_size)
-    caches = [PagedKVCache(pool, layer.attn) for layer in spec.layers]
+    caches = [PagedLatentCache(pool, layer.attn.kv_lora_rank) if isinstance(layer.attn, MLASpec)
+              else PagedKVCache(pool, layer.attn) for layer in spec.layers]
     pool.active = [pool.add_sequence()]
     return PagedCaches(caches, pool)

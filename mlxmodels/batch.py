@@ -1,0 +1,157 @@
+"""Continuous batching: many sequences decode together over one paged cache, joining and leaving between steps.
+
+Each `step()` decodes one token for every running sequence in a single forward pass (batch rows at their own
+positions), then admits waiting requests while there is room: a new request is prefilled alone and emits its
+first token in the same step. A sequence that ends (a stop token or its token budget) frees its blocks at once,
+so the next waiting request can use them.
+
+Admission keeps one free block per running sequence, so the next decode step usually fits. If the pool still
+runs out (long generations), the most recently admitted sequence is preempted: its blocks are freed and it goes
+back to the front of the queue with everything it has emitted, to be prefilled again later (recomputation, as in
+vLLM). Greedy output is therefore the same as decoding each prompt alone.
+
+    gen = BatchGenerator(model, num_blocks=1024, max_batch=8)
+    uids = [gen.add(p, max_tokens=64) for p in prompts]
+    for responses in gen:            # one list per step
+        for r in responses: ...      # r.uid, r.token, r.finish_reason
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Deque, Dict, Iterable, Iterator, List, Optional, Sequence
+
+import mlx.core as mx
+
+from .generate import prefill
+from .parts.block_pool import PoolExhausted
+from .sample import Sampler, greedy
+
+
+@dataclass
+class BatchResponse:
+    uid: int
+    token: int
+    finish_reason: Optional[str] = None  # None | "stop" (a stop token, which is included) | "length"
+
+
+@dataclass
+class _Request:
+    uid: int
+    prompt: List[int]
+    max_tokens: int
+    stop: frozenset
+    tokens: List[int] = field(default_factory=list)  # emitted so far
+    seq: Optional[int] = None  # its sequence in the pool while running
+
+
+class BatchGenerator:
+    def __init__(self, model, num_blocks: int = 1024, block_size: int = 16, max_batch: int = 16,
+                 sampler: Optional[Sampler] = None, prefill_step_size: int = 512, stop_tokens: Iterable[int] = ()):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.model = model
+        self.cache = model.make_cache(paged=True, num_blocks=num_blocks, block_size=block_size)
+        self.pool = self.cache.pool
+        self.pool.free(self.pool.active[0])  # make_cache's default sequence: ours come from add()
+        self.max_batch, self.prefill_step_size = max_batch, prefill_step_size
+        self.sampler = sampler or greedy
+        self.stop_tokens = frozenset(stop_tokens)
+        self.waiting: Deque[_Request] = deque()
+        self.running: List[_Request] = []
+        self.preemptions = 0
+        self._next_uid = 0
+
+    def add(self, prompt: Sequence[int], max_tokens: int = 256, stop_tokens: Optional[Iterable[int]] = None) -> int:
+        """Queue a prompt (token ids); returns its uid. It joins the batch at a later step."""
+        prompt = [int(t) for t in prompt]
+        if not prompt or max_tokens < 1:
+            raise ValueError(f"need a non-empty prompt and max_tokens >= 1, got {len(prompt)} tokens, {max_tokens}")
+        need = self._blocks(len(prompt) + 1)  # the prompt and the first generated token
+        if need > self.pool.num_blocks:
+            raise ValueError(f"a prompt of {len(prompt)} tokens needs {need} blocks but the pool has "
+                             f"{self.pool.num_blocks}; make the generator with more blocks")
+        uid = self._next_uid
+        self._next_uid += 1
+        stop = self.stop_tokens if stop_tokens is None else frozenset(stop_tokens)
+        self.waiting.append(_Request(uid, prompt, max_tokens, stop))
+        return uid
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.running
+
+    def _blocks(self, tokens: int) -> int:
+        return -(-tokens // self.pool.block_size)
+
+    def _sample(self, logits: mx.array) -> List[int]:
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)  # (B, V)
+        return self.sampler(logprobs, None).tolist()
+
+    def _emit(self, r: _Request, token: int, out: List[BatchResponse]) -> None:
+        r.tokens.append(token)
+        finish = "stop" if token in r.stop else "length" if len(r.tokens) == r.max_tokens else None
+        out.append(BatchResponse(r.uid, token, finish))
+        if finish:
+            self.pool.free(r.seq)
+            self.running.remove(r)
+
+    def _preempt(self) -> None:
+        r = self.running.pop()  # the most recently admitted
+        self.pool.free(r.seq)
+        r.seq = None
+        self.waiting.appendleft(r)
+        self.preemptions += 1
+
+    def _decode(self, out: List[BatchResponse]) -> None:
+        while self.running:
+            batch = list(self.running)
+            self.pool.active = [r.seq for r in batch]
+            y = mx.array([[r.tokens[-1]] for r in batch], mx.int32)  # (B, 1): each row's last token
+            try:
+                logits = self.model(y, cache=self.cache)[:, -1, :]
+            except PoolExhausted:
+                if len(batch) == 1:
+                    raise
+                self._preempt()
+                continue
+            for r, t in zip(batch, self._sample(logits)):
+                self._emit(r, t, out)
+            return
+
+    def _admit(self, out: List[BatchResponse]) -> None:
+        while self.waiting and len(self.running) < self.max_batch:
+            r = self.waiting[0]
+            context = r.prompt + r.tokens  # a preempted request resumes after what it emitted
+            if self._blocks(len(context) + 1) + len(self.running) > self.pool.free_blocks:
+                if not self.running:
+                    raise PoolExhausted(f"request {r.uid} needs {self._blocks(len(context) + 1)} blocks and only "
+                                        f"{self.pool.free_blocks} are free with nothing running")
+                return
+            self.waiting.popleft()
+            r.seq = self.pool.add_sequence()
+            self.pool.active = [r.seq]
+            self.running.append(r)
+            logits = prefill(self.model, context, self.cache, self.prefill_step_size)  # (1, V)
+            self._emit(r, self._sample(logits)[0], out)
+
+    def step(self) -> List[BatchResponse]:
+        """One token for every running sequence, then prefill newcomers (their first token)."""
+        out: List[BatchResponse] = []
+        self._decode(out)
+        self._admit(out)
+        return out
+
+    def __iter__(self) -> Iterator[List[BatchResponse]]:
+        while not self.idle:
+            yield self.step()
+
+
+def generate_batch(model, prompts: Sequence[Sequence[int]], max_tokens: int = 64, **options) -> List[List[int]]:
+    """Token ids generated for each prompt, decoded together (options: BatchGenerator's)."""
+    gen = BatchGenerator(model, **options)
+    uids = [gen.add(p, max_tokens) for p in prompts]
+    tokens: Dict[int, List[int]] = {u: [] for u in uids}
+    for responses in gen:
+        for r in responses:
+            tokens[r.uid].append(r.token)
+    return [tokens[u] for u in uids]
