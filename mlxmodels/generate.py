@@ -49,6 +49,10 @@ class GenerationResponse:
     time_to_first_token: float = 0.0  # seconds: prefill plus the first sample
     peak_memory: float = 0.0  # GB, since the start of this call
     logprobs: Optional[mx.array] = None  # (V,) after logits processors, before temperature and filters
+    # speculative decoding (draft=...): drafts proposed and accepted, target forward passes after the prompt
+    draft_proposed: int = 0
+    draft_accepted: int = 0
+    target_forwards: int = 0
 
 
 def _as_tokens(tokens: Union[Sequence[int], mx.array]) -> mx.array:
@@ -214,18 +218,22 @@ def stream_generate(
     *,
     sampler: Optional[Sampler] = None,
     logits_processors: Optional[List[LogitsProcessor]] = None,
+    draft: Any = None,
+    num_draft: int = 3,
 ) -> Iterator[GenerationResponse]:
     """Stream text pieces. Stops on any EOS id or stop string (neither is emitted) or after `max_tokens`.
 
     `prompt` is text (encoded here) or token ids; with a reused `cache`, pass only the tokens it lacks.
     `tokenizer=None` streams token ids only (text is "", no EOS); it needs an id prompt and no stop strings.
     `sampler`/`logits_processors` override the ones built from the sampling arguments.
+    `draft="mtp"` (the model's MTP modules) or a draft model turns on speculative decoding with `num_draft`
+    drafts per step; greedy output is unchanged, sampled output keeps the same distribution.
     """
     if max_tokens == 0 or max_tokens < -1:
         raise ValueError(f"max_tokens must be >= 1 (or -1 for no limit), got {max_tokens}")
     tokens = _encode(tokenizer, prompt)
     if cache is None:
-        cache = model.make_cache()
+        cache = model.make_cache(rollback=num_draft) if draft is not None else model.make_cache()
     if sampler is None:
         sampler = make_sampler(temperature, top_k, top_p, min_p)
     if logits_processors is None:
@@ -255,6 +263,9 @@ def stream_generate(
             time_to_first_token=ttft,
             peak_memory=_peak_gb(),
             logprobs=logprobs,
+            draft_proposed=stats.proposed if stats else 0,
+            draft_accepted=stats.accepted if stats else 0,
+            target_forwards=stats.target_forwards if stats else 0,
         )
 
     def flush(held: str) -> Tuple[str, bool]:  # end of output: cut at a stop string, hold nothing back
@@ -265,29 +276,45 @@ def stream_generate(
         return tail, False
 
     held = ""
-    steps = generate_step(
-        model, tokens, cache, sampler, logits_processors,
-        max_tokens=max_tokens, prefill_step_size=prefill_step_size, key=key,
-    )
-    for n, (token, logprobs) in enumerate(steps, start=1):
-        if n == 1:
-            t_first = time.perf_counter()
-            ttft = max(t_first - tic, 1e-9)
-        if token in eos:
-            tail, _ = flush(held)
-            yield response(tail, token, logprobs, n, "stop")
-            return
-        piece = detokenizer.add_token(token)
-        if stops:
-            piece, held, hit = _split_stop(held + piece, stops)
-            if hit:
-                yield response(piece, token, logprobs, n, "stop")
+    stats = None
+    if draft is None:
+        steps = generate_step(
+            model, tokens, cache, sampler, logits_processors,
+            max_tokens=max_tokens, prefill_step_size=prefill_step_size, key=key,
+        )
+    else:
+        from .speculative import DraftStats, ModelDrafter, MTPDrafter, Sampling, speculative_generate_step
+
+        if logits_processors:
+            raise ValueError("repetition penalty is not supported with speculative decoding; drop one of them")
+        drafter = MTPDrafter(model) if draft == "mtp" else ModelDrafter(draft, prefill_step_size)
+        stats = DraftStats()
+        steps = speculative_generate_step(
+            model, tokens.tolist(), cache, drafter, num_draft, Sampling(temperature, top_k, top_p, min_p),
+            key=key, max_tokens=max_tokens, prefill_step_size=prefill_step_size, stats=stats,
+        )
+    try:  # closing the step generator lets it leave the cache holding exactly the tokens yielded
+        for n, (token, logprobs) in enumerate(steps, start=1):
+            if n == 1:
+                t_first = time.perf_counter()
+                ttft = max(t_first - tic, 1e-9)
+            if token in eos:
+                tail, _ = flush(held)
+                yield response(tail, token, logprobs, n, "stop")
                 return
-        if n == max_tokens:
-            tail, hit = flush(held)
-            yield response(piece + tail, token, logprobs, n, "stop" if hit else "length")
-            return
-        yield response(piece, token, logprobs, n, None)
+            piece = detokenizer.add_token(token)
+            if stops:
+                piece, held, hit = _split_stop(held + piece, stops)
+                if hit:
+                    yield response(piece, token, logprobs, n, "stop")
+                    return
+            if n == max_tokens:
+                tail, hit = flush(held)
+                yield response(piece + tail, token, logprobs, n, "stop" if hit else "length")
+                return
+            yield response(piece, token, logprobs, n, None)
+    finally:
+        steps.close()
 
 
 def generate(

@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -151,11 +151,14 @@ class Converter:
         self.raw = json.loads((self.folder / "config.json").read_text())  # as written (multimodal wrapper kept)
         self.adapter = get_adapter(self.cfg.get("model_type"))  # unknown model_type lists the supported ones
         self.spec = self.adapter.spec(self.cfg)
+        self.block = self._source_quantization()
+        self.ckpt = Checkpoint(self.folder)
+        if getattr(self.spec, "mtp", None) and not any(n.startswith(f"model.layers.{self.spec.num_layers}.")
+                                                       for n in self.ckpt.where):
+            self.spec = replace(self.spec, mtp=())  # announced MTP modules that the checkpoint leaves out (as load)
         self.model = Decoder(self.spec)  # lazy: never evaluated, only asked for names, shapes and modules
         self.modules = dict(self.model.named_modules())
         self.expected = {k: tuple(v.shape) for k, v in tree_flatten(self.model.parameters())}
-        self.block = self._source_quantization()
-        self.ckpt = Checkpoint(self.folder)
         self.has_fp8 = any(self.ckpt.info(n).dtype == "F8_E4M3" for n in self.ckpt.where)
         self.dtype = self._dtype()
         self.qplan = {}
@@ -381,7 +384,7 @@ def convert(src, out, options: Optional[Options] = None, progress=None, log: Cal
             (tmp / "config.json").write_text(json.dumps(conv.config(), indent=4))
             for f in tokenizer_files(folder):
                 shutil.copyfile(f, tmp / f.name)
-            replace(tmp, out)
+            move_into_place(tmp, out)
             done = True
         finally:
             if bar is not None:
@@ -400,7 +403,7 @@ def _umask() -> int:
     return mask
 
 
-def replace(tmp: Path, out: Path):
+def move_into_place(tmp: Path, out: Path):
     """Move the finished folder into place; an old OUT is set aside first and removed only once the new one is in."""
     if not out.exists():
         os.rename(tmp, out)

