@@ -2,9 +2,9 @@
 
 On a Metal GPU each entry point runs its kernel (the `.metal` bodies beside this file, via
 `mx.fast.metal_kernel`); everywhere else, or when switched off, it runs `reference.py`, plain MLX ops with the
-same semantics (MLX's own `quantized_matmul` for the matrix-vector products). Shapes a kernel does not
-take (head dims that are not multiples of 32, other bit widths) also run the reference. Switch the kernels off on a Mac
-to compare with MLX's built-ins: `MLXMODELS_KERNELS=mlx` in the environment, or `use_kernels(False)`.
+same semantics (MLX's own `quantized_matmul` for the matrix-vector products). Shapes a kernel does not take
+(head dims that are not multiples of 32, other bit widths) also run the reference. Switch the kernels off on a
+Mac to compare with MLX's built-ins: `MLXMODELS_KERNELS=mlx` in the environment, or `use_kernels(False)`.
 
     paged_attention(q, k_pool, v_pool, block_tables, context_lens, scale, softcap=None, window=None, chunk=None)
     paged_mla(q_latent, q_rope, pool, block_tables, context_lens, scale)

@@ -37,6 +37,7 @@ class Step:
     tables: mx.array  # (B, max_blocks) int32, padded with block 0 (never read: masked or past the length)
     lengths: List[int]  # tokens per sequence before the step
     context_lens: mx.array  # (B,) int32, tokens per sequence after the step
+    seqs: List[int] = field(default_factory=list)  # the active sequences it was made for
     done: set = field(default_factory=set)  # ids of the layers that have run
 
 
@@ -144,8 +145,8 @@ class BlockPool:
     def begin(self, T: int, layer_id: int) -> Step:
         """The step this layer belongs to: reserved on the first layer of a forward pass of T tokens per sequence."""
         step = self._step
-        if step is not None and step.T == T and layer_id not in step.done:
-            return step
+        if step is not None and step.T == T and layer_id not in step.done and step.seqs == self.active:
+            return step  # a later layer of the same forward pass (an abandoned pass is simply replaced)
         if not self.active:
             raise RuntimeError("no active sequence: add one (pool.add_sequence) and set pool.active")
         seqs = [self._seq(s) for s in self.active]
@@ -164,7 +165,8 @@ class BlockPool:
         width = max(len(s.blocks) for s in seqs)
         tables = [s.blocks + [0] * (width - len(s.blocks)) for s in seqs]
         self._step = Step(T, mx.array(blocks, mx.int32), mx.array(rows, mx.int32), mx.array(tables, mx.int32),
-                          [s.length for s in seqs], mx.array([s.length + T for s in seqs], mx.int32))
+                          [s.length for s in seqs], mx.array([s.length + T for s in seqs], mx.int32),
+                          list(self.active))
         return self._step
 
     def _reserve(self, s: Sequence, T: int) -> None:

@@ -42,7 +42,7 @@ class _PagedLayer(Cache):
         the pool acts on the first call of such a round, as all layers share the block tables."""
         return self.pool.trim(self.layer_id, n)
 
-    def _arrays(self) -> list:
+    def _arrays(self) -> list:  # the pool arrays of this layer (None until the first write)
         raise NotImplementedError
 
     def copy_block(self, src: int, dst: int) -> None:
@@ -66,7 +66,7 @@ class _PagedLayer(Cache):
 class PagedKVCache(_PagedLayer):
     def __init__(self, pool: BlockPool, attn: AttnSpec):
         super().__init__(pool)
-        self.n_kv, self.head_dim = attn.n_kv_heads, attn.head_dim
+        self.n_kv = attn.n_kv_heads
         self.window, self.chunk = attn.window, attn.chunk
         self.keys: Optional[mx.array] = None  # (num_blocks, block_size, n_kv, head_dim)
         self.values: Optional[mx.array] = None

@@ -160,3 +160,20 @@ def test_threadgroup_declarations_are_rewritten_in_place():
     assert out.count("\n") == src.count("\n")
     assert "auto& a = *static_cast<float(*)[4][NSG]>" in out and "auto& n = *static_cast<int*>" in out
     assert "threadgroup float* p = a[0];" in out  # a pointer into threadgroup memory is left alone
+
+
+def test_vector_types_and_math():
+    x = np.random.default_rng(3).standard_normal(256).astype(np.float32)
+    body = """
+  uint t = thread_position_in_grid.x;
+  float4 a = float4(in0[4 * t], in0[4 * t + 1], in0[4 * t + 2], in0[4 * t + 3]);
+  half4 h = half4(a * 2.0f);
+  float4 b = metal::exp(a) + float4(h) - 1.0f;
+  uint3 p = uint3(t, t + 1, t + 2);
+  out[t] = dot(a, b) + metal::max(a.x, a.w) + precise::tanh(a.y) + float(p.z) + fast::exp(a.z) - a[2];
+"""
+    got = run(launch(body, [mx.array(x)]), ["forward"])[0]
+    a = x.reshape(64, 4)
+    b = np.exp(a) + (a * 2).astype(np.float16).astype(np.float32) - 1
+    want = (a * b).sum(1) + np.maximum(a[:, 0], a[:, 3]) + np.tanh(a[:, 1]) + np.arange(64) + 2 + np.exp(a[:, 2]) - a[:, 2]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,69 @@
+"""The kernel tests can fail: deliberately broken copies of each kernel (a wrong index, a missing barrier, an
+off-by-one bound) must be caught by the same check the real kernels pass (all thread orders bit-identical and
+close to the reference), by an emulator error, or both."""
+
+from dataclasses import replace
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from metal_kernels import emulator, reference
+from metal_kernels.paged import attention_launch, mla_launch
+from metal_kernels.quantized import qmv_launch
+from tests.kernels.conftest import check, f64
+from tests.kernels.test_paged_attention import dense_case, mla_case
+
+pytestmark = pytest.mark.skipif(not emulator.available(), reason="the Metal emulator needs Linux and g++")
+
+
+def dense():
+    q, k_pool, v_pool, tables, lens = dense_case(4, 64, 2, mx.float32, 8, [9, 1, 40, 23], seed=3)
+    launch = attention_launch(q, k_pool, v_pool, tables, lens, 0.125, window=30)
+    return launch, f64(reference.paged_attention(q, k_pool, v_pool, tables, lens, 0.125, window=30))
+
+
+def mla():
+    ql, qr, pool, tables, lens = mla_case(8, 64, 32, mx.float32, 8, [9, 1, 40], seed=4)
+    return mla_launch(ql, qr, pool, tables, lens, 0.1), f64(reference.paged_mla(ql, qr, pool, tables, lens, 0.1))
+
+
+def qmv():
+    rng = np.random.default_rng(5)
+    x = mx.array(rng.standard_normal((2, 384)).astype(np.float32))
+    w, s, b = mx.quantize(mx.array(rng.standard_normal((37, 384)).astype(np.float32)), group_size=64, bits=4)
+    return qmv_launch(x, w, s, b, 64, 4), f64(reference.qmv(x, w, s, b, 64, 4))
+
+
+MERGE_BARRIER = "  threadgroup_barrier(mem_flags::mem_threadgroup);\n  float top = NEG;"
+# name -> (case, original text, broken text)
+MUTATIONS = {
+    "attention: merge reads before the other SIMD-groups wrote": (dense, MERGE_BARRIER, "  float top = NEG;"),
+    "attention: next head overwrites what others still read": (
+        dense, "    out[(head0 + g) * D + d] = T(den > 0.0f ? o / den : 0.0f);\n  }\n  threadgroup_barrier(mem_flags::mem_threadgroup);\n",
+        "    out[(head0 + g) * D + d] = T(den > 0.0f ? o / den : 0.0f);\n  }\n"),
+    "attention: every query head reads KV head 0": (dense, "* n_kv + kv_head) * D", "* n_kv + 0) * D"),
+    "attention: the last, partial block is skipped": (dense, "blk <= pos / BS", "blk < pos / BS"),
+    "attention: window one token too wide": (dense, "pos - window + 1", "pos - window"),
+    "mla: merge reads before the other SIMD-groups wrote": (mla, MERGE_BARRIER, "  float top = NEG;"),
+    "mla: rope key read from the latent": (mla, "kr[i] = float(row[R + i * 32 + lane]);", "kr[i] = float(row[i * 32 + lane]);"),
+    "qmv: wrong group for the scale": (qmv, "const int g = k / GS;", "const int g = k / (2 * GS);"),
+    "qmv: lanes overlap in K": (qmv, "k += 32 * VPT", "k += 31 * VPT"),
+}
+
+
+def caught(launch, want) -> bool:
+    try:
+        check("emulator", launch, want, atol=1e-4 * max(1.0, np.abs(want).max()))
+    except (AssertionError, emulator.EmulatorError):
+        return True
+    return False
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_broken_kernel_is_caught(name):
+    make, original, broken = MUTATIONS[name]
+    launch, want = make()
+    assert launch.body.count(original) == 1, "the mutation no longer applies: update it with the kernel"
+    assert not caught(launch, want), "the real kernel must pass the check the mutant fails"
+    assert caught(replace(launch, source=launch.body.replace(original, broken)), want), f"not caught: {name}"
