@@ -3,7 +3,6 @@ folder that mlx-lm loads too. Self-contained: `add_parser(subparsers)` registers
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 from pathlib import Path
@@ -36,7 +35,8 @@ def add_parser(subparsers):
     q.add_argument("--no-quantize-embeddings", dest="embeddings", action="store_false",
                    help="keep the embeddings float")
     q.add_argument("--no-quantize-head", dest="head", action="store_false", help="keep the output head float")
-    p.add_argument("--shard-size", type=float, default=5.0, metavar="GB", help="output shard size (default 5 GB)")
+    p.add_argument("--shard-size", type=float, default=5.0, metavar="GIB",
+                   help="largest output shard, in GiB (default 5, as mlx-lm)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists (once the new one is complete)")
     r = p.add_argument_group("report")
     r.add_argument("--report", metavar="TEXTFILE", default=None,
@@ -73,8 +73,10 @@ def run(args):
     if args.report:
         text = Path(args.report).read_text(encoding="utf-8", errors="replace")  # fail before converting
         extra = report.parse_settings(args.report_settings, setting)
-    options = Options(dtype=args.dtype, quantize=quantize, setting=setting, shard_bytes=int(args.shard_size * 1e9),
-                      force=args.force)
+        if Path(args.src).is_dir():
+            report.check_source(Path(args.src))
+    options = Options(dtype=args.dtype, quantize=quantize, setting=setting, force=args.force,
+                      shard_bytes=int(args.shard_size * (1 << 30)))
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a kill cleans up like Ctrl-C
     try:
         result = convert(args.src, args.out, options, progress=_bar, log=lambda s: print(s, file=sys.stderr))

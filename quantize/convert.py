@@ -20,9 +20,10 @@ an existing OUT, replaced with `force`, survives until the new one is complete).
 from __future__ import annotations
 
 import json
+import math
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Callable, Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlxmodels.config import ConfigError, ModelError, read_config
+from mlxmodels.config import ModelError, read_config
 from mlxmodels.decoder import Decoder
 from mlxmodels.families import get_adapter
 
@@ -177,7 +178,7 @@ class Converter:
             return None
         block = fp8.block_size({"quantization_config": q})
         if block is None:
-            method = q.get("quant_method") or q.get("mode") or ("mlx" if "bits" in q else "unknown")
+            method = f"MLX {q.get('mode', 'affine')} {q['bits']}-bit" if "bits" in q else q.get("quant_method", "?")
             raise ConvertError(f"{self.folder} is already quantized ({method}); convert from the float (or FP8) "
                                "checkpoint instead")
         return block
@@ -196,7 +197,9 @@ class Converter:
     def transform(self, tensors: dict, dtypes: dict) -> dict:
         """Source tensors of one group -> output tensors (name -> lazy array), sorted by name."""
         tensors = fp8.dequantize_group(tensors, dtypes, self.block)
-        tensors = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
+        # Cast before mapping (stacking experts, splitting, transposing commute with a cast): intermediates are
+        # then in the output dtype, not float32. Cast again after, in case a map computes in another dtype.
+        tensors = {k: self._cast(k, v) for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
         if hasattr(self.adapter, "map_weights"):
             tensors = self.adapter.map_weights(tensors, self.cfg)
         if self.spec.tie_embeddings:
@@ -283,10 +286,12 @@ class Converter:
                 dtypes = {n: self.ckpt.info(n).dtype for n in names}
                 out = self.transform(tensors, dtypes)
                 del tensors
-                mx.eval(list(out.values()))
-                for name, t in out.items():
+                for name in list(out):  # one output at a time: its intermediates are freed before the next
+                    t = out.pop(name)
+                    mx.eval(t)
                     writer.write(name, t)
-                del out
+                    del t
+                mx.clear_cache()  # hand freed buffers back: resident memory stays about one group
                 if progress:
                     progress(sum(self.ckpt.info(n).nbytes for n in names))
             writer.finish(total_parameters=self.parameters)
@@ -296,13 +301,8 @@ class Converter:
 
     @property
     def parameters(self) -> int:
-        total = 0
-        for shape in self.expected.values():
-            n = 1
-            for d in shape:
-                n *= d
-            total += n
-        return total
+        """Parameters of the float model (quantized weights count unpacked, as mlx-lm counts them)."""
+        return sum(math.prod(shape) for shape in self.expected.values())
 
     @property
     def source_bytes(self) -> int:
@@ -373,10 +373,11 @@ def convert(src, out, options: Optional[Options] = None, progress=None, log: Cal
         total = sum(nbytes(d, s) for _, d, s in entries)
         check_space(out.parent, total + extra, f"the converted model ({out.name})")
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result should look like a mkdir
+        # Named before it exists, so that an interrupt at any point leaves nothing the cleanup does not know of.
+        tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
         done, bar = False, None
         try:
+            os.mkdir(tmp)
             log(f"converting {folder}: {len(conv.groups)} groups, {conv.source_bytes / GB:.2f} GB -> "
                 f"{total / GB:.2f} GB")
             bar = progress(conv.source_bytes) if progress else None
@@ -384,6 +385,9 @@ def convert(src, out, options: Optional[Options] = None, progress=None, log: Cal
             (tmp / "config.json").write_text(json.dumps(conv.config(), indent=4))
             for f in tokenizer_files(folder):
                 shutil.copyfile(f, tmp / f.name)
+            if not (tmp / "tokenizer.json").is_file() and not list(tmp.glob("*.tiktoken")) \
+                    and not (tmp / "tokenizer.model").is_file():
+                log(f"note: {folder} has no tokenizer files, so {out.name} has none; add them to chat with it")
             move_into_place(tmp, out)
             done = True
         finally:
@@ -397,19 +401,12 @@ def convert(src, out, options: Optional[Options] = None, progress=None, log: Cal
                   time.perf_counter() - start, conv.quantization_entry())
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def move_into_place(tmp: Path, out: Path):
     """Move the finished folder into place; an old OUT is set aside first and removed only once the new one is in."""
     if not out.exists():
         os.rename(tmp, out)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.rmdir(old)
+    old = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.old"
     os.rename(out, old)
     try:
         os.rename(tmp, out)

@@ -21,9 +21,11 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
 import mlxmodels
+from mlxmodels.config import read_config
+from mlxmodels.families import get_adapter
 from mlxmodels.tokenizer import load_tokenizer
 
-from . import recipes
+from . import fp8, recipes
 from .convert import ConvertError
 from .safetensors import Checkpoint
 
@@ -75,7 +77,8 @@ def parameter_count(model: nn.Module) -> int:
 def in_memory(source: Path, setting: recipes.Setting, dtype) -> tuple:
     """The float model quantized as the converter would: cast to `dtype`, quantize, compute in float32."""
     model, _ = mlxmodels.load(source, dtype="float32")
-    plan = recipes.plan(model, setting, model.spec.num_layers, model.spec.tie_embeddings)
+    fused = getattr(get_adapter(model.spec.model_type), "FUSED_ON_EXPORT", ())
+    plan = recipes.plan(model, setting, model.spec.num_layers, model.spec.tie_embeddings, fused)
     if dtype is not None:
         model.update(tree_map(lambda x: x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) else x,
                               model.parameters()))
@@ -86,6 +89,13 @@ def in_memory(source: Path, setting: recipes.Setting, dtype) -> tuple:
     mx.eval(model.parameters())
     stored = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     return model, stored
+
+
+def check_source(source: Path):
+    """The float reference is the source folder as mlxmodels loads it: FP8 checkpoints cannot be that reference."""
+    if fp8.block_size(read_config(source)):
+        raise ConvertError(f"--report needs a float source, and {source} is FP8; convert it to float first "
+                           "(mlxm convert SRC FLOAT --dtype bfloat16) and convert/report from FLOAT")
 
 
 def windows(ids: list, context: int) -> list:
@@ -113,6 +123,7 @@ def evaluate(reference: nn.Module, models: list, ids: list, context: int) -> tup
 def report(text: str, source: Path, out: Optional[Path], settings: list = (), dtype=None, context: int = 512,
            max_tokens: int = 2048, out_label: str = "converted") -> tuple:
     """-> (rows, tokens evaluated). `out`: a converted folder to evaluate (None to skip)."""
+    check_source(source)
     tokenizer = load_tokenizer(source)
     if tokenizer is None:
         raise ConvertError(f"--report needs tokenizer files in {source}")
@@ -136,7 +147,7 @@ def report(text: str, source: Path, out: Optional[Path], settings: list = (), dt
 
 
 def table(rows: list, tokens: int) -> str:
-    lines = [f"{tokens} tokens", "", "| setting | bits/weight | perplexity | mean KL(float ‖ setting) |",
+    lines = [f"{tokens} tokens scored", "", "| setting | bits/weight | perplexity | mean KL(float ‖ setting) |",
              "|---|---:|---:|---:|"]
     lines += [f"| {r.label} | {r.bits_per_weight:.2f} | {r.perplexity:.4f} | {r.kl:.5f} |" for r in rows]
     return "\n".join(lines)

@@ -31,6 +31,7 @@ from mlxmodels.config import ModelError
 MAX_HEADER = 100 << 20  # the reference implementation's limit
 INDEX = "model.safetensors.index.json"
 PAGE = mmap.PAGESIZE
+CHUNK = 64 << 20  # bytes copied out of the mapping between page releases
 
 # name -> (itemsize, NumPy dtype of the raw bytes, MLX dtype after a bit-cast view)
 DTYPES = {
@@ -168,22 +169,33 @@ class SafetensorsFile:
         return self._map
 
     def array(self, name: str) -> mx.array:
-        """The tensor as an MLX array (F8_E4M3 as its uint8 bits), copied; its mapped pages are released."""
+        """The tensor as an MLX array (F8_E4M3 as its uint8 bits). Copied from the mapping straight into MLX's
+        buffer a chunk at a time, each chunk's mapped pages released after: resident memory is the tensor once,
+        not twice, however large the file."""
         info = self.tensors[name]
         itemsize, np_dtype, mx_dtype = DTYPES[info.dtype]
-        count = math.prod(info.shape)
-        if count == 0:
-            return mx.zeros(info.shape, dtype=mx_dtype)
-        m = self._mapping()
-        start = self.data_start + info.begin
-        view = np.frombuffer(m, dtype=np_dtype, count=count, offset=start).reshape(info.shape)
-        out = mx.array(view)
-        del view
-        if out.dtype != mx_dtype:
-            out = out.view(mx_dtype)
+        raw = mx.bool_ if np_dtype is np.bool_ else mx.array(np.zeros(0, np_dtype)).dtype
+        out = mx.zeros(info.shape, dtype=raw)
+        if info.nbytes == 0:
+            return out.view(mx_dtype) if raw != mx_dtype else out
         mx.eval(out)
-        self._release(start, start + info.nbytes)
-        return out
+        dst = np.asarray(out)
+        m, start = self._mapping(), self.data_start + info.begin
+        if dst.flags.c_contiguous and dst.flags.writeable and dst.nbytes == info.nbytes:
+            flat = dst.reshape(-1).view(np.uint8)
+            for lo in range(0, info.nbytes, CHUNK):
+                hi = min(lo + CHUNK, info.nbytes)
+                flat[lo:hi] = np.frombuffer(m, dtype=np.uint8, count=hi - lo, offset=start + lo)
+                self._release(start + lo, start + hi)
+            del flat, dst
+        else:  # not expected from MLX, but never write through a view we do not understand
+            del dst
+            view = np.frombuffer(m, dtype=np_dtype, count=math.prod(info.shape), offset=start).reshape(info.shape)
+            out = mx.array(view)
+            mx.eval(out)
+            del view
+            self._release(start, start + info.nbytes)
+        return out.view(mx_dtype) if raw != mx_dtype else out
 
     def _release(self, begin: int, end: int):
         """Drop the mapped pages of a span we have copied, so resident memory stays one tensor, not the file."""

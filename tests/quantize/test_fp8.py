@@ -61,7 +61,8 @@ def test_block_dequantization_matches_numpy_with_ragged_edges(shape, block):
 
 
 def test_scale_grid_that_does_not_fit_is_a_clear_error():
-    with pytest.raises(fp8.FP8Error, match=r"scale shape \(2, 2\) does not fit .* \(300, 200\) .*\(expected \(3, 2\)\)"):
+    with pytest.raises(fp8.FP8Error, match=r"scale shape \(2, 2\) does not fit .* \(300, 200\) .*"
+                                           r"\(expected \(3, 2\)\)"):
         fp8.dequantize(mx.zeros((300, 200), dtype=mx.uint8), mx.ones((2, 2)), (128, 128))
 
 
@@ -148,3 +149,14 @@ def test_fp8_checkpoint_defaults_to_bfloat16(fp8_checkpoint, tmp_path):
                                            .astype(mx.float32)))
     err = np.abs(logits(tmp_path / "bf16") - logits(ref)).max()
     assert 0 < err < 0.02 * np.abs(logits(ref)).max()  # bfloat16 rounding only
+
+
+def test_report_refuses_an_fp8_reference_before_converting(fp8_checkpoint, tmp_path, capsys):
+    from app.cli import main
+
+    src, _ = fp8_checkpoint
+    (tmp_path / "text.txt").write_text("hello world")
+    code = main(["convert", str(src), str(tmp_path / "out"), "-q", "--report", str(tmp_path / "text.txt")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "--report needs a float source" in err[0] and "is FP8" in err[0]
+    assert not (tmp_path / "out").exists()

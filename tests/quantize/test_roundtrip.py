@@ -5,8 +5,8 @@ with equal logits (its 4-bit tensors equal ours bit for bit). Quantized logits s
 Stated tolerance: the relative error of the logits, ||q - f|| / ||f||, must stay under REL_TOL for the setting's
 bits (8: 5%, 6: 15%, 5: 30%, 4: 60%, 3: 100%, 2: 150%; mxfp8 15%, mxfp4 60%), and fewer bits must never be
 closer to float. Sparse families get 1.5x (a quantization error that changes a top-k choice swaps whole
-experts: measured 4-bit 39-68%, 8-bit 2-9%). These tiny models have Gaussian random weights, which quantize worse than trained ones (measured
-here: 8-bit 1-3%, 6-bit 4-10%, 4-bit 17-41%, mxfp8 4-10%, mxfp4 18-43%).
+experts: measured 4-bit 39-68%, 8-bit 2-9%). These tiny models have Gaussian random weights, which quantize
+worse than trained ones (measured here: 8-bit 1-3%, 6-bit 4-10%, 4-bit 17-41%, mxfp8 4-10%, mxfp4 18-43%).
 """
 
 import json
@@ -103,10 +103,11 @@ def sources(tmp_path_factory):
     return get
 
 
-def check_same_in_both(folder, src):
+def check_same_in_both(folder, src=None):
+    """Our logits from a converted folder equal mlx-lm's logits from the same folder (every family here; GPT-2
+    too, since the folder has mlx-lm's GPT-2 names)."""
     mine = ours(folder)
-    if src["mlx_lm"]:  # where mlx-lm computes the family as transformers does
-        np.testing.assert_allclose(mine, theirs(folder), atol=TOL, rtol=0)
+    np.testing.assert_allclose(mine, theirs(folder), atol=TOL, rtol=0)
     return mine
 
 
@@ -117,6 +118,8 @@ def test_float_round_trip(sources, tmp_path, name):
     r = convert(src["folder"], out, Options(dtype="float32"))
     mine = check_same_in_both(out, src)
     np.testing.assert_allclose(mine, src["ref"], atol=TOL, rtol=0)
+    want, got = params(src["folder"]), params(out)  # float32 in, float32 out: every parameter exactly
+    assert want.keys() == got.keys() and all(mx.array_equal(want[k], got[k]).item() for k in want)
     assert (out / "tokenizer.json").is_file() and mlxmodels.load(out)[1] is not None
     assert r.shards == 1 and json.loads((out / INDEX).read_text())["metadata"]["total_size"] == r.bytes
     assert "quantization" not in json.loads((out / "config.json").read_text())
@@ -159,8 +162,7 @@ def test_mlx_lm_convert_output_loads_in_ours(sources, tmp_path, name, quantize):
     from mlx_lm.convert import convert as mlx_lm_convert
 
     src = sources(name)
-    if not src["mlx_lm"]:
-        pytest.skip(f"mlx-lm computes {name} differently from transformers in this config")
+    assert src["mlx_lm"], f"mlx-lm no longer reads this {name} source as transformers computes it"
     out = tmp_path / "mlx-lm"
     mlx_lm_convert(str(src["folder"]), str(out), quantize=quantize, q_group_size=64, q_bits=4, dtype="float32")
     mine = tmp_path / "ours"
