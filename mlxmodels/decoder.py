@@ -43,7 +43,8 @@ class Body(nn.Module):
         self._embed_scale = spec.embed_scale
 
     def embed(self, input_ids, offset: int = 0):
-        h = self.embed_tokens(input_ids)  # (B, T, hidden)
+        # (B, T, hidden) in the compute dtype: a quantized (mxfp) embedding returns bfloat16 whatever the model's
+        h = self.embed_tokens(input_ids).astype(self.norm.weight.dtype)
         if self._embed_scale is not None:
             # Multiply in the activation dtype: transformers rounds the scale to it too.
             h = h * mx.array(self._embed_scale, dtype=mx.float32).astype(h.dtype)

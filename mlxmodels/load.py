@@ -89,11 +89,22 @@ def quantize_like(model: nn.Module, cfg: HFConfig, weights: dict):
         return
 
     def predicate(path, module):
+        if not hasattr(module, "to_quantized"):
+            return False
         if path in q:
             return q[path]  # a dict of overrides, or False
-        return hasattr(module, "to_quantized") and f"{path}.scales" in weights
+        return f"{path}.scales" in weights
 
     nn.quantize(model, q.get("group_size", 64), q["bits"], mode=q.get("mode", "affine"), class_predicate=predicate)
+    # mlx-lm also quantizes modules we keep in float (MoE routers): give those their float weights back
+    for path, module in model.named_modules():
+        if "scales" in module or f"{path}.scales" not in weights:  # quantized here too, or stored float
+            continue
+        o = q.get(path) if isinstance(q.get(path), dict) else {}
+        scales, biases = weights.pop(f"{path}.scales"), weights.pop(f"{path}.biases", None)
+        weights[f"{path}.weight"] = mx.dequantize(
+            weights[f"{path}.weight"], scales, biases, group_size=o.get("group_size", q.get("group_size", 64)),
+            bits=o.get("bits", q["bits"]), mode=o.get("mode", q.get("mode", "affine")))
 
 
 def check_weights(model: nn.Module, weights: dict, folder: Path):

@@ -150,11 +150,8 @@ def test_quantized_round_trip(sources, tmp_path, name):
                                                                         for q in quantized)
 
 
-ROUTER_GAP = pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "PENDING (loader): mlx-lm quantizes MoE routers (qwen3_moe at 8 bits, mixtral at the default bits) and our "
-    "Router has no quantized form, so mlxmodels.load must dequantize router weights from such folders"))
-INTEROP = [pytest.param(n, q, marks=[ROUTER_GAP] if q and n in ("qwen3_moe", "mixtral") else [])
-           for n in ["llama", "qwen3", "gemma3"] + SPARSE for q in (False, True)]
+# mlx-lm quantizes MoE routers (qwen3_moe at 8 bits, mixtral at the default bits); our loader dequantizes them
+INTEROP = [(n, q) for n in ["llama", "qwen3", "gemma3"] + SPARSE for q in (False, True)]
 
 
 @pytest.mark.parametrize("name,quantize", INTEROP)
@@ -219,10 +216,12 @@ def test_fewer_bits_cost_more(wide, tmp_path):
 
 
 def test_mx_modes_with_quantized_embeddings_load_in_both(wide, tmp_path):
-    """An mxfp embedding yields bfloat16 activations in both loaders, so they agree only to bfloat16 precision."""
+    """An mxfp embedding yields bfloat16; mlx-lm computes the rest in bfloat16, we cast to the compute dtype
+    (float32 here), so the two agree only to bfloat16 precision."""
     out = tmp_path / "mxfp4"
     convert(wide["folder"], out, Options(dtype="float32", quantize=True, setting=Setting.for_mode("mxfp4")))
     assert "model.embed_tokens.scales" in mx.load(str(out / "model.safetensors"))
+    assert mlxmodels.load(out)[0](mx.array(IDS)).dtype == mx.float32
     mine, lm = ours(out), theirs(out)
     assert rel(mine, lm) < 0.05 and rel(mine, wide["ref"]) < REL_TOL[4]
 
