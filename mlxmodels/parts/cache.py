@@ -28,6 +28,16 @@ def window_mask(q_start: int, T: int, k_start: int, S: int, window: Optional[int
 class Cache:
     """What every KV cache offers a layer: store the new keys/values and attend over what it holds."""
 
+    keys = values = None
+
+    @property
+    def state(self):
+        return self.keys, self.values
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
     def attend(self, q, k, v, scale: float, softcap=None):
         # q: (B, H, T, D); k, v: (B, Hkv, T, D) for the T new tokens
         mask = self.mask(q.shape[2])
@@ -69,14 +79,6 @@ class KVCache(Cache):
         n = min(n, self.offset)
         self.offset -= n
         return n
-
-    @property
-    def state(self):
-        return self.keys, self.values
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
 
 
 class RotatingKVCache(Cache):
@@ -144,14 +146,6 @@ class RotatingKVCache(Cache):
         self.offset -= n
         return n
 
-    @property
-    def state(self):
-        return self.keys, self.values
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
-
 
 class ChunkedKVCache(Cache):
     """Chunked attention (Llama 4): a query sees only keys of its own chunk of `chunk` positions, so the cache
@@ -189,14 +183,6 @@ class ChunkedKVCache(Cache):
         self.keys, self.values = self.keys[..., : self.offset - n - self.start, :], self.values[..., : self.offset - n - self.start, :]
         self.offset -= n
         return n
-
-    @property
-    def state(self):
-        return self.keys, self.values
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
 
 
 class LatentCache(Cache):

@@ -10,6 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .ffn import ACTIVATIONS
+from .quantized import QuantizedStack
 
 SORT_THRESHOLD = 64  # rows x top-k above which sorting by expert pays for itself
 
@@ -33,18 +34,10 @@ class SwitchLinear(nn.Module):
         return QuantizedSwitchLinear(self.weight, group_size, bits, mode)
 
 
-class QuantizedSwitchLinear(nn.Module):
-    def __init__(self, weight, group_size: int, bits: int, mode: str = "affine"):
-        super().__init__()
-        self.group_size, self.bits, self.mode = group_size, bits, mode
-        self.weight, self.scales, *biases = mx.quantize(weight, group_size, bits, mode=mode)
-        if biases:
-            self.biases = biases[0]
-        self.freeze()
-
+class QuantizedSwitchLinear(QuantizedStack):
     def __call__(self, x, idx, sorted_indices=False):
         return mx.gather_qmm(x, self["weight"], self["scales"], self.get("biases"), rhs_indices=idx, transpose=True,
-                             group_size=self.group_size, bits=self.bits, mode=self.mode, sorted_indices=sorted_indices)
+                             sorted_indices=sorted_indices, **self.options())
 
 
 class SwitchMLP(nn.Module):

@@ -16,6 +16,7 @@ import mlx.nn as nn
 
 from ..spec import MLASpec
 from .norms import RMSNorm
+from .quantized import QuantizedStack
 from .rope import RoPE
 
 ABSORB_MAX_QUERIES = 16  # up to this many new tokens (decode, speculative verification) use the absorbed form
@@ -36,18 +37,10 @@ class MultiLinear(nn.Module):
         return QuantizedMultiLinear(self.weight, group_size, bits, mode)
 
 
-class QuantizedMultiLinear(nn.Module):
-    def __init__(self, weight, group_size: int, bits: int, mode: str = "affine"):
-        super().__init__()
-        self.group_size, self.bits, self.mode = group_size, bits, mode
-        self.weight, self.scales, *biases = mx.quantize(weight, group_size, bits, mode=mode)
-        if biases:
-            self.biases = biases[0]
-        self.freeze()
-
+class QuantizedMultiLinear(QuantizedStack):
     def __call__(self, x, transpose: bool = True):
         return mx.quantized_matmul(x, self["weight"], self["scales"], self.get("biases"), transpose=transpose,
-                                   group_size=self.group_size, bits=self.bits, mode=self.mode)
+                                   **self.options())
 
 
 class MLA(nn.Module):
