@@ -29,6 +29,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
 METRICS = ("prompt_tps", "generation_tps", "ttft_s", "peak_memory_gb")
+# Tokens per CPU-second of the whole worker process (all its threads): much less sensitive than wall time to
+# other jobs on a shared machine, since waiting for a core is not charged (spinning threads are).
+CPU_METRICS = ("prompt_tok_per_cpu_s", "generation_tok_per_cpu_s")
 
 # ---------------------------------------------------------------- loading, in the worker process
 
@@ -102,6 +105,8 @@ def time_generation(model, make_cache: Callable[[], list], prompt: Sequence[int]
     mx.clear_cache()
     mx.reset_peak_memory()
 
+    load_before = os.getloadavg()[0]
+    cpu0 = time.process_time()
     tic = time.perf_counter()
     n, start = tokens.size, 0
     while n - start > 1:
@@ -120,15 +125,20 @@ def time_generation(model, make_cache: Callable[[], list], prompt: Sequence[int]
         generated.append(y.item())
         if i == 0:
             t_first = time.perf_counter()
+            cpu_first = time.process_time()
         if i + 1 < gen_tokens:
             y = next_y
     t_last = time.perf_counter()
+    cpu_last = time.process_time()
     ttft = t_first - tic
     return {
         "prompt_tps": n / ttft,
         "generation_tps": (gen_tokens - 1) / (t_last - t_first) if gen_tokens > 1 else 0.0,
         "ttft_s": ttft,
         "peak_memory_gb": mx.get_peak_memory() / 1e9,
+        "prompt_tok_per_cpu_s": n / (cpu_first - cpu0),
+        "generation_tok_per_cpu_s": (gen_tokens - 1) / (cpu_last - cpu_first) if gen_tokens > 1 else 0.0,
+        "loadavg_1min": [load_before, os.getloadavg()[0]],
         "kv_state_bytes": sum(a.nbytes for a in states(cache)),  # as allocated (ours grows in steps of 256)
         "cache_offset": cache[0].offset,
         "tokens": generated,
@@ -159,6 +169,10 @@ def own_stream_stats(tool: str, folder: str, model, make_cache, prompt: Sequence
     last = None
     for last in gen:
         pass
+    if tool == "mlx-lm":  # mlx-lm queues one step past the last token on its own stream: let it finish
+        from mlx_lm.generate import generation_stream
+
+        mx.synchronize(generation_stream)
     return {"prompt_tps": last.prompt_tps, "generation_tps": last.generation_tps,
             "generation_tokens": last.generation_tokens, "peak_memory_gb": last.peak_memory}
 
@@ -189,6 +203,8 @@ def worker(tool: str, folder: str, dtype: Optional[str], prompt_tokens: int, gen
     t0 = time.perf_counter()
     model, make_cache, dt = load_tool(tool, folder, dtype)
     load_s = time.perf_counter() - t0
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    vocab = min(vocab, (cfg.get("text_config") or cfg).get("vocab_size") or vocab)  # ids past it crash the embedding
     prompt = mx.random.randint(0, vocab, (prompt_tokens,), key=mx.random.key(seed)).tolist()
     time_generation(model, make_cache, prompt, gen_tokens, prefill_step_size)  # warm-up, same shapes
     info = {"tool": tool, "dtype": dt, "requested_dtype": dtype, "load_s": load_s, "weight_bytes": weight_bytes(model),
@@ -202,6 +218,10 @@ def worker(tool: str, folder: str, dtype: Optional[str], prompt_tokens: int, gen
             _send(own_stream_stats(tool, folder, model, make_cache, prompt, gen_tokens, prefill_step_size))
         elif cmd == "quit":
             break
+    # Skip exit handlers: a preloaded OpenBLAS can deadlock joining its thread pool at exit after the
+    # worker was stopped and continued (seen with libopenblas0-pthread 0.3.21).
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _send(obj) -> None:
@@ -270,7 +290,9 @@ def run_interleaved(a: Worker, b: Worker, trials: int, own_stats: bool = False) 
 def summarize(trials: List[dict]) -> Dict[str, Dict[str, float]]:
     """metric -> {median, min, max} over trials."""
     out = {}
-    for m in METRICS:
+    for m in METRICS + CPU_METRICS:
+        if m not in trials[0]:
+            continue
         vals = [t[m] for t in trials]
         out[m] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
     return out
@@ -278,7 +300,7 @@ def summarize(trials: List[dict]) -> Dict[str, Dict[str, float]]:
 
 def ratios(ours: Dict[str, Dict[str, float]], peer: Dict[str, Dict[str, float]]) -> Dict[str, float]:
     """ours / peer of the medians (tok/s: > 1 is ours faster; memory and TTFT: < 1 is ours smaller)."""
-    return {m: ours[m]["median"] / peer[m]["median"] for m in METRICS}
+    return {m: ours[m]["median"] / peer[m]["median"] for m in METRICS + CPU_METRICS if m in ours and m in peer}
 
 
 def fmt_spread(s: Dict[str, float], digits: int = 1) -> str:
@@ -286,20 +308,24 @@ def fmt_spread(s: Dict[str, float], digits: int = 1) -> str:
 
 
 def table(rows: List[dict]) -> str:
-    """Markdown table; each row: setting, tool, dtype, summary (and ratio rows)."""
-    head = ("| setting | tool | computes in | prompt tok/s | gen tok/s | TTFT s | peak GB |\n"
-            "|---|---|---|---|---|---|---|")
+    """Markdown table; each row: setting, tool, dtype, summary (or a ratio row). The last two columns are tokens per
+    CPU-second (see CPU_METRICS), "-" where a run did not record them."""
+    head = ("| setting | tool | computes in | prompt tok/s | gen tok/s | TTFT s | peak GB | prompt tok/CPU-s | gen tok/CPU-s |\n"
+            "|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         if "ratio" in r:
             q = r["ratio"]
+            cpu = [f"{q[m]:.2f}" if m in q else "-" for m in CPU_METRICS]
             lines.append(f"| {r['setting']} | **ours ÷ mlx-lm** | | **{q['prompt_tps']:.2f}** | "
-                         f"**{q['generation_tps']:.2f}** | {q['ttft_s']:.2f} | {q['peak_memory_gb']:.2f} |")
+                         f"**{q['generation_tps']:.2f}** | {q['ttft_s']:.2f} | {q['peak_memory_gb']:.2f} | "
+                         f"{cpu[0]} | {cpu[1]} |")
         else:
             s = r["summary"]
+            cpu = [fmt_spread(s[m]) if m in s else "-" for m in CPU_METRICS]
             lines.append(f"| {r['setting']} | {r['tool']} | {r['dtype']} | {fmt_spread(s['prompt_tps'])} | "
                          f"{fmt_spread(s['generation_tps'])} | {fmt_spread(s['ttft_s'], 2)} | "
-                         f"{fmt_spread(s['peak_memory_gb'], 3)} |")
+                         f"{fmt_spread(s['peak_memory_gb'], 3)} | {cpu[0]} | {cpu[1]} |")
     return "\n".join(lines)
 
 

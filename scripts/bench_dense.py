@@ -300,9 +300,17 @@ def main(argv=None) -> int:
                    help="also run each tool's own stream_generate once per setting and keep its stats")
     p.add_argument("--check-logits", action="store_true", help="compare logits with and without OpenBLAS, then exit")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--report", nargs="+", metavar="JSON", help="print the tables of earlier --json files and exit")
     p.add_argument("--dump-logits", nargs=4, metavar=("FOLDER", "DTYPE", "TOOL", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
+    if args.report:
+        for f in args.report:
+            doc = json.loads(Path(f).read_text())
+            if "results" in doc:
+                print(f"\n{f}: {doc['command']}\n")
+                print(report(doc["results"]))
+        return 0
     if args.dump_logits:
         folder, dtype, tool, out = args.dump_logits
         logits_dump(folder, dtype, tool, args.prompt_tokens, out)
