@@ -1,4 +1,6 @@
 """mlxmodels: the modern open-weights decoder family on MLX."""
 
+from . import blas  # noqa: F401  (first: a fast BLAS must be loaded before mlx.core on Linux)
+
 from .generate import generate, stream_generate  # noqa: F401  (rebinds the name `generate` to the function)
 from .load import load  # noqa: F401

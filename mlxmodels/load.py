@@ -13,6 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from . import blas
 from .config import HFConfig, ModelError, read_config
 from .decoder import Decoder
 from .families import get_adapter
@@ -68,18 +69,21 @@ def read_weights(folder: Path) -> dict:
     return weights
 
 
-def compute_dtype(requested: Optional[str], weights: dict):
-    """float32 activations on the CPU backend (its quantized and 16-bit kernels are far slower), the checkpoint's
-    own floating type on a GPU; an explicit request wins."""
+def compute_dtype(requested: Optional[str], weights: dict, quantized: bool = False):
+    """An explicit request wins. On a GPU: the checkpoint's own floating type. On the CPU backend: float32 when
+    the weights are quantized (quantized_matmul is 7-47x slower on 16-bit activations) or a fast BLAS is loaded
+    (float32 matmuls then beat the 16-bit kernels); otherwise the checkpoint's 16-bit type, which the reference
+    BLAS would make 2x slower to prefill in float32 (docs/BENCHMARKS.md)."""
     if requested is not None:
         try:
             return getattr(mx, requested) if isinstance(requested, str) else requested
         except AttributeError:
             raise ModelError(f"unknown dtype {requested!r}; use float32, bfloat16 or float16") from None
-    if mx.default_device() == mx.cpu:
-        return mx.float32
     floats = [w.dtype for w in weights.values() if mx.issubdtype(w.dtype, mx.floating)]
-    return max(set(floats), key=floats.count) if floats else mx.float32
+    native = max(set(floats), key=floats.count) if floats else mx.float32
+    if mx.default_device() == mx.cpu and (quantized or blas.FAST_BLAS):
+        return mx.float32
+    return native
 
 
 def quantize_like(model: nn.Module, cfg: HFConfig, weights: dict):
@@ -137,7 +141,7 @@ def load_model(folder: Path, dtype=None) -> Decoder:
         weights.pop("lm_head.weight", None)
     quantize_like(model, cfg, weights)
     check_weights(model, weights, folder)
-    dtype = compute_dtype(dtype, weights)
+    dtype = compute_dtype(dtype, weights, quantized=any(k.endswith(".scales") for k in weights))
     weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
     model.load_weights(list(weights.items()), strict=True)
     mx.eval(model.parameters())
