@@ -188,8 +188,10 @@ def default_dtype(tool: str, folder: str, openblas: bool = False) -> str:
 
 
 def _env(openblas: bool) -> dict:
+    """Both tools get the same BLAS: OpenBLAS preloaded, or mlxmodels told not to load it itself."""
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
+    env["MLXMODELS_OPENBLAS"] = "1" if openblas else "0"
     if openblas:
         env["LD_PRELOAD"] = OPENBLAS
     return env

@@ -270,10 +270,7 @@ def check_logits(folders: dict, args) -> dict:
         arrays = {}
         name = f"{name} {tool}"
         for blas in ("reference", "openblas"):
-            env = dict(os.environ)
-            env.pop("LD_PRELOAD", None)
-            if blas == "openblas":
-                env["LD_PRELOAD"] = bench.OPENBLAS
+            env = bench._env(blas == "openblas")
             f = tmp / f"{name.replace(' ', '-')}-{blas}.npy"
             subprocess.run([sys.executable, __file__, "--dump-logits", folders[fkey], dtype, tool, str(f),
                             "--prompt-tokens", str(args.prompt_tokens)], env=env, check=True)
