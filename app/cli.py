@@ -1,64 +1,281 @@
-"""`mlxm`: the command-line entry point."""
+"""`mlxm`: the command-line entry point (chat, generate, convert, bench, info).
+
+User mistakes (a missing folder, an unknown model type, a bad flag value) print one line, `mlxm: error: ...`, and
+exit non-zero: 2 for a bad command line, 1 for anything wrong with the model or the files. Tracebacks are kept
+for our own bugs.
+"""
+
+from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+EPILOG_MODEL = ("-m takes a local model folder (Hugging Face or mlx-lm layout) or a Hugging Face Hub id such as "
+                "Qwen/Qwen3-0.6B (downloaded once into the Hugging Face cache). Without -m the small default model "
+                "shipped with mlxmodels is used.")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake in one line (no usage dump) and exits 2."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ---------------------------------------------------------------- flag types: one clear line per bad value
+
+
+def _number(kind, text, check, expect):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r} (expected {expect})") from None
+    if not check(value):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r} (expected {expect})")
+    return value
+
+
+def positive_int(text):
+    return _number(int, text, lambda v: v >= 1, "a whole number >= 1")
+
+
+def non_negative_int(text):
+    return _number(int, text, lambda v: v >= 0, "a whole number >= 0")
+
+
+def non_negative_float(text):
+    return _number(float, text, lambda v: v >= 0, "a number >= 0")
+
+
+def unit_float(text):
+    return _number(float, text, lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+def min_p_float(text):
+    return _number(float, text, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def penalty_float(text):
+    return _number(float, text, lambda v: v > 0, "a number > 0")
+
+
+def add_model(p, dtype=True):
+    p.add_argument("-m", "--model", default=None, metavar="MODEL",
+                   help="local model folder or Hugging Face Hub id (default: the built-in small model)")
+    if dtype:
+        p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                       help="compute dtype (default: float32 on the CPU backend, the checkpoint's on a GPU)")
+
+
+def add_sampling(p, defaults_note=""):
+    s = p.add_argument_group("sampling" + defaults_note)
+    s.add_argument("--temp", type=non_negative_float, default=None, help="temperature (0: greedy)")
+    s.add_argument("--top-p", type=unit_float, default=None, help="nucleus sampling (1: off)")
+    s.add_argument("--top-k", type=non_negative_int, default=None, help="keep the k most likely tokens (0: off)")
+    s.add_argument("--min-p", type=min_p_float, default=None, help="drop tokens below min_p x the best (0: off)")
+    s.add_argument("--repetition-penalty", type=penalty_float, default=None, help="1: off")
+    s.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
+
+
+def sampling_of(args, defaults=None) -> dict:
+    out = dict(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0)
+    out.update(defaults or {})
+    for flag, key in (("temp", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"), ("min_p", "min_p"),
+                      ("repetition_penalty", "repetition_penalty")):
+        if getattr(args, flag) is not None:
+            out[key] = getattr(args, flag)
+    out["seed"] = args.seed
+    return out
+
+
+def use_color(stream) -> bool:
+    return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+# ---------------------------------------------------------------- generate
 
 
 def cmd_generate(args):
     import mlxmodels
 
-    model, tokenizer = mlxmodels.load(args.model, dtype=args.dtype)
-    if tokenizer is None:
-        raise ValueError(f"{args.model} has no tokenizer files; add tokenizer.json to the folder")
+    from app import model_arg
+
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt:
+        raise ValueError("the prompt is empty" + (" (nothing on stdin)" if args.prompt == "-" else ""))
+    model, tokenizer, _ = model_arg.load(args.model, args.dtype)
     if args.chat:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": prompt}]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    elif args.system:
+        raise ValueError("--system needs --chat (it is part of the chat template)")
+    draft = None
+    if args.draft == "mtp":
+        draft = "mtp"
+    elif args.draft:
+        draft, _, _ = model_arg.load(args.draft, args.dtype)
+    sampling = sampling_of(args)
     last = None
-    for r in mlxmodels.stream_generate(model, tokenizer, prompt, max_tokens=args.max_tokens, temperature=args.temp,
-                                       top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, seed=args.seed):
-        sys.stdout.write(r.text)
-        sys.stdout.flush()
+    out = sys.stdout
+    for r in mlxmodels.stream_generate(model, tokenizer, prompt, max_tokens=args.max_tokens, stop=args.stop or None,
+                                       draft=draft, num_draft=args.num_draft, **sampling):
+        out.write(r.text)
+        out.flush()
         last = r
-    sys.stdout.write("\n")
+    if out.isatty():
+        out.write("\n")
     if last is not None and args.verbose:
-        print(f"prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tok/s; "
-              f"generation: {last.generation_tokens} tokens, {last.generation_tps:.1f} tok/s; "
-              f"peak memory {last.peak_memory:.2f} GB", file=sys.stderr)
+        line = (f"prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tok/s; generation: "
+                f"{last.generation_tokens} tokens, {last.generation_tps:.1f} tok/s; "
+                f"peak memory {last.peak_memory:.2f} GB")
+        if draft is not None:
+            line += f"; drafts accepted {last.draft_accepted}/{last.draft_proposed}"
+        if use_color(sys.stderr):
+            line = f"\x1b[2m{line}\x1b[0m"
+        print(line, file=sys.stderr)
+
+
+def add_generate(sub):
+    g = sub.add_parser("generate", help="stream a completion to stdout",
+                       description="Stream a completion of PROMPT to stdout (pipe-friendly: only the generated "
+                                   "text, no colours when not a terminal).", epilog=EPILOG_MODEL)
+    add_model(g)
+    g.add_argument("-p", "--prompt", required=True, help="the prompt, or - to read it from stdin")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    g.add_argument("--system", default=None, help="system prompt (with --chat)")
+    g.add_argument("--max-tokens", type=positive_int, default=256, help="most tokens to generate (default 256)")
+    g.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop at TEXT (repeatable)")
+    add_sampling(g, " (default: greedy)")
+    g.add_argument("--draft", default=None, metavar="mtp|MODEL",
+                   help="speculative decoding: the model's own MTP module, or a small draft model (folder or Hub id)")
+    g.add_argument("--num-draft", type=positive_int, default=3, help="drafted tokens per step (default 3)")
+    g.add_argument("-v", "--verbose", action="store_true", help="print speed and memory to stderr")
+    g.set_defaults(func=cmd_generate)
+
+
+# ---------------------------------------------------------------- chat
+
+
+def cmd_chat(args):
+    from app import model_arg
+    from app.chat_session import Sampling
+    from app.chat_store import Chat, ChatStore
+
+    store = ChatStore()
+    chat = store.load(args.open) if args.open else None
+    print(f"loading {model_arg.display_name(args.model)} ...", file=sys.stderr)
+    model, tokenizer, folder = model_arg.load(args.model, args.dtype)
+    limit = model_arg.context_length(folder)
+    if args.context:
+        limit = args.context
+    sampling = sampling_of(args, model_arg.sampling_defaults(folder))
+    sampling = Sampling(max_tokens=args.max_tokens, **sampling).check()
+    if chat is None:
+        chat = Chat(model=model_arg.display_name(args.model), system=args.system or "", settings=sampling.to_dict())
+    from app.tui import ChatApp
+
+    ChatApp(model, tokenizer, model_name=model_arg.display_name(args.model), context_limit=limit, store=store,
+            chat=chat).run()
+
+
+def add_chat(sub):
+    c = sub.add_parser("chat", help="chat with a model in the terminal (Textual)",
+                       description="Chat with a model in the terminal. Enter sends, Shift+Enter or Ctrl+J adds a "
+                                   "line, Esc stops a reply, Ctrl+R regenerates, Ctrl+E edits your last message, "
+                                   "Ctrl+N starts a new chat, Ctrl+O opens a saved one, Ctrl+T opens the settings. "
+                                   "Chats are saved in the user data folder ($MLXM_DATA_DIR overrides it).",
+                       epilog=EPILOG_MODEL)
+    add_model(c)
+    c.add_argument("--system", default=None, help="system prompt for a new chat")
+    c.add_argument("--max-tokens", type=positive_int, default=1024, help="longest reply in tokens (default 1024)")
+    c.add_argument("--context", type=positive_int, default=None, metavar="TOKENS",
+                   help="context limit in tokens (default: the model's maximum); the oldest turns are dropped past it")
+    c.add_argument("--open", default=None, metavar="CHAT_ID", help="reopen a saved chat")
+    add_sampling(c, " (default: the model's generation_config.json, else greedy)")
+    c.set_defaults(func=cmd_chat)
+
+
+# ---------------------------------------------------------------- info and bench
+
+
+def cmd_info(args):
+    from app import info
+
+    report = info.describe(args.model, args.dtype)
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2))
+    else:
+        print(info.format_report(report))
+
+
+def add_info(sub):
+    i = sub.add_parser("info", help="what a model is: family, parameters, layer pattern, KV cache, memory",
+                       description="Describe a model without loading its weights: family, total and active "
+                                   "parameters, layer pattern, KV bytes per token, quantization and the memory "
+                                   "needed to load it and to fill its context.", epilog=EPILOG_MODEL)
+    add_model(i)
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.set_defaults(func=cmd_info)
+
+
+def add_bench(sub):
+    from app import bench_cmd
+
+    bench_cmd.add_parser(sub, add_model)
+
+
+# ---------------------------------------------------------------- main
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="mlxm", description="Run the modern open-weights decoder family on MLX.")
-    sub = p.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="stream a completion to stdout")
-    g.add_argument("-m", "--model", required=True, help="local model folder or Hugging Face Hub id")
-    g.add_argument("-p", "--prompt", required=True, help="the prompt, or - to read it from stdin")
-    g.add_argument("--max-tokens", type=int, default=256)
-    g.add_argument("--temp", type=float, default=0.0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--min-p", type=float, default=0.0)
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--dtype", default=None, help="compute dtype (default: float32 on CPU, the checkpoint's on GPU)")
-    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    g.add_argument("-v", "--verbose", action="store_true", help="print speed and memory to stderr")
-    g.set_defaults(func=cmd_generate)
+    p = Parser(prog="mlxm", description="Run the modern open-weights decoder family on MLX.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    add_chat(sub)
+    add_generate(sub)
     from app import convert_cmd
+
     convert_cmd.add_parser(sub)
+    add_bench(sub)
+    add_info(sub)
     return p
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    import mlxmodels  # noqa: F401  (first: on Linux it loads a fast BLAS, which must come before mlx.core)
+
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command is None:
+        p.print_help(sys.stderr)
+        return 2
     from mlxmodels.config import ModelError
 
     try:
         args.func(args)
+    except BrokenPipeError:  # `mlxm generate ... | head`: the reader left; stay quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ModelError, ValueError, OSError) as e:
-        print(f"mlxm: error: {e}", file=sys.stderr)
+        print(f"mlxm: error: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print(file=sys.stderr)
         return 130
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, FileNotFoundError) and e.filename:
+        return f"{e.filename}: no such file or folder"
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    text = str(e) or e.__class__.__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,185 @@
+"""`mlxm bench`: prompt and generation tok/s, time to first token and peak memory (median and spread over n
+trials), optionally beside mlx-lm on the same folder, as a table, JSON, and a PNG of tok/s against context length.
+
+The measuring is app/bench.py's: each tool runs in its own worker process, both are timed by the same loop, and
+with --compare the two workers take turns (ABBA) so drift on a shared machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from mlxmodels.config import ModelError
+
+DESCRIPTION = """Measure prompt processing and generation speed (tokens per second), time to first token and peak
+memory on a random prompt of -p tokens followed by -g greedy tokens, over -n trials after a warm-up. Each tool runs
+in its own process. --compare mlx-lm runs mlx-lm on the same folder in the same run (trials interleaved) and prints
+ours / mlx-lm ratios; --plot draws tok/s against context length (-p/8 .. -p) to a PNG."""
+
+
+def add_parser(sub, add_model):
+    from app.cli import positive_int
+
+    def at_least_two(text):
+        from app.cli import _number
+
+        return _number(int, text, lambda v: v >= 2, "a whole number >= 2")
+
+    p = sub.add_parser("bench", help="prompt and generation tok/s, time to first token, peak memory",
+                       description=DESCRIPTION)
+    add_model(p)
+    p.add_argument("-p", "--prompt-tokens", type=positive_int, default=512, metavar="N", help="prompt length (512)")
+    p.add_argument("-g", "--gen-tokens", type=at_least_two, default=128, metavar="N", help="tokens to generate (128)")
+    p.add_argument("-n", "--trials", type=positive_int, default=5, metavar="N", help="timed trials (5)")
+    p.add_argument("--compare", choices=["mlx-lm"], default=None, help="also run mlx-lm and print the ratios")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="plot tok/s against context length")
+    p.add_argument("--prefill-step", type=positive_int, default=512, metavar="N", help="prefill chunk size (512)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> None:
+    from app import model_arg
+    from mlxmodels.config import read_config
+    from mlxmodels.families import get_adapter
+
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise ValueError(f"--plot writes a PNG; give a file name ending in .png, not {args.plot!r}")
+    folder = model_arg.resolve_folder(args.model)
+    get_adapter(read_config(folder).get("model_type"))  # a folder we cannot load fails here, in one line
+    tools = ["ours"]
+    if args.compare == "mlx-lm":
+        if importlib.util.find_spec("mlx_lm") is None:
+            raise ModelError("--compare mlx-lm needs mlx-lm installed: pip install mlx-lm")
+        tools.append("mlx-lm")
+    progress = _Progress(sys.stderr.isatty() and not args.json)
+    report = measure(str(folder), tools, args.prompt_tokens, args.gen_tokens, args.trials, args.dtype,
+                     args.prefill_step, progress)
+    report["model"] = model_arg.display_name(args.model)
+    if args.plot:
+        report["plot"] = plot(report, args.plot, str(folder), tools, args.dtype, args.prefill_step, progress)
+    progress.done()
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
+class _Progress:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, text: str) -> None:
+        if self.enabled:
+            print(f"\r\x1b[2K{text}", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        self("")
+
+
+def _workers(folder: str, tools: List[str], p: int, g: int, dtype: Optional[str], step: int) -> list:
+    from app import bench
+
+    workers = []
+    try:
+        for tool in tools:
+            workers.append(bench.Worker(tool, folder, dtype, p, g, step))
+    except RuntimeError as e:
+        _close(workers)
+        raise ModelError(f"the benchmark could not start: {e}") from None
+    return workers
+
+
+def _close(workers) -> None:
+    for w in workers:
+        try:
+            w.close()
+        except (OSError, ValueError):
+            pass
+
+
+def _trials(workers, n: int) -> List[List[dict]]:
+    from app import bench
+
+    try:
+        if len(workers) == 2:
+            return list(bench.run_interleaved(workers[0], workers[1], n))
+        return [[workers[0].ask("trial") for _ in range(n)]]
+    except (RuntimeError, ValueError) as e:  # a worker died (its own error is printed above)
+        raise ModelError(f"the benchmark failed: {e}") from None
+
+
+def measure(folder: str, tools: List[str], p: int, g: int, n: int, dtype: Optional[str], step: int,
+            progress=lambda s: None) -> dict:
+    from app import bench
+
+    progress(f"loading {' and '.join(tools)} ...")
+    workers = _workers(folder, tools, p, g, dtype, step)
+    try:
+        progress(f"{n} trial(s) of a {p}-token prompt + {g} tokens ...")
+        results = _trials(workers, n)
+    finally:
+        _close(workers)
+    out: Dict[str, dict] = {}
+    for tool, w, trials in zip(tools, workers, results):
+        out[tool] = {
+            "dtype": w.info.get("dtype"),
+            "load_s": w.info.get("load_s"),
+            "weight_bytes": w.info.get("weight_bytes"),
+            **bench.summarize(trials),
+            "trials": [{k: t[k] for k in bench.METRICS + bench.CPU_METRICS if k in t} for t in trials],
+        }
+    report = {"folder": folder, "prompt_tokens": p, "gen_tokens": g, "trials": n, "prefill_step": step,
+              "tools": out}
+    if len(tools) == 2:
+        report["ratios"] = bench.ratios(out["ours"], out["mlx-lm"])
+    return report
+
+
+def plot(report: dict, path: str, folder: str, tools: List[str], dtype: Optional[str], step: int,
+         progress=lambda s: None) -> dict:
+    """One trial per tool at each context length p/8, p/4, p/2 (p itself comes from the main run)."""
+    from app.png_plot import line_chart
+
+    p, g = report["prompt_tokens"], report["gen_tokens"]
+    contexts = sorted({max(8, p >> k) for k in range(4)})
+    points = []
+    for c in contexts:
+        if c == p:
+            row = {t: {m: report["tools"][t][m]["median"] for m in ("prompt_tps", "generation_tps")} for t in tools}
+        else:
+            progress(f"plot: context {c} ...")
+            workers = _workers(folder, tools, c, g, dtype, step)
+            try:
+                results = _trials(workers, 1)
+            finally:
+                _close(workers)
+            row = {t: {m: r[0][m] for m in ("prompt_tps", "generation_tps")} for t, r in zip(tools, results)}
+        points.append({"context": c, **row})
+    dt = report["tools"]["ours"]["dtype"]
+    png = line_chart(f"mlxm bench: {report.get('model', '')} ({dt}), {g} generated tokens", contexts, [
+        ("prompt tok/s", {t: [pt[t]["prompt_tps"] for pt in points] for t in tools}),
+        ("generation tok/s", {t: [pt[t]["generation_tps"] for pt in points] for t in tools}),
+    ], "context (tokens)")
+    Path(path).write_bytes(png)
+    return {"file": str(path), "points": points}
+
+
+def format_report(report: dict) -> str:
+    from app import bench
+
+    setting = f"p{report['prompt_tokens']} g{report['gen_tokens']}"
+    rows = [{"setting": setting, "tool": t, "dtype": r["dtype"], "summary": r} for t, r in report["tools"].items()]
+    if "ratios" in report:
+        rows.append({"setting": setting, "ratio": report["ratios"]})
+    lines = [f"{report['model']}: {report['prompt_tokens']}-token prompt, {report['gen_tokens']} generated tokens, "
+             f"{report['trials']} trial(s); median [min-max]", "", bench.table(rows)]
+    if "ratios" in report:
+        q = report["ratios"]
+        lines += ["", f"ours / mlx-lm: prompt {q['prompt_tps']:.2f}x, generation {q['generation_tps']:.2f}x "
+                      f"(> 1: ours faster), peak memory {q['peak_memory_gb']:.2f}x (< 1: ours smaller)"]
+    if "plot" in report:
+        lines += ["", f"plot: {report['plot']['file']}"]
+    return "\n".join(lines)

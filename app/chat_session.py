@@ -1,0 +1,249 @@
+"""The conversation as the model sees it, with no UI: prompt building, KV cache reuse, context trimming.
+
+One KV cache lives across turns. Each turn renders the whole kept conversation with the chat template, finds how
+many leading tokens the cache already holds (`cache_tokens`: the previous prompt plus the tokens generated after
+it), rewinds the cache to that common prefix and feeds only the rest. So a new message pays for its own tokens
+(and the end-of-turn marker the template writes after the last reply); regenerate and edit-and-resend rewind to
+where the conversation changed; opening another chat with the same system prompt reuses that prefix. A cache
+that cannot rewind that far (sliding-window layers keep only the window) is rebuilt from the kept conversation.
+
+When the conversation plus room for a reply outgrows the context, the oldest turns are dropped from what the
+model sees (`Chat.context_start`); they stay in the chat and its file. The caller is told how many were dropped.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import asdict, dataclass, fields
+from typing import Iterator, List, Optional
+
+from app.chat_store import Chat
+
+PLAIN_STOP = ["\nUser:"]
+
+
+class ContextError(ValueError):
+    """The newest message alone does not fit in the model's context."""
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    max_tokens: int = 1024
+    seed: Optional[int] = None
+
+    def check(self) -> "Sampling":
+        """Raise ValueError naming the first setting out of range."""
+        problems = [
+            (self.temperature < 0, "temperature must be >= 0"),
+            (not 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.top_k < 0, "top_k must be >= 0 (0: off)"),
+            (not 0 <= self.min_p < 1, "min_p must be in [0, 1)"),
+            (self.repetition_penalty <= 0, "repetition penalty must be > 0 (1: off)"),
+            (self.max_tokens < 1, "max tokens must be >= 1"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise ValueError(message)
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Sampling":
+        known = {f.name for f in fields(cls)}
+        out = cls()
+        for key, value in (data or {}).items():
+            if key in known and (value is None or isinstance(value, (int, float))) and not isinstance(value, bool):
+                setattr(out, key, value)
+        try:
+            return out.check()
+        except ValueError:
+            return cls()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Turn:
+    """What one reply will cost: `feed` tokens to process after the `reused` ones the cache already holds."""
+
+    feed: List[int]
+    reused: int
+    prompt_len: int
+    max_tokens: int
+    dropped: int  # messages dropped from the model's context to make this turn fit
+
+
+def common_prefix(a: List[int], b: List[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class ChatSession:
+    """Owns the model-side state of the current chat. Not thread-safe: one turn at a time (the UI runs turns in a
+    worker thread and refuses a second one while the first is running)."""
+
+    def __init__(self, model, tokenizer, context_limit: int, chat: Optional[Chat] = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.context_limit = int(context_limit)
+        self.chat = chat or Chat()
+        self.sampling = Sampling.from_dict(self.chat.settings)
+        self.cache = None
+        self.cache_tokens: List[int] = []  # what the cache holds, in order
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------ the conversation
+
+    @property
+    def messages(self) -> List[dict]:
+        return self.chat.messages
+
+    @property
+    def context_used(self) -> int:
+        return len(self.cache_tokens)
+
+    def open(self, chat: Chat) -> None:
+        """Switch to another chat; the cache stays and is reused as far as the new chat's prompt matches it."""
+        self.chat = chat
+        self.sampling = Sampling.from_dict(chat.settings)
+
+    def set_sampling(self, sampling: Sampling) -> None:
+        self.sampling = sampling.check()
+        self.chat.settings = sampling.to_dict()
+
+    def add_user(self, text: str) -> None:
+        if self.messages and self.messages[-1]["role"] == "user":
+            raise ValueError("the last message has no reply yet; regenerate or edit it instead")
+        self.messages.append({"role": "user", "content": text})
+
+    def drop_last_reply(self) -> None:
+        """Regenerate: forget the last reply so the next turn answers the same message again."""
+        if not self.messages:
+            raise ValueError("nothing to regenerate yet; send a message first")
+        if self.messages[-1]["role"] == "assistant":
+            self.messages.pop()
+
+    def edit(self, index: int, text: str) -> None:
+        """Replace user message `index` and forget everything after it."""
+        if not 0 <= index < len(self.messages) or self.messages[index]["role"] != "user":
+            raise ValueError(f"message {index} is not one of your messages")
+        self.messages[index] = {"role": "user", "content": text}
+        del self.messages[index + 1:]
+        self.chat.context_start = min(self.chat.context_start, index)
+
+    def conversation(self, start: Optional[int] = None) -> List[dict]:
+        start = self.chat.context_start if start is None else start
+        system = [{"role": "system", "content": self.chat.system}] if self.chat.system.strip() else []
+        return system + [{"role": m["role"], "content": m["content"]} for m in self.messages[start:]]
+
+    def encode(self, start: Optional[int] = None) -> List[int]:
+        """The prompt for the next reply: the chat template over system + messages[start:] (ids, no extra BOS)."""
+        messages = self.conversation(start)
+        if getattr(self.tokenizer, "has_chat_template", False):
+            return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        return self.tokenizer.encode(plain_prompt(messages))
+
+    # ------------------------------------------------------------ one turn
+
+    def prepare(self) -> Turn:
+        """Fit the conversation in the context (dropping the oldest turns if needed) and rewind the cache to the
+        longest prefix it shares with the new prompt."""
+        if not self.messages or self.messages[-1]["role"] != "user":
+            raise ValueError("there is no message to answer")
+        limit = self.context_limit
+        reserve = min(self.sampling.max_tokens, max(1, limit // 4))  # room kept for the reply
+        start, dropped = self.chat.context_start, 0
+        while True:
+            ids = self.encode(start)
+            if len(ids) + reserve <= limit:
+                break
+            nxt = next((i for i in range(start + 1, len(self.messages)) if self.messages[i]["role"] == "user"), None)
+            if nxt is None:  # only the newest message is left
+                raise ContextError(f"this message needs {len(ids)} tokens with the system prompt, and the context "
+                                   f"holds {limit} with room for a reply; shorten it or start with --context larger")
+            dropped += nxt - start
+            start = nxt
+        self.chat.context_start = start
+        reused = self._rewind(ids)
+        return Turn(ids[reused:], reused, len(ids), min(self.sampling.max_tokens, limit - len(ids)), dropped)
+
+    def _rewind(self, ids: List[int]) -> int:
+        keep = common_prefix(self.cache_tokens, ids)
+        keep = min(keep, len(ids) - 1)  # the last prompt token must run to give the first reply token
+        if self.cache is not None and keep > 0:
+            extra = len(self.cache_tokens) - keep
+            try:
+                for c in self.cache:
+                    if extra:
+                        c.trim(extra)
+            except ValueError:  # a sliding window no longer holds what came before: start over
+                keep = 0
+        if self.cache is None or keep == 0:
+            self.cache, keep = self.model.make_cache(), 0
+        self.cache_tokens = self.cache_tokens[:keep]
+        return keep
+
+    def stop(self) -> None:
+        """Ask the running turn to stop after the current token (thread-safe)."""
+        self._stop.set()
+
+    def reply(self, turn: Turn) -> Iterator:
+        """Stream the reply (GenerationResponse pieces) and record it; a stopped reply is kept as it is."""
+        import mlxmodels
+
+        s = self.sampling
+        # MLX's global random state is per thread and starts the same in every new thread: without a seed of our
+        # own, each turn (run in a fresh worker thread) would sample the same "random" reply.
+        seed = s.seed if s.seed is not None else secrets.randbits(31)
+        self._stop.clear()
+        self.cache_tokens = self.cache_tokens + turn.feed
+        pieces: List[str] = []
+        tokens: List[int] = []
+        stopped = False
+        stream = mlxmodels.stream_generate(
+            self.model, self.tokenizer, turn.feed, max_tokens=turn.max_tokens, temperature=s.temperature,
+            top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, repetition_penalty=s.repetition_penalty, seed=seed,
+            stop=None if getattr(self.tokenizer, "has_chat_template", False) else PLAIN_STOP, cache=self.cache)
+        try:
+            for r in stream:
+                tokens.append(r.token)
+                pieces.append(r.text)
+                yield r
+                if self._stop.is_set():
+                    stopped = True
+                    break
+        except GeneratorExit:  # the caller stopped iterating: a stop like any other
+            stopped = True
+            raise
+        except BaseException:
+            self.cache, self.cache_tokens = None, []  # its state is unknown: rebuild it next turn
+            stopped = True
+            raise
+        finally:
+            stream.close()  # the cache now holds the prompt and exactly the tokens yielded
+            if self.cache is not None:
+                self.cache_tokens = self.cache_tokens + tokens
+            if tokens:
+                message = {"role": "assistant", "content": "".join(pieces)}
+                if stopped:
+                    message["stopped"] = True
+                self.messages.append(message)
+
+
+def plain_prompt(messages: List[dict]) -> str:
+    """A transcript for models without a chat template (base models)."""
+    out = []
+    for m in messages:
+        if m["role"] == "system":
+            out.append(m["content"].strip() + "\n\n")
+        else:
+            out.append(("User: " if m["role"] == "user" else "Assistant: ") + m["content"].strip() + "\n")
+    return "".join(out) + "Assistant:"

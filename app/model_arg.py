@@ -1,0 +1,81 @@
+"""The `-m/--model` argument shared by chat, generate, bench and info: a local folder, a Hub id, or nothing (the
+default model shipped in the package)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from mlxmodels.config import ModelError
+
+NO_DEFAULT = "no model given and no default model installed; pass -m"
+
+
+def model_source(arg: Optional[str]) -> str:
+    """What to load: `arg` as given, or the embedded default model's folder when `arg` is empty."""
+    if arg:
+        return arg
+    try:
+        from mlxmodels.assets import default_model_path
+    except ImportError:
+        raise ModelError(NO_DEFAULT) from None
+    path = Path(default_model_path())
+    if not (path / "config.json").is_file():
+        raise ModelError(NO_DEFAULT)
+    return str(path)
+
+
+def resolve_folder(arg: Optional[str]) -> Path:
+    """The local folder for `arg` (a Hub id is downloaded once into the Hugging Face cache)."""
+    from mlxmodels.load import resolve
+
+    return resolve(model_source(arg))
+
+
+def display_name(arg: Optional[str]) -> str:
+    return arg if arg else "default model"
+
+
+def load(arg: Optional[str], dtype: Optional[str] = None):
+    """-> (model, tokenizer, folder). A folder without tokenizer files is a user error here: every command that
+    loads a model this way turns text into tokens."""
+    import mlxmodels
+
+    folder = resolve_folder(arg)
+    model, tokenizer = mlxmodels.load(folder, dtype=dtype)
+    if tokenizer is None:
+        raise ModelError(f"{folder} has no tokenizer files; add the model's tokenizer.json to the folder")
+    return model, tokenizer, folder
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def context_length(folder: Path) -> int:
+    """The longest context the model was built for (config.json), 4096 when the config does not say."""
+    cfg = read_json(Path(folder) / "config.json")
+    cfg = {**cfg, **(cfg.get("text_config") or {})}
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(cfg.get(key), int) and cfg[key] > 0:
+            return cfg[key]
+    return 4096
+
+
+def sampling_defaults(folder: Path) -> dict:
+    """Sampling settings from generation_config.json (as transformers reads them), greedy when it has none."""
+    gen = read_json(Path(folder) / "generation_config.json")
+    out = {}
+    if gen.get("do_sample") is False:
+        return out
+    for key, name in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"), ("min_p", "min_p"),
+                      ("repetition_penalty", "repetition_penalty")):
+        value = gen.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value
+    return out

@@ -1,0 +1,385 @@
+"""`mlxm chat`: a Textual chat with a local model.
+
+The app is a thin shell over `ChatSession` (model-side state, KV cache reuse, context trimming) and `ChatStore`
+(atomic JSON files). A reply runs in a worker thread, which does all the MLX work and posts messages back
+(TurnStarted, Piece per token, Failed, Finished); the UI thread only renders. Esc asks the session to stop after
+the current token; the partial reply is kept. Any error is shown in the conversation and the app keeps running.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Optional
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.widgets import Footer, Markdown, Sparkline
+
+from app.chat_session import ChatSession, Turn
+from app.chat_store import Chat, ChatStore
+from app.tui_screens import ChatListScreen, SettingsScreen
+from app.tui_widgets import AssistantMessage, ChatInput, Notice, StatusBar, UserMessage
+
+HELP = ("Enter sends · Shift+Enter or Ctrl+J: new line · Esc stops a reply · Ctrl+R regenerates · Ctrl+E edits "
+        "your last message (↑ in an empty input too; again: the one before) · Ctrl+N new chat · Ctrl+O saved chats · "
+        "Ctrl+T settings · Ctrl+Q quits")
+
+CSS = """
+#log { height: 1fr; padding: 0 1; }
+.message { margin: 0 0 1 0; padding: 0 1; }
+.user { border: round $accent; }
+.assistant { border: round $success; padding: 0 1; }
+.assistant.stopped { border: round $warning; }
+.assistant > *:last-child { margin-bottom: 0; }
+.message.dropped { opacity: 50%; }
+.message.editing { border: double $warning; }
+.notice { color: $text-muted; margin: 0 0 1 0; padding: 0 1; }
+.notice.warning { color: $warning; }
+.notice.error { color: $error; text-style: bold; }
+#input { height: auto; min-height: 3; max-height: 10; margin: 0 1; }
+#input.editing { border: tall $warning; }
+#bar { height: 1; margin: 0 1; }
+#status { width: 1fr; height: 1; color: $text-muted; }
+#chart { width: 16; height: 1; }
+ModalScreen { align: center middle; }
+#dialog { width: 80%; max-width: 100; height: auto; max-height: 90%; border: thick $primary; padding: 1 2;
+          background: $surface; }
+#dialog .title { text-style: bold; margin-bottom: 1; }
+#dialog #chats { height: auto; max-height: 16; }
+#dialog #system { height: 5; margin-bottom: 1; }
+#dialog #fields { grid-size: 2; grid-columns: 1fr 16; grid-rows: 1; grid-gutter: 0 1; height: auto; }
+#dialog #error { color: $error; height: auto; }
+#dialog #buttons { height: auto; margin-top: 1; }
+#dialog .hint { color: $text-muted; margin-top: 1; }
+"""
+
+
+class Meter:
+    """Memory in use (GB). Tests substitute a fixed one so screenshots hold no live numbers."""
+
+    def memory_gb(self) -> float:
+        import mlx.core as mx
+
+        return mx.get_active_memory() / 1e9
+
+
+class ChatApp(App):
+    TITLE = "mlxm chat"
+    CSS = CSS
+    BINDINGS = [
+        Binding("escape", "stop", "Stop"),
+        Binding("ctrl+r", "regenerate", "Regenerate"),
+        Binding("ctrl+e", "edit", "Edit", priority=True),  # over the input's end-of-line (End still works)
+        Binding("ctrl+n", "new_chat", "New"),
+        Binding("ctrl+o", "open_chats", "Chats"),
+        Binding("ctrl+t", "settings", "Settings"),
+    ]
+
+    class TurnStarted(Message):
+        def __init__(self, turn: Turn):
+            super().__init__()
+            self.turn = turn
+
+    class Piece(Message):
+        def __init__(self, text: str, tps: float, tokens: int):
+            super().__init__()
+            self.text, self.tps, self.tokens = text, tps, tokens
+
+    class Failed(Message):
+        def __init__(self, error: str):
+            super().__init__()
+            self.error = error
+
+    class Finished(Message):
+        pass
+
+    def __init__(self, model, tokenizer, model_name: str, context_limit: int, store: Optional[ChatStore] = None,
+                 chat: Optional[Chat] = None, meter: Optional[Meter] = None):
+        super().__init__()
+        self.session = ChatSession(model, tokenizer, context_limit, chat)
+        self.store = store or ChatStore()
+        self.meter = meter or Meter()
+        self.model_name = model_name
+        self.generating = False
+        self.editing: Optional[int] = None  # index of the message being edited
+        self.tps: Optional[float] = None
+        self.tps_history: deque = deque(maxlen=48)
+        self.turns = 0  # replies finished in this app (tests wait on it)
+        self._turn: Optional[Turn] = None
+        self._reply: Optional[AssistantMessage] = None
+        self._stream = None
+        self._last_draw = 0.0
+        self._tokens = 0
+
+    # ------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield VerticalScroll(id="log")
+        yield ChatInput(id="input", placeholder="Message (Enter sends, Shift+Enter new line)")
+        with Horizontal(id="bar"):
+            yield StatusBar(id="status")
+            yield Sparkline([], id="chart", summary_function=max)
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        chat_input = self.query_one(ChatInput)
+        if self.is_headless:
+            chat_input.cursor_blink = False
+        chat_input.focus()
+        await self.render_log()
+
+    @property
+    def log_view(self) -> VerticalScroll:
+        return self.query_one("#log", VerticalScroll)
+
+    async def render_log(self) -> None:
+        """Show the current chat from scratch (after opening, editing, regenerating or starting one)."""
+        log = self.log_view
+        await log.remove_children()
+        widgets = [Notice(f"Chatting with {self.model_name}. {HELP}", "info")]
+        if self.session.chat.system.strip():
+            widgets.append(Notice(f"System prompt: {self.session.chat.system.strip()}", "info"))
+        for i, m in enumerate(self.session.messages):
+            w = UserMessage(m["content"], i) if m["role"] == "user" else AssistantMessage(
+                m["content"], i, stopped=m.get("stopped", False))
+            widgets.append(w)
+        await log.mount_all(widgets)
+        self.mark_dropped()
+        log.scroll_end(animate=False)
+        log.anchor()
+        self.update_status()
+
+    def mark_dropped(self) -> None:
+        start = self.session.chat.context_start
+        for w in self.log_view.query(".message"):
+            w.set_class(getattr(w, "index", None) is not None and w.index < start, "dropped")
+
+    def update_status(self, note: str = "") -> None:
+        used = self.session.context_used
+        if self.generating and self._turn is not None:
+            used = self._turn.prompt_len + self._tokens
+        if self.editing is not None and not note:
+            note = "editing: Enter resends, Esc cancels"
+        self.query_one(StatusBar).show(self.model_name, self.tps, used, self.session.context_limit,
+                                       self.meter.memory_gb(), note)
+
+    async def show_error(self, text: str) -> None:
+        await self.log_view.mount(Notice(f"Error: {text}", "error"))
+        self.log_view.scroll_end(animate=False)
+        self.notify(text, title="Error", severity="error", timeout=8)
+
+    # ------------------------------------------------------------ sending
+
+    async def on_chat_input_submitted(self, event: ChatInput.Submitted) -> None:
+        text = event.text.strip()
+        if not text:
+            return
+        if self.generating:
+            self.notify("A reply is still streaming; Esc stops it.", severity="warning")
+            return
+        chat_input = self.query_one(ChatInput)
+        try:
+            msgs = self.session.messages
+            if self.editing is not None:
+                self.session.edit(self.editing, text)
+                self.set_editing(None)
+                await self.render_log()
+            elif msgs and msgs[-1]["role"] == "user":  # the last message got no reply (an error): replace it
+                self.session.edit(len(msgs) - 1, text)
+                await self.render_log()
+            else:
+                self.session.add_user(text)
+                await self.log_view.mount(UserMessage(text, len(self.session.messages) - 1))
+        except ValueError as e:
+            await self.show_error(str(e))
+            return
+        chat_input.clear()
+        self.start_reply()
+
+    def start_reply(self) -> None:
+        self.generating = True
+        self._tokens = 0
+        self.log_view.anchor()
+        self.generate()
+
+    @work(thread=True, exclusive=True, group="generate")
+    def generate(self) -> None:
+        """Worker thread: every MLX call of a turn happens here."""
+        try:
+            turn = self.session.prepare()
+            self.post_message(self.TurnStarted(turn))
+            for r in self.session.reply(turn):
+                self.post_message(self.Piece(r.text, r.generation_tps, r.generation_tokens))
+        except Exception as e:  # shown in the UI; the app keeps running
+            self.post_message(self.Failed(_describe(e)))
+        finally:
+            self.post_message(self.Finished())
+
+    async def on_chat_app_turn_started(self, event: TurnStarted) -> None:
+        self._turn = event.turn
+        if event.turn.dropped:
+            n = event.turn.dropped
+            await self.log_view.mount(Notice(
+                f"Context full ({self.session.context_limit} tokens): the oldest {n} message{'s' * (n != 1)} "
+                "no longer reach the model (still shown and saved, dimmed).", "warning"))
+            self.mark_dropped()
+        self._reply = AssistantMessage(index=len(self.session.messages))
+        await self.log_view.mount(self._reply)
+        self._stream = Markdown.get_stream(self._reply)
+        self.update_status()
+
+    async def on_chat_app_piece(self, event: Piece) -> None:
+        if event.text and self._stream is not None:
+            await self._stream.write(event.text)
+        self._tokens = event.tokens
+        if event.tokens > 1:
+            self.tps = event.tps
+        now = time.monotonic()
+        if now - self._last_draw > 0.1:  # redraw the numbers ~10 times a second
+            self._last_draw = now
+            if event.tokens > 1:
+                self.tps_history.append(event.tps)
+                self.query_one(Sparkline).data = list(self.tps_history)
+            self.update_status()
+
+    async def on_chat_app_failed(self, event: Failed) -> None:
+        await self.show_error(event.error)
+
+    async def on_chat_app_finished(self, event: Finished) -> None:
+        if self._stream is not None:
+            await self._stream.stop()
+        msgs = self.session.messages
+        if self._reply is not None:
+            if msgs and msgs[-1]["role"] == "assistant" and msgs[-1].get("stopped"):
+                self._reply.mark_stopped()
+            elif not (msgs and msgs[-1]["role"] == "assistant"):  # nothing was generated
+                await self._reply.remove()
+        if self.tps is not None:
+            self.tps_history.append(self.tps)
+            self.query_one(Sparkline).data = list(self.tps_history)
+        self._stream = self._reply = self._turn = None
+        self.generating = False
+        self.turns += 1
+        self.update_status()
+        await self.save()
+
+    async def save(self) -> None:
+        if not self.session.messages:
+            return
+        try:
+            self.store.save(self.session.chat)
+        except OSError as e:
+            await self.show_error(f"could not save the chat: {_describe(e)}")
+
+    # ------------------------------------------------------------ actions
+
+    MAIN_SCREEN_ACTIONS = {"stop", "regenerate", "edit", "new_chat", "open_chats", "settings"}
+
+    def check_action(self, action: str, parameters) -> Optional[bool]:
+        """The chat's keys do nothing while a dialog (saved chats, settings) is open."""
+        if action in self.MAIN_SCREEN_ACTIONS and len(self.screen_stack) > 1:
+            return False
+        return True
+
+    async def on_chat_input_edit_previous(self, event) -> None:
+        await self.action_edit()
+
+    async def _idle(self) -> bool:
+        if self.generating:
+            self.notify("A reply is still streaming; Esc stops it.", severity="warning")
+            return False
+        return True
+
+    async def action_stop(self) -> None:
+        if self.generating:
+            self.session.stop()
+        elif self.editing is not None:
+            self.set_editing(None)
+            self.query_one(ChatInput).clear()
+
+    async def action_regenerate(self) -> None:
+        if not await self._idle():
+            return
+        try:
+            self.session.drop_last_reply()
+        except ValueError as e:
+            await self.show_error(str(e))
+            return
+        await self.render_log()
+        self.start_reply()
+
+    async def action_edit(self) -> None:
+        if not await self._idle():
+            return
+        users = [i for i, m in enumerate(self.session.messages) if m["role"] == "user"]
+        if not users:
+            self.notify("No message to edit yet.")
+            return
+        earlier = [i for i in users if self.editing is None or i < self.editing]
+        self.set_editing(earlier[-1] if earlier else users[-1])
+        chat_input = self.query_one(ChatInput)
+        chat_input.text = self.session.messages[self.editing]["content"]
+        chat_input.move_cursor(chat_input.document.end)
+        chat_input.focus()
+
+    def set_editing(self, index: Optional[int]) -> None:
+        """Mark message `index` (None: none) as the one being edited."""
+        self.editing = index
+        for w in self.log_view.query(".message"):
+            w.set_class(index is not None and w.index == index, "editing")
+            if index is not None and w.index == index:
+                w.scroll_visible(animate=False)
+        self.query_one(ChatInput).set_class(index is not None, "editing")
+        self.update_status()
+
+    async def action_new_chat(self) -> None:
+        if not await self._idle():
+            return
+        old = self.session.chat
+        self.session.open(Chat(model=old.model, system=old.system, settings=dict(old.settings)))
+        self.set_editing(None)
+        self.query_one(ChatInput).clear()
+        await self.render_log()
+
+    async def open_chat(self, chat_id: Optional[str]) -> None:
+        if not chat_id:
+            return
+        try:
+            chat = self.store.load(chat_id)
+        except ValueError as e:
+            await self.show_error(str(e))
+            return
+        self.session.open(chat)
+        self.set_editing(None)
+        await self.render_log()
+        self.notify(f"Opened “{chat.display_title()}”.")
+
+    async def action_open_chats(self) -> None:
+        if await self._idle():
+            self.push_screen(ChatListScreen(self.store), self.open_chat)
+
+    async def action_settings(self) -> None:
+        if await self._idle():
+            self.push_screen(SettingsScreen(self.session.chat.system, self.session.sampling), self.apply_settings)
+
+    async def apply_settings(self, result) -> None:
+        if result is None:
+            return
+        system, sampling = result
+        self.session.chat.system = system
+        self.session.set_sampling(sampling)
+        await self.render_log()
+        await self.save()
+
+    async def action_quit(self) -> None:
+        self.session.stop()
+        self.exit()
+
+
+def _describe(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or e.__class__.__name__
+    return text if isinstance(e, (ValueError, OSError)) else f"{e.__class__.__name__}: {text}"

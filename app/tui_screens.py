@@ -1,0 +1,135 @@
+"""Modal screens of the chat app: saved chats, settings (system prompt and sampling)."""
+
+from __future__ import annotations
+
+import time
+from typing import List, Optional, Tuple
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
+from textual.widgets.option_list import Option
+
+from app.chat_session import Sampling
+from app.chat_store import ChatInfo, ChatStore
+
+
+class ChatListScreen(ModalScreen[Optional[str]]):
+    """Saved chats, newest first. Enter opens one, Delete removes it, Esc closes. Returns the chat id or None."""
+
+    BINDINGS = [Binding("escape", "close", "Close"), Binding("delete", "delete", "Delete")]
+
+    def __init__(self, store: ChatStore):
+        super().__init__()
+        self.store = store
+        self.chats: List[ChatInfo] = []
+        self.skipped: List[str] = []
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Saved chats", classes="title")
+            yield OptionList(id="chats")
+            yield Static("", id="note", markup=False)
+            yield Static("Enter opens · Delete removes · Esc closes", classes="hint")
+
+    def on_mount(self) -> None:
+        self.refresh_list()
+        self.query_one(OptionList).focus()
+
+    def refresh_list(self) -> None:
+        self.chats, self.skipped = self.store.list()
+        options = self.query_one(OptionList)
+        options.clear_options()
+        for c in self.chats:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated))
+            options.add_option(Option(f"{c.title}  ·  {c.messages} messages  ·  {when}", id=c.id))
+        if self.chats:
+            options.highlighted = 0
+        note = "No saved chats yet." if not self.chats else ""
+        if self.skipped:
+            note = (note + " " if note else "") + (f"Skipped {len(self.skipped)} damaged file(s): "
+                                                   f"{', '.join(self.skipped)}")
+        self.query_one("#note", Static).update(note)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def action_delete(self) -> None:
+        options = self.query_one(OptionList)
+        if options.highlighted is None or not self.chats:
+            return
+        self.store.delete(self.chats[options.highlighted].id)
+        self.refresh_list()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+FIELDS = [  # (attribute, label, input type)
+    ("temperature", "Temperature (0: greedy)", "number"),
+    ("top_p", "Top p (1: off)", "number"),
+    ("top_k", "Top k (0: off)", "integer"),
+    ("min_p", "Min p (0: off)", "number"),
+    ("repetition_penalty", "Repetition penalty (1: off)", "number"),
+    ("max_tokens", "Max reply tokens", "integer"),
+    ("seed", "Seed (empty: random)", "integer"),
+]
+
+
+class SettingsScreen(ModalScreen[Optional[Tuple[str, Sampling]]]):
+    """System prompt and sampling settings of the current chat. Ctrl+S saves, Esc cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Save")]
+
+    def __init__(self, system: str, sampling: Sampling):
+        super().__init__()
+        self.system, self.sampling = system, sampling
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Settings", classes="title")
+            yield Label("System prompt")
+            yield TextArea(self.system, id="system")
+            with Grid(id="fields"):
+                for name, label, kind in FIELDS:
+                    value = getattr(self.sampling, name)
+                    yield Label(label)
+                    yield Input("" if value is None else str(value), type=kind, id=name, compact=True)
+            yield Static("", id="error", markup=False)
+            with Horizontal(id="buttons"):
+                yield Button("Save (Ctrl+S)", id="save", variant="primary")
+                yield Button("Cancel (Esc)", id="cancel")
+
+    def on_mount(self) -> None:
+        if self.app.is_headless:
+            self.query_one("#system", TextArea).cursor_blink = False
+        self.query_one("#system", TextArea).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "save":
+            self.action_save()
+        else:
+            self.action_cancel()
+
+    def action_save(self) -> None:
+        values = {}
+        try:
+            for name, label, kind in FIELDS:
+                text = self.query_one(f"#{name}", Input).value.strip()
+                if not text and name == "seed":
+                    values[name] = None
+                    continue
+                try:
+                    values[name] = int(text) if kind == "integer" else float(text)
+                except ValueError:
+                    raise ValueError(f"{label.split(' (')[0]}: {text!r} is not a number") from None
+            sampling = Sampling(**values).check()
+        except ValueError as e:
+            self.query_one("#error", Static).update(str(e))
+            return
+        self.dismiss((self.query_one("#system", TextArea).text, sampling))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,33 @@
+"""Fixtures for the app tests: tiny models built once per session, a private data folder per test."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.app.tiny import NO_SYSTEM_TEMPLATE, build_tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    return build_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_folder):
+    import mlxmodels
+
+    return mlxmodels.load(tiny_folder)
+
+
+@pytest.fixture(scope="session")
+def strict_folder(tmp_path_factory):
+    """A model whose chat template rejects system prompts (as Gemma's and Mistral's do)."""
+    return build_tiny(tmp_path_factory.mktemp("strict"), chat_template=NO_SYSTEM_TEMPLATE)
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    """Chats go to a fresh folder, never the user's."""
+    folder = tmp_path / "data"
+    monkeypatch.setenv("MLXM_DATA_DIR", str(folder))
+    return folder

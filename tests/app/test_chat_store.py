@@ -1,0 +1,123 @@
+"""Saved chats: atomic saves, damaged files never loaded, the previous version survives a crash."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.chat_store import Chat, ChatFileError, ChatStore
+from app.chat_store import data_dir as user_data_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def chat(text="hello", **kw):
+    return Chat(messages=[{"role": "user", "content": text}, {"role": "assistant", "content": "hi!"}], **kw)
+
+
+def test_data_dir_env_override(data_dir):
+    assert user_data_dir() == data_dir  # the fixture set MLXM_DATA_DIR
+    assert ChatStore().folder == data_dir / "chats"
+
+
+def test_round_trip_and_list_newest_first():
+    store = ChatStore()
+    a, b = chat("first"), chat("second", system="be brief", settings={"temperature": 0.5})
+    store.save(a)
+    store.save(b)
+    loaded = store.load(b.id)
+    assert loaded.messages == b.messages and loaded.system == "be brief" and loaded.settings == {"temperature": 0.5}
+    chats, skipped = store.list()
+    assert [c.id for c in chats] == [b.id, a.id] and skipped == []
+    assert chats[0].title == "second" and chats[0].messages == 2
+    store.delete(a.id)
+    assert [c.id for c in store.list()[0]] == [b.id]
+
+
+def test_failed_save_keeps_previous_version(monkeypatch):
+    store = ChatStore()
+    c = chat("version one")
+    store.save(c)
+    c.messages[0]["content"] = "version two"
+
+    def crash(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        store.save(c)
+    monkeypatch.undo()
+    assert store.load(c.id).messages[0]["content"] == "version one"
+    assert not list(store.folder.glob(".*.tmp"))  # the temporary file was cleaned up
+
+
+CRASH = r"""
+import os, signal, sys
+from app.chat_store import ChatStore
+store = ChatStore()
+chat = store.load(sys.argv[1])
+chat.messages[0]["content"] = "version two " * 1000
+real_fsync = os.fsync
+def die(fd):  # only half of the new file reached the disk, then the process was killed
+    size = os.fstat(fd).st_size
+    os.ftruncate(fd, size // 2)
+    os.kill(os.getpid(), signal.SIGKILL)
+os.fsync = die
+store.save(chat)
+"""
+
+
+def test_killed_during_save_never_loads_half_a_file(data_dir):
+    store = ChatStore()
+    c = chat("version one")
+    store.save(c)
+    env = dict(os.environ, MLXM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", CRASH, c.id], env=env, cwd=ROOT)
+    assert proc.returncode == -9
+    leftovers = list(store.folder.glob(".*.tmp"))
+    assert len(leftovers) == 1  # the half-written temporary file a crash leaves behind
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(leftovers[0].read_text())
+    chats, skipped = store.list()
+    assert [x.id for x in chats] == [c.id] and skipped == []
+    assert store.load(c.id).messages[0]["content"] == "version one"
+
+
+def test_half_written_chat_file_is_skipped_not_loaded():
+    store = ChatStore()
+    good = chat("kept")
+    store.save(good)
+    text = json.dumps(chat("broken").to_json())
+    (store.folder / "20240101-000000-abcdef.json").write_text(text[: len(text) // 2])
+    (store.folder / "20240101-000000-badbad.json").write_text(json.dumps({"version": 1, "id": "x", "messages": 3}))
+    chats, skipped = store.list()
+    assert [x.id for x in chats] == [good.id]
+    assert skipped == ["20240101-000000-abcdef.json", "20240101-000000-badbad.json"]
+    with pytest.raises(ChatFileError, match="damaged"):
+        store.load("20240101-000000-abcdef")
+    with pytest.raises(ChatFileError, match="malformed messages"):
+        store.load("20240101-000000-badbad")
+
+
+def test_bad_ids_are_refused():
+    with pytest.raises(ChatFileError):
+        ChatStore().load("../etc/passwd")
+    with pytest.raises(ChatFileError, match="no saved chat"):
+        ChatStore().load("nope")
+
+
+def test_platform_data_folders(monkeypatch, tmp_path):
+    import app.chat_store as cs
+
+    monkeypatch.delenv("MLXM_DATA_DIR")
+    monkeypatch.setattr(cs.Path, "home", staticmethod(lambda: tmp_path))
+    monkeypatch.setattr(cs.sys, "platform", "darwin")
+    assert user_data_dir() == tmp_path / "Library" / "Application Support" / "mlxmodels"
+    monkeypatch.setattr(cs.sys, "platform", "linux")
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    assert user_data_dir() == tmp_path / ".local" / "share" / "mlxmodels"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert user_data_dir() == tmp_path / "xdg" / "mlxmodels"
