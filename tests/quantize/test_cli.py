@@ -210,7 +210,7 @@ def test_already_quantized_source(capsys, src, tmp_path):
     (["--mode", "mxfp4", "--bits", "8"], "mxfp4 means 4 bits with group size 32"),
     (["--recipe", "edges_4_6", "--mode", "mxfp8"], "recipes mix affine bit widths"),
     (["--dtype", "float64"], "argument --dtype: invalid choice"),
-    (["--report", "/nonexistent/text.txt"], "No such file"),
+    (["--report", "/nonexistent/text.txt"], "no such file"),
     (["--shard-size", "0"], "--shard-size must be positive"),
 ])
 def test_bad_options(capsys, tiny, tmp_path, args, match):
