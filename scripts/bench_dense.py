@@ -64,6 +64,9 @@ SETTINGS = {  # name -> (folder key, ours dtype, mlx-lm dtype); None = the tool'
     "default": ("bf16", None, None),
     "q4-default": ("q4", None, None),
 }
+# Out of the box on Linux: each tool as installed, ours loading OpenBLAS itself (mlxmodels/blas.py), mlx-lm with
+# the wheel's reference BLAS; each at its default dtype. Needs libopenblas0-pthread installed.
+AS_INSTALLED = {"as-installed": "bf16", "q4-as-installed": "q4"}
 
 
 # ---------------------------------------------------------------- the model folders
@@ -152,14 +155,14 @@ def ensure_folders(workdir: Path) -> dict:
 # ---------------------------------------------------------------- benchmark
 
 
-def run_pair(name: str, folder: str, d_ours, d_peer, args) -> dict:
+def run_pair(name: str, folder: str, d_ours, d_peer, args, as_installed: bool = False) -> dict:
     t0 = time.perf_counter()
+    blas = "ours OpenBLAS, mlx-lm reference BLAS" if as_installed else ("OpenBLAS" if args.openblas else "reference BLAS")
     print(f"[{name}] ours {d_ours or 'default'} / mlx-lm {d_peer or 'default'} on {Path(folder).name} "
-          f"({'OpenBLAS' if args.openblas else 'reference BLAS'}) ...", flush=True)
-    common = dict(prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
-                  prefill_step_size=args.prefill_step_size, openblas=args.openblas)
-    ours = bench.Worker("ours", folder, d_ours, **common)
-    peer = bench.Worker("mlx-lm", folder, d_peer, **common)
+          f"({blas}) ...", flush=True)
+    common = dict(prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens, prefill_step_size=args.prefill_step_size)
+    ours = bench.Worker("ours", folder, d_ours, openblas=args.openblas or as_installed, **common)
+    peer = bench.Worker("mlx-lm", folder, d_peer, openblas=args.openblas and not as_installed, **common)
     try:
         r_ours, r_peer = bench.run_interleaved(ours, peer, args.trials, own_stats=args.own_stats)
     finally:
@@ -194,11 +197,13 @@ def run_settings(folders: dict, args) -> dict:
     """Explicit-dtype settings first; a default setting reuses the explicit runs whose dtype each tool's default
     resolves to (checked by loading with no dtype), and runs its own pair only when there is none."""
     results = {}
-    explicit = [n for n in args.settings if SETTINGS[n][1] is not None]
-    defaults = [n for n in args.settings if SETTINGS[n][1] is None]
+    explicit = [n for n in args.settings if n in SETTINGS and SETTINGS[n][1] is not None]
+    defaults = [n for n in args.settings if n in SETTINGS and SETTINGS[n][1] is None]
     for name in explicit:
         fkey, d_ours, d_peer = SETTINGS[name]
         results[name] = run_pair(name, folders[fkey], d_ours, d_peer, args)
+    for name in [n for n in args.settings if n in AS_INSTALLED]:
+        results[name] = run_pair(name, folders[AS_INSTALLED[name]], None, None, args, as_installed=True)
     for name in defaults:
         fkey = SETTINGS[name][0]
         picked = {tool: bench.default_dtype(tool, folders[fkey], args.openblas) for tool in ("ours", "mlx-lm")}
@@ -291,7 +296,7 @@ def main(argv=None) -> int:
     p.add_argument("--gen-tokens", type=int, default=128)
     p.add_argument("--prefill-step-size", type=int, default=512)
     p.add_argument("--trials", type=int, default=3)
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS) + list(AS_INSTALLED))
     p.add_argument("--openblas", action="store_true", help=f"LD_PRELOAD {bench.OPENBLAS} in both tools' workers")
     p.add_argument("--own-stats", action="store_true",
                    help="also run each tool's own stream_generate once per setting and keep its stats")
