@@ -3,6 +3,8 @@
 import mlx.core as mx
 import mlx.nn as nn
 
+import metal_kernels
+
 from ..spec import FFNSpec
 
 ACTIVATIONS = {
@@ -25,5 +27,18 @@ class MLP(nn.Module):
 
     def __call__(self, x):
         if self.gated:
-            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+            if self.act is nn.silu and fusable(self.gate_proj, self.up_proj) and metal_kernels.kernels_enabled():
+                g, u = self.gate_proj, self.up_proj
+                # decode on a Mac: one pass over both 4/8-bit matrices (falls back itself for long prefills)
+                h = metal_kernels.qmv_swiglu(x, (g.weight, g.scales, g.biases), (u.weight, u.scales, u.biases),
+                                             g.group_size, g.bits)
+            else:
+                h = self.act(self.gate_proj(x)) * self.up_proj(x)
+            return self.down_proj(h)
         return self.down_proj(self.act(self.up_proj(x)))
+
+
+def fusable(gate, up) -> bool:
+    """Both projections affine-quantized alike without bias: the fused SwiGLU matvec kernel can run them."""
+    return all(isinstance(m, nn.QuantizedLinear) and getattr(m, "mode", "affine") == "affine" and "bias" not in m
+               for m in (gate, up)) and (gate.bits, gate.group_size) == (up.bits, up.group_size)
