@@ -202,10 +202,17 @@ class LatentCache(Cache):
         return self.rows[..., : self.offset, :]
 
     def attend(self, q, rows, _values, scale: float, softcap=None):
-        """Absorbed attention: q (B, H, T, kv_lora + rope) over the cached rows -> (B, H, T, kv_lora)."""
-        mask = self.mask(q.shape[2])
+        """Absorbed attention: q (B, H, T, kv_lora + rope) over the cached rows -> (B, H, T, kv_lora).
+
+        All heads share the one row per token, so the heads are folded into the query axis (B, 1, H * T, D):
+        a single-KV-head attention. Left as (B, H, T, D), MLX's CPU path broadcasts the rows to every head
+        (a copy of H x context x kv_lora per layer and step; it crashed near 29k tokens with 128 heads)."""
+        B, H, T, D = q.shape
+        start = self.offset
         rows = self.update_and_fetch(rows)
-        return attend(q, rows, rows[..., : self.value_dims], scale, mask, softcap)
+        mask = None if T == 1 else mx.tile(window_mask(start, T, 0, self.offset), (H, 1))  # (H * T, S)
+        out = attend(q.reshape(B, 1, H * T, D), rows, rows[..., : self.value_dims], scale, mask, softcap)
+        return out.reshape(B, H, T, -1)
 
     @property
     def state(self):
