@@ -67,6 +67,18 @@ def choose(logits, sampling: Sampling, rng: Rng) -> Tuple[int, Optional[mx.array
     return rng.categorical(q), q
 
 
+def draft(logits, k: int, step, sampling: Sampling, rng: Rng):
+    """Pick k tokens from first logits (V,), feeding each pick but the last through `step(token) -> logits`."""
+    drafts, qs = [], []
+    for i in range(k):
+        d, q = choose(logits, sampling, rng)
+        drafts.append(d)
+        qs.append(q)
+        if i < k - 1:
+            logits = step(d)
+    return drafts, qs
+
+
 def verify(logits, drafts: List[int], qs: list, sampling: Sampling, rng: Rng) -> Tuple[int, int]:
     """Target logits (k + 1, V) for [y, d_1..d_k] -> (number of drafts accepted, the token after them)."""
     k = len(drafts)
@@ -102,15 +114,9 @@ class ModelDrafter:
 
     def propose(self, k: int, sampling: Sampling, rng: Rng):
         logits = prefill(self.model, self.pending, self.cache, self.step)[0]
-        drafts, qs = [], []
-        for i in range(k):
-            d, q = choose(logits, sampling, rng)
-            drafts.append(d)
-            qs.append(q)
-            if i < k - 1:
-                logits = self.model(mx.array([[d]]), cache=self.cache)[0, -1]
+        drafts = draft(logits, k, lambda d: self.model(mx.array([[d]]), cache=self.cache)[0, -1], sampling, rng)
         self.fed = k - 1  # d_1 .. d_{k-1} went into the cache
-        return drafts, qs
+        return drafts
 
     def accept(self, n: int, drafts: List[int], bonus: int, hidden):
         for c in self.cache:
@@ -137,17 +143,16 @@ class MTPDrafter:
     def propose(self, k: int, sampling: Sampling, rng: Rng):
         h, toks = self.pending
         h, logits = self.model.mtp_step(0, mx.array([toks]), h, self.cache)
-        h, logits = h[:, -1:], logits[0, -1]
-        drafts, qs = [], []
-        for i in range(k):
-            d, q = choose(logits, sampling, rng)
-            drafts.append(d)
-            qs.append(q)
-            if i < k - 1:
-                h, logits = self.model.mtp_step(0, mx.array([[d]]), h, self.cache)
-                logits = logits[0, -1]
+        h = h[:, -1:]
+
+        def step(d):  # the module's own output stands in for the target's hidden state
+            nonlocal h
+            h, logits = self.model.mtp_step(0, mx.array([[d]]), h, self.cache)
+            return logits[0, -1]
+
+        drafts = draft(logits[0, -1], k, step, sampling, rng)
         self.speculative = k - 1  # positions fed from drafted tokens, undone before the next round
-        return drafts, qs
+        return drafts
 
     def accept(self, n: int, drafts: List[int], bonus: int, hidden):
         self.cache.trim(self.speculative)
