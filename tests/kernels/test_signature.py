@@ -10,7 +10,7 @@ from metal_kernels.paged import attention_launch, mla_launch
 from metal_kernels.quantized import qmv_launch, qmv_swiglu_launch
 
 
-def same_as_mlx(launch: Launch) -> None:
+def assert_same_as_mlx(launch: Launch) -> None:
     ours = emulator.write_source(launch)
     assert ours == emulator.mlx_source(launch)
 
@@ -20,11 +20,11 @@ def same_as_mlx(launch: Launch) -> None:
 def test_paged_attention_source(dtype, batch):
     q, pool = mx.zeros((batch, 8, 64), dtype), mx.zeros((5, 16, 2, 64), dtype)
     tables, lens = mx.zeros((batch, 2), mx.int32), mx.ones((batch,), mx.int32)
-    same_as_mlx(attention_launch(q, pool, pool, tables, lens, 0.125, softcap=2.0, window=4))
+    assert_same_as_mlx(attention_launch(q, pool, pool, tables, lens, 0.125, softcap=2.0, window=4))
 
 
 def test_paged_mla_source():
-    same_as_mlx(mla_launch(mx.zeros((2, 8, 64)), mx.zeros((2, 8, 32)), mx.zeros((4, 16, 96)),
+    assert_same_as_mlx(mla_launch(mx.zeros((2, 8, 64)), mx.zeros((2, 8, 32)), mx.zeros((4, 16, 96)),
                            mx.zeros((2, 3), mx.int32), mx.ones((2,), mx.int32), 0.1))
 
 
@@ -32,8 +32,8 @@ def test_paged_mla_source():
 def test_qmv_sources(bits):
     x = mx.zeros((1, 256), mx.float16)
     w, s, b = mx.quantize(mx.zeros((40, 256), mx.float16), group_size=32, bits=bits)
-    same_as_mlx(qmv_launch(x, w, s, b, 32, bits))
-    same_as_mlx(qmv_swiglu_launch(x, (w, s, b), (w, s, b), 32, bits))
+    assert_same_as_mlx(qmv_launch(x, w, s, b, 32, bits))
+    assert_same_as_mlx(qmv_swiglu_launch(x, (w, s, b), (w, s, b), 32, bits))
 
 
 EVERY_ATTRIBUTE = "\n".join(f"  // {name}" for name, _ in emulator.signature.ATTRIBUTES)
@@ -51,7 +51,7 @@ def test_synthetic_kernels_match(body, template):
     inputs = [mx.zeros((4, 3), mx.int32), mx.zeros((2,), mx.bool_), mx.array(1.5, mx.float16)]
     launch = Launch(k, inputs, template, (32, 1, 1), (32, 1, 1), [(4,), (2, 2)], [mx.float32, mx.bfloat16],
                     source=body)
-    same_as_mlx(launch)
+    assert_same_as_mlx(launch)
 
 
 def test_type_names_match_mlx():
@@ -59,4 +59,4 @@ def test_type_names_match_mlx():
     k = KernelDef("types", "", tuple(f"in{i}" for i in range(len(dtypes))), ("out",))
     launch = Launch(k, [mx.zeros((9,), d) for d in dtypes], [], (1, 1, 1), (1, 1, 1), [(1,)], [mx.float32],
                     source="  out[0] = 0;")
-    same_as_mlx(launch)
+    assert_same_as_mlx(launch)
