@@ -59,12 +59,13 @@ class Rng:
         return mx.random.uniform(key=self._sub()).item()
 
 
-def choose(logits, sampling: Sampling, rng: Rng) -> Tuple[int, Optional[mx.array]]:
-    """A drafter's pick from its logits (V,): (token, its distribution's log-probs, or None when greedy)."""
+def choose(logits, sampling: Sampling, rng: Rng) -> Tuple[mx.array, Optional[mx.array]]:
+    """A drafter's pick from its logits (V,): (token as a 0-d array, its distribution's log-probs or None when
+    greedy). Greedy picks stay lazy, so a round's drafts and its verification run as one graph."""
     if sampling.temperature == 0:
-        return mx.argmax(logits).item(), None
+        return mx.argmax(logits), None
     q = sampling.logprobs(logits)
-    return rng.categorical(q), q
+    return mx.array(rng.categorical(q)), q
 
 
 def draft(logits, k: int, step, sampling: Sampling, rng: Rng):
@@ -83,7 +84,7 @@ def verify(logits, drafts: List[int], qs: list, sampling: Sampling, rng: Rng) ->
     """Target logits (k + 1, V) for [y, d_1..d_k] -> (number of drafts accepted, the token after them)."""
     k = len(drafts)
     if sampling.temperature == 0:
-        target = mx.argmax(logits, axis=-1).tolist()
+        target = mx.argmax(logits, axis=-1).tolist()  # the round's one wait for the device
         n = 0
         while n < k and drafts[n] == target[n]:
             n += 1
@@ -114,7 +115,7 @@ class ModelDrafter:
 
     def propose(self, k: int, sampling: Sampling, rng: Rng):
         logits = prefill(self.model, self.pending, self.cache, self.step)[0]
-        drafts = draft(logits, k, lambda d: self.model(mx.array([[d]]), cache=self.cache)[0, -1], sampling, rng)
+        drafts = draft(logits, k, lambda d: self.model(d.reshape(1, 1), cache=self.cache)[0, -1], sampling, rng)
         self.fed = k - 1  # d_1 .. d_{k-1} went into the cache
         return drafts
 
@@ -147,7 +148,7 @@ class MTPDrafter:
 
         def step(d):  # the module's own output stands in for the target's hidden state
             nonlocal h
-            h, logits = self.model.mtp_step(0, mx.array([[d]]), h, self.cache)
+            h, logits = self.model.mtp_step(0, d.reshape(1, 1), h, self.cache)
             return logits[0, -1]
 
         drafts = draft(logits[0, -1], k, step, sampling, rng)
@@ -206,8 +207,11 @@ def speculative_generate_step(
         while max_tokens == -1 or yielded < max_tokens:
             k = num_draft if max_tokens == -1 else min(num_draft, max_tokens - yielded)
             drafts, qs = drafter.propose(k, sampling, rng)
-            hidden = model.model(mx.array([[y] + drafts]), cache)  # (1, k + 1, D)
+            tokens_in = mx.concatenate([mx.array([y]), mx.stack(drafts).astype(mx.int32)])  # (k + 1,), lazy
+            hidden = model.model(tokens_in[None], cache)  # (1, k + 1, D)
             logits = model.head(hidden)[0]  # (k + 1, V)
+            mx.async_eval(logits)
+            drafts = tokens_in[1:].tolist()
             n, y = verify(logits, drafts, qs, sampling, rng)
             for c in cache:
                 c.trim(k - n)
