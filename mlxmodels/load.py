@@ -18,15 +18,18 @@ from .config import HFConfig, ModelError, read_config
 from .decoder import Decoder
 from .families import get_adapter
 
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken", "original/tokenizer.model"]
+# What a model needs besides its weights; the weights follow, only the shards the index lists
+HUB_META = ["*.json", "*.jinja", "tokenizer*", "*.tiktoken", "merges.txt", "vocab.txt", "original/tokenizer.model"]
 
 
 class LoadError(ModelError):
     """Weights that do not fit the model their config describes."""
 
 
-def resolve(path_or_hub_id: Union[str, Path]) -> Path:
-    """A local folder as is; otherwise a Hub repo id fetched (or found in the HF cache) with huggingface_hub."""
+def resolve(path_or_hub_id: Union[str, Path], before_weights=None) -> Path:
+    """A local folder as is; otherwise a Hub repo id fetched (or found in the HF cache) with huggingface_hub:
+    metadata first, then only the shards its index lists. `before_weights(repo, patterns)` runs in between
+    (convert checks the disk space there)."""
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return path
@@ -37,12 +40,19 @@ def resolve(path_or_hub_id: Union[str, Path]) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
+        index = Path(snapshot_download(name, allow_patterns=HUB_META)) / "model.safetensors.index.json"
+        try:
+            weights = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError):
+            weights = ["*.safetensors"]  # no (usable) index: read_weights says what is wrong after the download
+        if before_weights is not None:
+            before_weights(name, HUB_META + weights)
+        return Path(snapshot_download(name, allow_patterns=HUB_META + weights))
     except LocalEntryNotFoundError:
         raise ModelError(f"{name} is not in the Hugging Face cache and the Hub cannot be reached "
                          "(offline?); download it once with a network, or pass a local folder") from None
     except HfHubHTTPError as e:
-        raise ModelError(f"could not fetch {name} from the Hugging Face Hub: {e}") from None
+        raise ModelError(f"could not fetch {name} from the Hugging Face Hub: {str(e).splitlines()[0]}") from None
 
 
 def read_weights(folder: Path) -> dict:

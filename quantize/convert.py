@@ -35,13 +35,13 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlxmodels.config import ModelError, read_config
 from mlxmodels.decoder import Decoder
 from mlxmodels.families import get_adapter
+from mlxmodels.load import resolve
 
 from . import fp8, recipes
-from .safetensors import DTYPES, INDEX, Checkpoint, ShardWriter, dtype_name, nbytes, read_index
+from .safetensors import DTYPES, Checkpoint, ShardWriter, dtype_name, nbytes
 
 SHARD_BYTES = 5 << 30  # mlx-lm's shard size
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
-META_PATTERNS = ["*.json", "*.jinja", "tokenizer*", "*.tiktoken", "merges.txt", "vocab.txt"]
 TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
                    "merges.txt", "*.tiktoken", "chat_template*", "generation_config.json"]
 GB = 1e9
@@ -77,31 +77,6 @@ class Result:
 
 
 # ------------------------------------------------------------------------------------------ source
-
-
-def fetch(src) -> Path:
-    """A local folder as is; otherwise a Hub repo id fetched with huggingface_hub (progress bars; the HF cache and
-    HF_HUB_OFFLINE honoured): only json, tokenizer and safetensors files, and with an index only its shards."""
-    path = Path(src).expanduser()
-    if path.is_dir():
-        return path
-    name = str(src)
-    if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
-        raise ConvertError(f"{name} is not a model folder or a Hugging Face Hub id like 'org/name'")
-    import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        meta = Path(huggingface_hub.snapshot_download(name, allow_patterns=META_PATTERNS))
-        index = meta / INDEX
-        weights = sorted(set(read_index(index).values())) if index.is_file() else ["*.safetensors"]
-        check_download_space(name, META_PATTERNS + weights)
-        return Path(huggingface_hub.snapshot_download(name, allow_patterns=META_PATTERNS + weights))
-    except LocalEntryNotFoundError:
-        raise ConvertError(f"{name} is not in the Hugging Face cache and the Hub cannot be reached (offline?); "
-                           "download it once with a network, or pass a local folder") from None
-    except HfHubHTTPError as e:
-        raise ConvertError(f"could not fetch {name} from the Hugging Face Hub: {str(e).splitlines()[0]}") from None
 
 
 def check_download_space(repo: str, patterns: list):
@@ -363,7 +338,7 @@ def convert(src, out, options: Optional[Options] = None, progress=None, log: Cal
     out = Path(out).expanduser().absolute()
     if out.exists() and not options.force:
         raise ConvertError(f"{out} already exists; pass --force to replace it")
-    folder = fetch(src).absolute()
+    folder = resolve(src, before_weights=check_download_space).absolute()
     if out.resolve() == folder.resolve() or (out.exists() and folder.resolve().is_relative_to(out.resolve())):
         raise ConvertError(f"{out} is (or holds) the source folder; choose another OUT")
     conv = Converter(folder, options)

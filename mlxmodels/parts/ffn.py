@@ -1,6 +1,5 @@
 """Feed-forward: gated MLP (SwiGLU, GeGLU) and plain MLP (GPT-2)."""
 
-import mlx.core as mx
 import mlx.nn as nn
 
 import metal_kernels
