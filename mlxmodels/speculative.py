@@ -80,15 +80,17 @@ def draft(logits, k: int, step, sampling: Sampling, rng: Rng):
     return drafts, qs
 
 
+def agreeing(drafts: List[int], target: List[int]) -> Tuple[int, int]:
+    """Greedy: target argmaxes (k + 1,) for [y, d_1..d_k] -> (number of drafts accepted, the token after them)."""
+    n = 0
+    while n < len(drafts) and drafts[n] == target[n]:
+        n += 1
+    return n, target[n]
+
+
 def verify(logits, drafts: List[int], qs: list, sampling: Sampling, rng: Rng) -> Tuple[int, int]:
-    """Target logits (k + 1, V) for [y, d_1..d_k] -> (number of drafts accepted, the token after them)."""
+    """Sampling: target logits (k + 1, V) for [y, d_1..d_k] -> (number of drafts accepted, the token after them)."""
     k = len(drafts)
-    if sampling.temperature == 0:
-        target = mx.argmax(logits, axis=-1).tolist()  # the round's one wait for the device
-        n = 0
-        while n < k and drafts[n] == target[n]:
-            n += 1
-        return n, target[n]
     ps = mx.exp(sampling.logprobs(logits))  # (k + 1, V)
     for i, (d, q) in enumerate(zip(drafts, qs)):
         q = mx.exp(q)
@@ -210,9 +212,15 @@ def speculative_generate_step(
             tokens_in = mx.concatenate([mx.array([y]), mx.stack(drafts).astype(mx.int32)])  # (k + 1,), lazy
             hidden = model.model(tokens_in[None], cache)  # (1, k + 1, D)
             logits = model.head(hidden)[0]  # (k + 1, V)
-            mx.async_eval(logits)
-            drafts = tokens_in[1:].tolist()
-            n, y = verify(logits, drafts, qs, sampling, rng)
+            if sampling.temperature == 0:
+                # drafting and verification are one graph, read back with the round's one wait
+                checked = mx.concatenate([tokens_in[1:], mx.argmax(logits, axis=-1).astype(mx.int32)]).tolist()
+                drafts = checked[:k]
+                n, y = agreeing(drafts, checked[k:])
+            else:
+                mx.async_eval(logits)
+                drafts = tokens_in[1:].tolist()
+                n, y = verify(logits, drafts, qs, sampling, rng)
             for c in cache:
                 c.trim(k - n)
             drafter.accept(n, drafts, y, hidden)

@@ -2,11 +2,13 @@
 
 The slot names are the Hugging Face names, which mean different things under different placements
 (Llama's `post_attention_layernorm` normalises the FFN input; Gemma's normalises the attention output).
+The FFN half reads no cache, so few-token steps run it compiled (see `compiled.py`).
 """
 
 import mlx.nn as nn
 
 from ..spec import LayerSpec
+from .compiled import compiled, use_compiled
 from .norms import make_norm
 
 # placement -> names of the norms at (attention input, attention output, FFN input, FFN output)
@@ -34,4 +36,7 @@ class DecoderBlock(nn.Module):
 
     def __call__(self, x, cache):
         h = x + self._norm(1, self.self_attn(self._norm(0, x), cache))
+        return (compiled(self, "_ffn_half") if use_compiled(h.shape[1]) else self._ffn_half)(h)
+
+    def _ffn_half(self, h):
         return h + self._norm(3, self[self._ffn](self._norm(2, h)))

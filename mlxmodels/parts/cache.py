@@ -5,6 +5,7 @@ values and gets back everything it should attend to. Positions come from `cache.
 the sequence has seen, whatever the cache keeps.
 """
 
+from functools import lru_cache
 from typing import Optional
 
 import mlx.core as mx
@@ -23,6 +24,13 @@ def window_mask(q_start: int, T: int, k_start: int, S: int, window: Optional[int
     if chunk is not None:
         visible = visible & (q // chunk == k // chunk)
     return visible
+
+
+@lru_cache(maxsize=4)
+def folded_causal_mask(start: int, T: int, heads: int):
+    """(heads * T, start + T) causal mask for T queries at start.. with the heads folded into the query axis.
+    Every MLA layer of a step asks for the same one, so it is built once per step."""
+    return mx.tile(window_mask(start, T, 0, start + T), (heads, 1))
 
 
 class Cache:
@@ -210,7 +218,7 @@ class LatentCache(Cache):
         B, H, T, D = q.shape
         start = self.offset
         rows = self.update_and_fetch(rows)
-        mask = None if T == 1 else mx.tile(window_mask(start, T, 0, self.offset), (H, 1))  # (H * T, S)
+        mask = None if T == 1 else folded_causal_mask(start, T, H)  # (H * T, S)
         out = attend(q.reshape(B, 1, H * T, D), rows, rows[..., : self.value_dims], scale, mask, softcap)
         return out.reshape(B, H, T, -1)
 

@@ -15,6 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..spec import MLASpec
+from .compiled import compiled, use_compiled
 from .norms import RMSNorm
 from .quantized import QuantizedStack
 from .rope import RoPE
@@ -66,21 +67,34 @@ class MLA(nn.Module):
     def __call__(self, x, cache):
         # x: (B, T, hidden)
         B, T, _ = x.shape
+        if T <= ABSORB_MAX_QUERIES:
+            offset = cache.offset if isinstance(cache.offset, mx.array) else mx.array(cache.offset)
+            project = compiled(self, "_absorbed_inputs") if use_compiled(T) and self.rope.offset_as_array else (
+                self._absorbed_inputs)
+            q_abs, rows = project(x, offset)
+            out = self.unembed_out(cache.attend(q_abs, rows, None, self.scale))  # (B, H, T, v)
+        else:
+            q_nope, q_rope, rows = self._project(x, cache.offset)
+            out = self._expanded(q_nope, q_rope, rows, cache)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
+
+    def _project(self, x, offset):
+        """-> q_nope (B, H, T, nope), q_rope (B, H, T, rope), rows (B, 1, T, kv_lora + rope): what the cache keeps."""
+        B, T, _ = x.shape
         s = self.spec
         q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if s.q_lora_rank else self.q_proj(x)
         q = q.reshape(B, T, s.n_heads, -1).transpose(0, 2, 1, 3)  # (B, H, T, nope + rope)
         q_nope, q_rope = q[..., : s.qk_nope_head_dim], q[..., s.qk_nope_head_dim:]
         latent, k_rope = mx.split(self.kv_a_proj_with_mqa(x), [s.kv_lora_rank], axis=-1)
         latent = self.kv_a_layernorm(latent)[:, None]  # (B, 1, T, kv_lora)
-        q_rope = self.rope(q_rope, cache.offset)
-        k_rope = self.rope(k_rope[:, None], cache.offset)  # (B, 1, T, rope)
-        rows = mx.concatenate([latent, k_rope], axis=-1)  # (B, 1, T, kv_lora + rope): what the cache keeps
-        if T <= ABSORB_MAX_QUERIES:
-            q_abs = mx.concatenate([self.embed_q(q_nope), q_rope], axis=-1)  # (B, H, T, kv_lora + rope)
-            out = self.unembed_out(cache.attend(q_abs, rows, None, self.scale))  # (B, H, T, v)
-        else:
-            out = self._expanded(q_nope, q_rope, rows, cache)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
+        q_rope = self.rope(q_rope, offset)
+        k_rope = self.rope(k_rope[:, None], offset)  # (B, 1, T, rope)
+        return q_nope, q_rope, mx.concatenate([latent, k_rope], axis=-1)
+
+    def _absorbed_inputs(self, x, offset):
+        """-> q' = [q_nope W_UK, q_rope] (B, H, T, kv_lora + rope) and the new cache rows."""
+        q_nope, q_rope, rows = self._project(x, offset)
+        return mx.concatenate([self.embed_q(q_nope), q_rope], axis=-1), rows
 
     def _expanded(self, q_nope, q_rope, rows, cache):
         """Prefill: attend with per-head K/V expanded from the cached latents."""

@@ -11,6 +11,7 @@ import mlx.nn as nn
 
 from ..spec import LayerSpec
 from .block import DecoderBlock
+from .compiled import compiled, use_compiled
 from .norms import make_norm
 
 
@@ -30,5 +31,8 @@ class MTPBlock(DecoderBlock):
 
     def predict(self, embeddings, h, cache):
         """embeddings (B, T, D) of t_{i+k}, h (B, T, D) of depth k-1 -> h' (B, T, D), before the head's norm."""
-        x = self.eh_proj(mx.concatenate([self.enorm(embeddings), self.hnorm(h)], axis=-1))
-        return DecoderBlock.__call__(self, x, cache)
+        mix = compiled(self, "_mix") if use_compiled(h.shape[1]) else self._mix
+        return DecoderBlock.__call__(self, mix(embeddings, h), cache)
+
+    def _mix(self, embeddings, h):
+        return self.eh_proj(mx.concatenate([self.enorm(embeddings), self.hnorm(h)], axis=-1))

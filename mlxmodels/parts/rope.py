@@ -80,6 +80,8 @@ class RoPE(nn.Module):
             raise ValueError(f"unsupported rope type {spec.kind!r}: use default, linear, dynamic, llama3 or yarn")
         # Private (underscore) so it is not a parameter: it is derived from the config, never loaded.
         self._freqs = mx.array(1.0 / inv)
+        # dynamic NTK picks its frequencies from the position in Python, so its offset must stay an int
+        self.offset_as_array = spec.kind != "dynamic"
 
     def _dynamic_freqs(self, seq_len: int):
         """Dynamic NTK: grow the base once the sequence passes the trained length (as transformers does)."""

@@ -1,0 +1,91 @@
+"""Compiled vs eager few-token steps (mlxmodels/parts/compiled.py) on the embedded default model.
+
+Times a target forward of 1, 2 and 4 tokens and one MTP draft step, each evaluated on its own, with compiled
+steps on and off taking turns call by call; prints medians and the ratio. Then times greedy decoding of a few
+chat questions with `stream_generate` (decode time after the first token), plain and with MTP drafts.
+
+    python scripts/bench_compiled.py [--calls 300] [--trials 5]
+"""
+
+import argparse
+import statistics
+import time
+
+import mlx.core as mx
+
+import mlxmodels
+from mlxmodels.assets import default_model_path
+from mlxmodels.generate import stream_generate
+from mlxmodels.parts import compiled
+
+QUESTIONS = ["What date is 12 days after March 25, 2021?", "Reverse the word garden.",
+             "How many letters are in the word kitchen?", "What is 4821 + 377?", "Convert 3 km to meters.",
+             "Which is larger, 0.45 or 0.405?"]
+
+
+def step_costs(model, calls: int) -> dict:
+    cache, mtp_cache = model.make_cache(rollback=4), model.make_mtp_cache(rollback=4)[0]
+    mx.eval(model(mx.array([list(range(20))]), cache=cache))
+    h = mx.zeros((1, 1, model.spec.hidden_size))
+
+    def forward(T):
+        mx.eval(model(mx.array([[5] * T]), cache=cache))
+        for c in cache:
+            c.trim(T)
+
+    def mtp():
+        mx.eval(model.mtp_step(0, mx.array([[5]]), h, mtp_cache)[1])
+        mtp_cache.trim(1)
+
+    steps = {"forward 1": lambda: forward(1), "forward 2": lambda: forward(2), "forward 4": lambda: forward(4),
+             "MTP step": mtp}
+    times = {(name, on): [] for name in steps for on in (False, True)}
+    for _ in range(calls):
+        for (name, on), ts in times.items():
+            compiled.ENABLED = on
+            t0 = time.perf_counter()
+            steps[name]()
+            ts.append(time.perf_counter() - t0)
+    compiled.ENABLED = True
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def decode_ms_per_token(model, tokenizer, trials: int) -> dict:
+    ids = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
+           for q in QUESTIONS]
+    settings = {"plain": {}, **{f"MTP k={k}": dict(draft="mtp", num_draft=k) for k in (2, 3, 4)}}
+    spent = {s: [0.0] * trials for s in settings}
+    tokens = dict.fromkeys(settings, 0)
+    for t in range(-1, trials):  # trial -1 warms up
+        for p in ids:
+            for s, kw in settings.items():
+                n = 0
+                for r in stream_generate(model, tokenizer, p, max_tokens=80, **kw):
+                    n += 1
+                    if n == 1:
+                        t1 = time.perf_counter()
+                if t >= 0:
+                    spent[s][t] += time.perf_counter() - t1
+                    tokens[s] += (n - 1) if t == 0 else 0
+    return {s: statistics.median(v) / tokens[s] * 1e3 for s, v in spent.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--trials", type=int, default=5)
+    args = ap.parse_args()
+    model, tokenizer = mlxmodels.load(default_model_path())
+    costs = step_costs(model, args.calls)
+    print("| step | eager | compiled | eager / compiled |\n|---|---|---|---|")
+    for name in ("forward 1", "forward 2", "forward 4", "MTP step"):
+        e, c = costs[(name, False)], costs[(name, True)]
+        print(f"| {name} | {e:.2f} ms | {c:.2f} ms | {e / c:.2f}x |")
+    dec = decode_ms_per_token(model, tokenizer, args.trials)
+    print("\n| decoding | ms / token | speed-up |\n|---|---|---|")
+    for s, v in dec.items():
+        print(f"| {s} | {v:.2f} | {dec['plain'] / v:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
