@@ -1,26 +1,27 @@
 """Compiled vs eager few-token steps (mlxmodels/parts/compiled.py) on the embedded default model.
 
 Times a target forward of 1, 2 and 4 tokens and one MTP draft step, each evaluated on its own, with compiled
-steps on and off taking turns call by call; prints medians and the ratio. Then times greedy decoding of a few
-chat questions with `stream_generate` (decode time after the first token), plain and with MTP drafts.
+steps on and off taking turns call by call; prints medians and the ratio. Then times greedy decoding of the
+held-out chat questions the model was evaluated on (train/data.py, 4 per task family) with `stream_generate`:
+decode time after the first token, plain and with MTP drafts taking turns on every question.
 
     python scripts/bench_compiled.py [--calls 300] [--trials 5]
 """
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
+import mlxmodels  # first: on Linux it loads OpenBLAS before mlx.core, which sets the compute dtype policy
 import mlx.core as mx
-
-import mlxmodels
 from mlxmodels.assets import default_model_path
 from mlxmodels.generate import stream_generate
 from mlxmodels.parts import compiled
 
-QUESTIONS = ["What date is 12 days after March 25, 2021?", "Reverse the word garden.",
-             "How many letters are in the word kitchen?", "What is 4821 + 377?", "Convert 3 km to meters.",
-             "Which is larger, 0.45 or 0.405?"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from train.data import heldout_set  # noqa: E402  (the dev-only training package, for its question generator)
 
 
 def step_costs(model, calls: int) -> dict:
@@ -52,10 +53,10 @@ def step_costs(model, calls: int) -> dict:
 
 def decode_ms_per_token(model, tokenizer, trials: int) -> dict:
     ids = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
-           for q in QUESTIONS]
+           for q in (r["question"] for r in heldout_set(4, seed=99))]
     settings = {"plain": {}, **{f"MTP k={k}": dict(draft="mtp", num_draft=k) for k in (2, 3, 4)}}
     spent = {s: [0.0] * trials for s in settings}
-    tokens = dict.fromkeys(settings, 0)
+    tokens, accepted, proposed = dict.fromkeys(settings, 0), dict.fromkeys(settings, 0), dict.fromkeys(settings, 0)
     for t in range(-1, trials):  # trial -1 warms up
         for p in ids:
             for s, kw in settings.items():
@@ -66,8 +67,11 @@ def decode_ms_per_token(model, tokenizer, trials: int) -> dict:
                         t1 = time.perf_counter()
                 if t >= 0:
                     spent[s][t] += time.perf_counter() - t1
-                    tokens[s] += (n - 1) if t == 0 else 0
-    return {s: statistics.median(v) / tokens[s] * 1e3 for s, v in spent.items()}
+                if t == 0:
+                    tokens[s] += n - 1
+                    accepted[s] += r.draft_accepted
+                    proposed[s] += r.draft_proposed
+    return {s: (statistics.median(v) / tokens[s] * 1e3, accepted[s], proposed[s]) for s, v in spent.items()}
 
 
 def main():
@@ -82,9 +86,9 @@ def main():
         e, c = costs[(name, False)], costs[(name, True)]
         print(f"| {name} | {e:.2f} ms | {c:.2f} ms | {e / c:.2f}x |")
     dec = decode_ms_per_token(model, tokenizer, args.trials)
-    print("\n| decoding | ms / token | speed-up |\n|---|---|---|")
-    for s, v in dec.items():
-        print(f"| {s} | {v:.2f} | {dec['plain'] / v:.2f}x |")
+    print("\n| decoding | drafts accepted | ms / token | speed-up |\n|---|---|---|---|")
+    for s, (v, a, p) in dec.items():
+        print(f"| {s} | {f'{a}/{p}' if p else '-'} | {v:.2f} | {dec['plain'][0] / v:.2f}x |")
 
 
 if __name__ == "__main__":
