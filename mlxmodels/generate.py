@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence, Tuple
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .decoder import Decoder
 from .sample import LogitsProcessor, Sampler, greedy, make_logits_processors, make_sampler
 
 if TYPE_CHECKING:  # duck-typed at run time
@@ -76,20 +77,25 @@ def _clear_cache() -> None:
 def prefill(model: Any, tokens: Union[Sequence[int], mx.array], cache: List[Any], step_size: int = 512) -> mx.array:
     """Feed `tokens` after what `cache` holds; return the last position's logits (1, V), unevaluated.
 
-    All but the last token go through in chunks of `step_size`, each evaluated through the cache state only:
-    the output head never runs on them and memory stays bounded by one chunk. The last token runs alone,
-    so only its logits are computed. (A cache holding no arrays we can see makes us evaluate the chunk's logits.)
+    The prompt goes through in chunks of `step_size`, each but the last evaluated through the cache state only, so
+    memory stays bounded by one chunk. Our Decoder runs the output head on the last position of the last chunk
+    alone, so the prompt costs one pass; any other model gets the last token in a pass of its own. (A cache
+    holding no arrays we can see makes us evaluate each chunk's logits.)
     """
     if step_size < 1:
         raise ValueError(f"prefill step size must be >= 1, got {step_size}")
     tokens = _as_tokens(tokens)
+    split = isinstance(model, Decoder)
     n, start = tokens.size, 0
-    while n - start > 1:
-        end = min(start + step_size, n - 1)
-        logits = model(tokens[None, start:end], cache=cache)  # (1, T, V), only evaluated as a fallback
-        mx.eval(_cache_arrays(cache) or logits)
+    last = (n - 1) // step_size * step_size if split else n - 1  # where the final pass starts
+    while start < last:
+        end = min(start + step_size, last)
+        out = model.model(tokens[None, start:end], cache) if split else model(tokens[None, start:end], cache=cache)
+        mx.eval(_cache_arrays(cache) or out)
         start = end
         _clear_cache()
+    if split:
+        return model.head(model.model(tokens[None, start:], cache)[:, -1:])[:, -1, :]
     return model(tokens[None, start:], cache=cache)[:, -1, :]
 
 

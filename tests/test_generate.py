@@ -497,3 +497,24 @@ def test_matches_mlx_lm_on_a_tiny_llama_with_kv_cache():
         got = [t for t, _ in generate_step(model, prompt, cache, logits_processors=procs, max_tokens=20, prefill_step_size=8)]
         assert got == want and cache[0].offset == 57
         assert len(set(got)) > 3  # a non-degenerate chain
+
+
+@pytest.mark.parametrize("step", [1, 5, 37, 512])
+def test_decoder_prefill_is_one_pass_with_the_head_on_the_last_position(tmp_path, step, monkeypatch):
+    import mlxmodels
+    from tests.families.test_families import CASES
+    from tests.oracle import build_hf
+
+    model_type, config, _ = CASES["llama3"]
+    build_hf(model_type, tmp_path, seed=4, **config)
+    model = mlxmodels.load(tmp_path)[0]
+    prompt = np.random.default_rng(9).integers(0, 100, size=37).tolist()
+    want = np.array(model(mx.array([prompt]))[0, -1])
+    body, head, fed, heads = type(model.model).__call__, model.head, [], []
+    monkeypatch.setattr(type(model.model), "__call__", lambda self, ids, cache: fed.append(ids.shape[1]) or body(self, ids, cache))
+    monkeypatch.setattr(model, "head", lambda h: heads.append(h.shape[1]) or head(h))
+    cache = model.make_cache()
+    got = prefill(model, prompt, cache, step)
+    assert sum(fed) == 37 and max(fed) <= step and heads == [1]  # every token once; logits for the last only
+    np.testing.assert_allclose(np.array(got[0]), want, rtol=1e-4, atol=1e-4)
+    assert cache[0].offset == 37

@@ -87,8 +87,9 @@ class MLA(nn.Module):
         q_nope, q_rope = q[..., : s.qk_nope_head_dim], q[..., s.qk_nope_head_dim:]
         latent, k_rope = mx.split(self.kv_a_proj_with_mqa(x), [s.kv_lora_rank], axis=-1)
         latent = self.kv_a_layernorm(latent)[:, None]  # (B, 1, T, kv_lora)
-        q_rope = self.rope(q_rope, offset)
-        k_rope = self.rope(k_rope[:, None], offset)  # (B, 1, T, rope)
+        # one rotation for the query heads and the shared key: off the GPU, RoPE is some twenty small ops per call
+        rotated = self.rope(mx.concatenate([q_rope, k_rope[:, None]], axis=1), offset)  # (B, H + 1, T, rope)
+        q_rope, k_rope = rotated[:, :-1], rotated[:, -1:]
         return q_nope, q_rope, mx.concatenate([latent, k_rope], axis=-1)
 
     def _absorbed_inputs(self, x, offset):

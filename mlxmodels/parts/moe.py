@@ -7,6 +7,7 @@ chosen weights, group-limited choice (DeepSeek), a correction bias that steers c
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from ..spec import FFNSpec, MoESpec
 from .experts import SwitchMLP
@@ -18,7 +19,7 @@ def top_groups(group_scores, k: int):
     (torch.topk leaves tie order unspecified)."""
     s = group_scores[:, :, None]  # candidate g
     t = group_scores[:, None, :]  # competitor h
-    lower = mx.arange(group_scores.shape[-1])[None, :] < mx.arange(group_scores.shape[-1])[:, None]  # h < g
+    lower = mx.array(np.tri(group_scores.shape[-1], k=-1, dtype=bool))  # [g, h]: h < g (a constant, not ops)
     beaten_by = ((t > s) | ((t == s) & lower[None])).sum(axis=-1)  # (N, G)
     return beaten_by < k
 
