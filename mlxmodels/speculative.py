@@ -239,5 +239,5 @@ def speculative_generate_step(
             for c in cache:
                 c.trim(held - want)
         elif held < want and y is not None:
-            model(mx.array([[y]]), cache=cache)
-            mx.eval([a for c in cache for a in c.state if a is not None])
+            # left lazy, like plain decoding's queued step: it runs when the cache is next used, or never
+            model.model(mx.array([[y]]), cache)

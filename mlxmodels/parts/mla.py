@@ -68,10 +68,11 @@ class MLA(nn.Module):
         # x: (B, T, hidden)
         B, T, _ = x.shape
         if T <= ABSORB_MAX_QUERIES:
-            offset = cache.offset if isinstance(cache.offset, mx.array) else mx.array(cache.offset)
-            project = compiled(self, "_absorbed_inputs") if use_compiled(T) and self.rope.offset_as_array else (
-                self._absorbed_inputs)
-            q_abs, rows = project(x, offset)
+            if use_compiled(T) and self.rope.offset_as_array:  # the position as an array: one trace for all
+                offset = cache.offset if isinstance(cache.offset, mx.array) else mx.array(cache.offset)
+                q_abs, rows = compiled(self, "_absorbed_inputs")(x, offset)
+            else:
+                q_abs, rows = self._absorbed_inputs(x, cache.offset)
             out = self.unembed_out(cache.attend(q_abs, rows, None, self.scale))  # (B, H, T, v)
         else:
             q_nope, q_rope, rows = self._project(x, cache.offset)
