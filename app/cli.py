@@ -151,7 +151,7 @@ def add_generate(sub):
     add_sampling(g, " (default: greedy)")
     g.add_argument("--draft", default=None, metavar="mtp|MODEL",
                    help="speculative decoding: the model's own MTP module, or a small draft model (folder or Hub id)")
-    g.add_argument("--num-draft", type=positive_int, default=3, help="drafted tokens per step (default 3)")
+    g.add_argument("--num-draft", type=positive_int, default=3, help="most drafted tokens per step (default 3; fewer while drafts are rejected)")
     g.add_argument("-v", "--verbose", action="store_true", help="print speed and memory to stderr")
     g.set_defaults(func=cmd_generate)
 

@@ -226,14 +226,16 @@ def stream_generate(
     logits_processors: Optional[List[LogitsProcessor]] = None,
     draft: Any = None,
     num_draft: int = 3,
+    adaptive_draft: bool = True,
 ) -> Iterator[GenerationResponse]:
     """Stream text pieces. Stops on any EOS id or stop string (neither is emitted) or after `max_tokens`.
 
     `prompt` is text (encoded here) or token ids; with a reused `cache`, pass only the tokens it lacks.
     `tokenizer=None` streams token ids only (text is "", no EOS); it needs an id prompt and no stop strings.
     `sampler`/`logits_processors` override the ones built from the sampling arguments.
-    `draft="mtp"` (the model's MTP modules) or a draft model turns on speculative decoding with `num_draft`
-    drafts per step; greedy output is unchanged, sampled output keeps the same distribution.
+    `draft="mtp"` (the model's MTP modules) or a draft model turns on speculative decoding with up to `num_draft`
+    drafts per step (fewer while drafts are rejected, unless `adaptive_draft=False`); greedy output is unchanged,
+    sampled output keeps the same distribution.
     """
     if max_tokens == 0 or max_tokens < -1:
         raise ValueError(f"max_tokens must be >= 1 (or -1 for no limit), got {max_tokens}")
@@ -297,7 +299,7 @@ def stream_generate(
         stats = DraftStats()
         steps = speculative_generate_step(
             model, tokens.tolist(), cache, drafter, num_draft, Sampling(temperature, top_k, top_p, min_p),
-            key=key, max_tokens=max_tokens, prefill_step_size=prefill_step_size, stats=stats,
+            key=key, max_tokens=max_tokens, prefill_step_size=prefill_step_size, stats=stats, adaptive=adaptive_draft,
         )
     try:  # closing the step generator lets it leave the cache holding exactly the tokens yielded
         for n, (token, logprobs) in enumerate(steps, start=1):

@@ -80,6 +80,12 @@ def draft(logits, k: int, step, sampling: Sampling, rng: Rng):
     return drafts, qs
 
 
+def next_draft_length(k: int, accepted: int, proposed: int, most: int) -> int:
+    """The schedule of transformers' assisted generation: every draft accepted -> two more next round, else one
+    fewer, within 1..most. It depends on past rounds only, so sampled output keeps the target distribution."""
+    return min(most, k + 2) if accepted == proposed else max(1, k - 1)
+
+
 def agreeing(drafts: List[int], target: List[int]) -> Tuple[int, int]:
     """Greedy: target argmaxes (k + 1,) for [y, d_1..d_k] -> (number of drafts accepted, the token after them)."""
     n = 0
@@ -183,9 +189,11 @@ def speculative_generate_step(
     max_tokens: int = 256,
     prefill_step_size: int = 512,
     stats: Optional[DraftStats] = None,
+    adaptive: bool = True,
 ) -> Iterator[Tuple[int, mx.array]]:
-    """Yield (token, target log-probs (V,)). When the caller stops, the cache holds the prompt and exactly the
-    tokens yielded (the cache needs `rollback` >= num_draft: see `Decoder.make_cache`)."""
+    """Yield (token, target log-probs (V,)). Each round drafts `num_draft` tokens, or with `adaptive` a number
+    that follows the acceptance (`next_draft_length`, at most num_draft). When the caller stops, the cache holds
+    the prompt and exactly the tokens yielded (the cache needs `rollback` >= num_draft: see `Decoder.make_cache`)."""
     if num_draft < 1:
         raise ValueError(f"num_draft must be >= 1, got {num_draft}")
     stats = stats if stats is not None else DraftStats()
@@ -206,8 +214,9 @@ def speculative_generate_step(
         drafter.begin(tokens, h, y, rollback=num_draft)
         yielded += 1
         yield y, log_softmax(logits)
+        length = num_draft
         while max_tokens == -1 or yielded < max_tokens:
-            k = num_draft if max_tokens == -1 else min(num_draft, max_tokens - yielded)
+            k = length if max_tokens == -1 else min(length, max_tokens - yielded)
             drafts, qs = drafter.propose(k, sampling, rng)
             tokens_in = mx.concatenate([mx.array([y]), mx.stack(drafts).astype(mx.int32)])  # (k + 1,), lazy
             hidden = model.model(tokens_in[None], cache)  # (1, k + 1, D)
@@ -224,6 +233,7 @@ def speculative_generate_step(
             for c in cache:
                 c.trim(k - n)
             drafter.accept(n, drafts, y, hidden)
+            length = next_draft_length(length, n, k, num_draft) if adaptive else num_draft
             stats.proposed, stats.accepted, stats.target_forwards = (
                 stats.proposed + k, stats.accepted + n, stats.target_forwards + 1)
             logprobs = log_softmax(logits)

@@ -3,8 +3,8 @@
 Times a target forward of 1, 2 and 4 tokens and one MTP draft step, each evaluated on its own, with compiled
 steps on and off taking turns call by call; prints medians and the ratio. Then times greedy decoding of the
 held-out chat questions the model was evaluated on (train/data.py, 4 per task family) with `stream_generate`:
-decode time after the first token, plain and with MTP drafts (and mlx-lm's plain decoding of the same folder in
-float32) taking turns on every question.
+decode time after the first token, plain and with at most k MTP drafts a round (the default adaptive length),
+and mlx-lm's plain decoding of the same folder in float32, taking turns on every question.
 
     python scripts/bench_compiled.py [--calls 300] [--trials 5]
 """

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import mlxmodels
+from mlxmodels.speculative import next_draft_length
 from tests import mtp_fixture
 from tests.families.test_families import CASES
 from tests.oracle import build_hf
@@ -45,23 +46,38 @@ def tokens(model, prompt=PROMPT, n=40, **kw):
     return [r.token for r in out], out[-1]
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
-def test_mtp_greedy_equals_plain(mtp_model, k):
+def test_mtp_greedy_equals_plain(mtp_model, k, adaptive):
     plain, _ = tokens(mtp_model)
-    spec, last = tokens(mtp_model, draft="mtp", num_draft=k)
+    spec, last = tokens(mtp_model, draft="mtp", num_draft=k, adaptive_draft=adaptive)
     assert spec == plain
     assert last.draft_proposed > last.draft_accepted  # random MTP weights: drafts do get rejected
     assert last.target_forwards < len(spec)
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 @pytest.mark.parametrize("target", ["mistral", "llama4"])
-def test_draft_model_greedy_equals_plain(targets, draft_model, target, k):
+def test_draft_model_greedy_equals_plain(targets, draft_model, target, k, adaptive):
     model = targets[target]
     plain, _ = tokens(model)
-    spec, last = tokens(model, draft=draft_model, num_draft=k)
+    spec, last = tokens(model, draft=draft_model, num_draft=k, adaptive_draft=adaptive)
     assert spec == plain
     assert last.draft_proposed > last.draft_accepted
+
+
+def test_draft_length_follows_acceptance(targets, draft_model):
+    """Rejected drafts shrink the next round's draft (to 1 at least), a fully accepted round grows it by two (to
+    num_draft at most); with fixed lengths every round drafts num_draft."""
+    assert [next_draft_length(k, a, p, 6) for k, a, p in [(3, 3, 3), (5, 5, 5), (3, 1, 3), (1, 0, 1)]] == [5, 6, 2, 1]
+    model = targets["mistral"]
+    _, fixed = tokens(model, draft=draft_model, num_draft=4, adaptive_draft=False)
+    _, adaptive = tokens(model, draft=draft_model, num_draft=4)
+    assert fixed.draft_proposed > 3 * fixed.target_forwards  # four a round but near the token budget
+    assert adaptive.draft_proposed < 2 * adaptive.target_forwards  # a random drafter: mostly one draft a round
+    _, own = tokens(model, draft=model, num_draft=4, n=41)
+    assert own.draft_accepted == own.draft_proposed == 4 * own.target_forwards == 32  # all accepted: stays at 4
 
 
 def test_the_target_as_its_own_drafter_accepts_everything(targets):

@@ -184,7 +184,7 @@ def report(model_dir: Path, per, wrong, spec, n_spec, trials, command, dtype="fl
     lines += ["", "## MTP speculative decoding", "",
               f"Greedy (temperature 0), {n_spec} held-out questions (up to 80 tokens each), median of {trials} trials "
               "with the settings taking turns on every question; `draft=\"mtp\"` reuses the MTP module recursively "
-              "for drafts 2..k. Decode time runs from the first token to the last; whole time includes the prefill. "
+              "for drafts 2..k and drafts at most k a round (fewer after a rejection, `next_draft_length`). Decode time runs from the first token to the last; whole time includes the prefill. "
               f"Machine: {platform.machine()} {platform.system()}, MLX {mx.__version__} ({mx.default_device()}), "
               f"{dtype} compute; a shared machine, so read the ratios, not the absolute times.", "",
               "| drafts | identical output | drafts accepted | acceptance | tokens / target forward | decode ms / token "
