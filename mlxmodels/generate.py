@@ -74,28 +74,44 @@ def _clear_cache() -> None:
         fn()
 
 
-def prefill(model: Any, tokens: Union[Sequence[int], mx.array], cache: List[Any], step_size: int = 512) -> mx.array:
-    """Feed `tokens` after what `cache` holds; return the last position's logits (1, V), unevaluated.
-
-    The prompt goes through in chunks of `step_size`, each but the last evaluated through the cache state only, so
-    memory stays bounded by one chunk. Our Decoder runs the output head on the last position of the last chunk
-    alone, so the prompt costs one pass; any other model gets the last token in a pass of its own. (A cache
-    holding no arrays we can see makes us evaluate each chunk's logits.)
-    """
+def prefill_hidden(model: Decoder, tokens: Union[Sequence[int], mx.array], cache: List[Any], step_size: int = 512,
+                   keep_all: bool = False) -> mx.array:
+    """Feed `tokens` through the body after what `cache` holds, in chunks of `step_size`; -> the final hidden
+    states of every position (1, P, D) with `keep_all`, else of the last (1, 1, D). Each chunk but the last is
+    evaluated (through the cache state only, unless its states are kept), so memory stays bounded by one chunk;
+    the last stays lazy."""
     if step_size < 1:
         raise ValueError(f"prefill step size must be >= 1, got {step_size}")
     tokens = _as_tokens(tokens)
-    split = isinstance(model, Decoder)
+    kept = []
+    for start in range(0, tokens.size, step_size):
+        h = model.model(tokens[None, start: start + step_size], cache)
+        if start + step_size < tokens.size:
+            mx.eval(h if keep_all else (_cache_arrays(cache) or h))
+            _clear_cache()
+        kept.append(h if keep_all else h[:, -1:])
+    return mx.concatenate(kept, axis=1) if keep_all else kept[-1]
+
+
+def prefill(model: Any, tokens: Union[Sequence[int], mx.array], cache: List[Any], step_size: int = 512) -> mx.array:
+    """Feed `tokens` after what `cache` holds; return the last position's logits (1, V), unevaluated.
+
+    Our Decoder takes the prompt in one pass (`prefill_hidden`) and runs the output head on the last position only.
+    Any other model gets all but the last token in chunks of `step_size`, each evaluated through the cache state
+    (or its logits, if the cache holds no arrays we can see), then the last token in a pass of its own.
+    """
+    if step_size < 1:
+        raise ValueError(f"prefill step size must be >= 1, got {step_size}")
+    if isinstance(model, Decoder):
+        return model.head(prefill_hidden(model, tokens, cache, step_size))[:, -1, :]
+    tokens = _as_tokens(tokens)
     n, start = tokens.size, 0
-    last = (n - 1) // step_size * step_size if split else n - 1  # where the final pass starts
-    while start < last:
-        end = min(start + step_size, last)
-        out = model.model(tokens[None, start:end], cache) if split else model(tokens[None, start:end], cache=cache)
-        mx.eval(_cache_arrays(cache) or out)
+    while n - start > 1:
+        end = min(start + step_size, n - 1)
+        logits = model(tokens[None, start:end], cache=cache)  # (1, T, V), only evaluated as a fallback
+        mx.eval(_cache_arrays(cache) or logits)
         start = end
         _clear_cache()
-    if split:
-        return model.head(model.model(tokens[None, start:], cache)[:, -1:])[:, -1, :]
     return model(tokens[None, start:], cache=cache)[:, -1, :]
 
 

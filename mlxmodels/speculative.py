@@ -15,7 +15,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 import mlx.core as mx
 
-from .generate import prefill
+from .generate import prefill, prefill_hidden
 from .sample import apply_min_p, apply_top_k, apply_top_p
 
 
@@ -166,16 +166,6 @@ class MTPDrafter:
     def accept(self, n: int, drafts: List[int], bonus: int, hidden):
         self.cache.trim(self.speculative)
         self.pending = (hidden[:, : n + 1], drafts[:n] + [bonus])
-
-
-def prefill_hidden(model: Any, tokens: List[int], cache: list, step: int, keep_all: bool):
-    """Run the prompt in chunks; -> final hidden states (1, P, D) (or only the last position's)."""
-    out = []
-    for s in range(0, len(tokens), step):
-        h = model.model(mx.array([tokens[s: s + step]]), cache)
-        mx.eval(h)
-        out.append(h if keep_all else h[:, -1:])
-    return mx.concatenate(out, axis=1) if keep_all else out[-1]
 
 
 def speculative_generate_step(

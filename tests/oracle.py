@@ -62,6 +62,17 @@ def save_byte_tokenizer(folder: Path, chat_template: str = None):
     return fast
 
 
+
+TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=259, max_position_embeddings=128)
+
+
+def build_tiny_llama(folder: Path) -> Path:
+    """A 2-layer random Llama with the byte tokenizer: the folder loader, CLI and convert tests start from."""
+    build_hf("llama", folder, **TINY_LLAMA)
+    save_byte_tokenizer(folder)
+    return folder
+
 def edit_config(folder: Path, fn):
     path = Path(folder) / "config.json"
     cfg = json.loads(path.read_text())

@@ -10,18 +10,13 @@ import pytest
 import mlxmodels
 from mlxmodels.config import ConfigError, ModelError
 from mlxmodels.load import LoadError
-from tests.oracle import build_hf, edit_config, save_byte_tokenizer
+from tests.oracle import build_tiny_llama, edit_config
 
-CFG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-           num_key_value_heads=2, vocab_size=259, max_position_embeddings=128)
 
 
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llama")
-    build_hf("llama", folder, **CFG)
-    save_byte_tokenizer(folder)
-    return folder
+    return build_tiny_llama(tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture

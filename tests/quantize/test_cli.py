@@ -22,19 +22,14 @@ import mlxmodels
 from app.cli import main
 from quantize import convert as convert_module
 from quantize.safetensors import INDEX, SafetensorsFile, ShardWriter, save_file
-from tests.oracle import build_hf, edit_config, save_byte_tokenizer
+from tests.oracle import build_tiny_llama, edit_config
 
-CFG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-           num_key_value_heads=2, vocab_size=256, max_position_embeddings=128)
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    build_hf("llama", folder, **CFG)
-    save_byte_tokenizer(folder)
-    return folder
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture
