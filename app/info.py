@@ -98,7 +98,7 @@ def describe(model: Optional[str], dtype: Optional[str] = None) -> dict:
 
 
 def _tensors(folder: Path) -> dict:
-    from quantize.safetensors import Checkpoint, SafetensorsError
+    from mlxmodels.formats.safetensors import Checkpoint, SafetensorsError
 
     try:
         ckpt = Checkpoint(folder)

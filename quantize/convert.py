@@ -38,7 +38,7 @@ from mlxmodels.families import get_adapter
 from mlxmodels.load import resolve
 
 from . import fp8, recipes
-from .safetensors import DTYPES, Checkpoint, ShardWriter, dtype_name, nbytes
+from mlxmodels.formats.safetensors import DTYPES, Checkpoint, ShardWriter, dtype_name, nbytes
 
 SHARD_BYTES = 5 << 30  # mlx-lm's shard size
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")

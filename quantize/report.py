@@ -27,7 +27,7 @@ from mlxmodels.tokenizer import load_tokenizer
 
 from . import fp8, recipes
 from .convert import ConvertError
-from .safetensors import Checkpoint
+from mlxmodels.formats.safetensors import Checkpoint
 
 
 @dataclass

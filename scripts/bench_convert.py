@@ -45,7 +45,7 @@ TOOLS = {
     "mlx-lm": lambda src, out: [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(src),
                                 "--mlx-path", str(out), "-q"],
 }
-BASELINE = {"ours": "import app.cli, app.convert_cmd, quantize.convert, quantize.safetensors",
+BASELINE = {"ours": "import app.cli, app.convert_cmd, quantize.convert, mlxmodels.formats.safetensors",
             "mlx-lm": "import mlx_lm.convert"}
 
 
@@ -71,7 +71,7 @@ def build(folder: Path, cfg: dict):
     import mlx.core as mx
     import numpy as np
 
-    from quantize.safetensors import ShardWriter
+    from mlxmodels.formats.safetensors import ShardWriter
 
     if (folder / "config.json").is_file():
         return
@@ -130,7 +130,7 @@ def folder_bytes(folder: Path) -> int:
 def same_tensors(a: Path, b: Path) -> bool:
     import mlx.core as mx
 
-    from quantize.safetensors import Checkpoint
+    from mlxmodels.formats.safetensors import Checkpoint
 
     x, y = Checkpoint(a), Checkpoint(b)
     if x.where.keys() != y.where.keys():

@@ -21,7 +21,7 @@ import pytest
 import mlxmodels
 from app.cli import main
 from quantize import convert as convert_module
-from quantize.safetensors import INDEX, SafetensorsFile, ShardWriter, save_file
+from mlxmodels.formats.safetensors import INDEX, SafetensorsFile, ShardWriter, save_file
 from tests.oracle import build_tiny_llama, edit_config
 
 ROOT = Path(__file__).resolve().parents[2]

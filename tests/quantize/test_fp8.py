@@ -11,7 +11,7 @@ import pytest
 import mlxmodels
 from quantize import fp8
 from quantize.convert import Options, convert
-from quantize.safetensors import INDEX, save_file
+from mlxmodels.formats.safetensors import INDEX, save_file
 from tests.oracle import build_hf
 
 

@@ -20,7 +20,7 @@ import mlxmodels
 from mlxmodels.families import REGISTRY
 from quantize.convert import Options, convert
 from quantize.recipes import Setting
-from quantize.safetensors import INDEX, Checkpoint
+from mlxmodels.formats.safetensors import INDEX, Checkpoint
 from tests.dialects import legacy
 from tests.oracle import build_hf, edit_config, hf_logits, save_byte_tokenizer
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlxmodels.config import ModelError
-from quantize.safetensors import (DTYPES, INDEX, Checkpoint, SafetensorsError, SafetensorsFile, ShardWriter,
+from mlxmodels.formats.safetensors import (DTYPES, INDEX, Checkpoint, SafetensorsError, SafetensorsFile, ShardWriter,
                                   parse_bytes, save_file)
 
 
