@@ -22,12 +22,12 @@ ST_FLOATS = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "flo
 def describe(model: Optional[str], dtype: Optional[str] = None) -> dict:
     from app import model_arg
     from mlxmodels.config import read_config
-    from mlxmodels.families import get_adapter
+    from mlxmodels.families import build_spec
     from mlxmodels.spec import MLASpec, MoESpec
 
     folder = model_arg.resolve_folder(model)
     cfg = read_config(folder)
-    spec = get_adapter(cfg.get("model_type")).spec(cfg)
+    _, spec = build_spec(cfg, str(folder / "config.json"))
     tensors = _tensors(folder)  # name -> (dtype, numel, nbytes); {} when the folder has no weights
     if spec.mtp and not any(k.startswith(f"model.layers.{spec.num_layers}.") for k in tensors):
         spec = replace(spec, mtp=())  # as the loader does: announced MTP modules whose weights are absent

@@ -3,7 +3,6 @@ default model shipped in the package)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -50,11 +49,10 @@ def load(arg: Optional[str], dtype: Optional[str] = None):
 
 
 def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    """A model folder's JSON file, checked as the loader checks it ({} when absent)."""
+    from mlxmodels.config import read_side_config
+
+    return read_side_config(Path(path).parent, Path(path).name)
 
 
 def context_length(folder: Path) -> int:

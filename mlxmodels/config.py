@@ -2,19 +2,12 @@
 (`rope_theta`, `rope_scaling`, `sliding_window_pattern`, ...) and the ones transformers 5 writes
 (`rope_parameters`, possibly one entry per layer type, `layer_types`)."""
 
-import json
 from pathlib import Path
 from typing import Optional
 
+from .config_check import GENERATION_KEYS, KEYS, TOKENIZER_KEYS, ConfigError, check_config, check_keys
+from .errors import ModelError  # noqa: F401  (re-exported: callers import it from here)
 from .spec import RopeSpec
-
-
-class ModelError(ValueError):
-    """A user-facing problem with a model folder; the message says what is wrong and what to do."""
-
-
-class ConfigError(ModelError):
-    """A config.json that cannot describe a model we can build."""
 
 
 class HFConfig(dict):
@@ -27,7 +20,13 @@ class HFConfig(dict):
         return self[key]
 
     def head_dim(self) -> int:
-        return self.get("head_dim") or self.require("hidden_size") // self.require("num_attention_heads")
+        if self.get("head_dim"):
+            return self["head_dim"]
+        hidden, heads = self.require("hidden_size"), self.require("num_attention_heads")
+        if hidden % heads:
+            raise ConfigError(f"config.json: hidden_size {hidden} is not divisible by num_attention_heads {heads} "
+                              "and there is no head_dim; give head_dim or fix the sizes")
+        return hidden // heads
 
     def layer_types(self, default: Optional[list] = None) -> list:
         n = self.require("num_hidden_layers")
@@ -69,20 +68,44 @@ class HFConfig(dict):
 
 
 def read_config(folder: Path) -> HFConfig:
-    path = Path(folder) / "config.json"
-    if not path.is_file():
+    """config.json, read through the folder's checks and validated (types, ranges) before any adapter sees it."""
+    from .formats import folder as files
+
+    if not files.exists(folder, "config.json"):
         raise ConfigError(f"{folder} has no config.json; point at a Hugging Face model folder or Hub id")
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not valid JSON ({e}); re-download or re-export it") from None
+    path = files.member(folder, "config.json")
+    cfg = files.read_json(path, limit=16 << 20)
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path} must hold a JSON object")
+    check_config(cfg, str(path))
     # Multimodal wrappers (Gemma 3, Llama 4) keep the decoder under text_config.
     if "text_config" in cfg and "num_hidden_layers" not in cfg:
+        if not isinstance(cfg["text_config"], dict):
+            raise ConfigError(f"{path}: text_config is {type(cfg['text_config']).__name__}; expected an object")
+        check_config(cfg["text_config"], str(path), "text_config.")
         text = dict(cfg["text_config"])
         for k in ("quantization", "quantization_config", "tie_word_embeddings"):
             if k in cfg and k not in text:
                 text[k] = cfg[k]
         cfg = text
     return HFConfig(cfg)
+
+
+# What each JSON file of a folder may hold, checked before use.
+SIDE_RULES = {"tokenizer_config.json": TOKENIZER_KEYS, "special_tokens_map.json": TOKENIZER_KEYS,
+              "chat_template.json": TOKENIZER_KEYS, "generation_config.json": GENERATION_KEYS, "config.json": KEYS}
+
+
+def read_side_config(folder: Path, name: str) -> dict:
+    """An optional JSON object of a model folder (generation_config.json, tokenizer_config.json, ...): {} when
+    absent, else read through the folder's checks with its keys validated (SIDE_RULES)."""
+    from .formats import folder as files
+
+    if not files.exists(folder, name):
+        return {}
+    path = files.member(folder, name)
+    data = files.read_json(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} should hold a JSON object, not {type(data).__name__}; re-download it")
+    check_keys(data, SIDE_RULES.get(name, {}), str(path))
+    return data

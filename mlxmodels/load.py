@@ -16,7 +16,8 @@ from mlx.utils import tree_flatten
 from . import blas
 from .config import HFConfig, ModelError, read_config
 from .decoder import Decoder
-from .families import get_adapter
+from .families import build_spec
+from .formats.safetensors import Checkpoint, read_index
 
 # What a model needs besides its weights; the weights follow, only the shards the index lists
 HUB_META = ["*.json", "*.jinja", "tokenizer*", "*.tiktoken", "merges.txt", "vocab.txt", "original/tokenizer.model"]
@@ -40,10 +41,10 @@ def resolve(path_or_hub_id: Union[str, Path], before_weights=None) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        index = Path(snapshot_download(name, allow_patterns=HUB_META)) / "model.safetensors.index.json"
+        meta = Path(snapshot_download(name, allow_patterns=HUB_META))
         try:
-            weights = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError):
+            weights = sorted(set(read_index(meta).values()))
+        except ModelError:
             weights = ["*.safetensors"]  # no (usable) index: read_weights says what is wrong after the download
         if before_weights is not None:
             before_weights(name, HUB_META + weights)
@@ -56,27 +57,12 @@ def resolve(path_or_hub_id: Union[str, Path], before_weights=None) -> Path:
 
 
 def read_weights(folder: Path) -> dict:
-    files = sorted(folder.glob("*.safetensors"))
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-        missing = [s for s in shards if not (folder / s).is_file()]
-        if missing:
-            raise LoadError(f"{folder} is missing shard(s) {', '.join(missing)} listed in {index.name}; re-download them")
-        files = [folder / s for s in shards]
-    if not files:
-        raise LoadError(f"{folder} has no *.safetensors weights; convert the checkpoint to safetensors first")
-    weights = {}
-    for f in files:
-        try:
-            shard = mx.load(str(f))
-        except Exception as e:  # MLX raises bare RuntimeError/ValueError for damaged files
-            raise LoadError(f"cannot read {f}: {e}; the file is damaged or not safetensors, re-download it") from None
-        twice = weights.keys() & shard.keys()
-        if twice:
-            raise LoadError(f"tensor {sorted(twice)[0]!r} appears in more than one shard ({f.name}); the folder is inconsistent")
-        weights.update(shard)
-    return weights
+    """Every tensor of the folder's shards, through the validating reader (the same one info and convert use)."""
+    ckpt = Checkpoint(folder)
+    try:
+        return {name: ckpt.array(name) for name in ckpt.where}
+    finally:
+        ckpt.close()
 
 
 def compute_dtype(requested: Optional[str], weights: dict, quantized: bool = False):
@@ -139,8 +125,7 @@ def check_weights(model: nn.Module, weights: dict, folder: Path):
 
 def load_model(folder: Path, dtype=None) -> Decoder:
     cfg = read_config(folder)
-    adapter = get_adapter(cfg.get("model_type"))
-    spec = adapter.spec(cfg)
+    adapter, spec = build_spec(cfg, str(Path(folder) / "config.json"))
     weights = {k: v for k, v in read_weights(folder).items() if not k.endswith("rotary_emb.inv_freq")}
     if hasattr(adapter, "map_weights"):
         weights = adapter.map_weights(weights, cfg)

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Callable
 
 from mlxmodels import chat_template
+from mlxmodels.config import read_side_config
+from mlxmodels.formats import folder as files
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
+MAX_TOKENIZER_FILE = 512 << 20  # Gemma 3's tokenizer.json, among the largest, is 33 MB
 
 
 class TokenizerError(ValueError):
@@ -36,7 +39,7 @@ class _HFBackend:
         from tokenizers import Tokenizer as RustTokenizer
 
         try:
-            self.tk = RustTokenizer.from_file(str(path))
+            self.tk = RustTokenizer.from_str(_read_bytes(path).decode("utf-8", errors="strict"))
         except Exception as e:  # tokenizers raises bare Exception for bad JSON and unknown types
             raise TokenizerError(
                 f"cannot read {path}: {e}. The file is damaged or too new for tokenizers "
@@ -246,12 +249,13 @@ class StreamingDetokenizer:
 def load_tokenizer(folder: Path | str) -> Tokenizer | None:
     """The tokenizer of a model folder; None if the folder has no tokenizer files at all."""
     folder = Path(folder)
-    config = {**_read_json(folder / "special_tokens_map.json"), **_read_json(folder / "tokenizer_config.json")}
-    tiktoken_files = [p for p in (folder / "tokenizer.model", folder / "original" / "tokenizer.model") if p.is_file()]
+    config = {**_read_json(folder, "special_tokens_map.json"), **_read_json(folder, "tokenizer_config.json")}
+    tiktoken_files = [files.member(folder, n) for n in ("tokenizer.model", "original/tokenizer.model")
+                      if files.exists(folder, n)]
     special = {name: t for name in _SPECIAL_NAMES if (t := _token_text(config.get(name))) is not None}
 
-    if (folder / "tokenizer.json").is_file():
-        backend = _HFBackend(folder / "tokenizer.json")
+    if files.exists(folder, "tokenizer.json"):
+        backend = _HFBackend(files.member(folder, "tokenizer.json"))
         if backend.tk.post_processor is None:  # else it decides, as in transformers 5
             backend.set_bos_eos(special.get("bos_token") if config.get("add_bos_token") else None,
                                 special.get("eos_token") if config.get("add_eos_token") else None)
@@ -266,14 +270,14 @@ def load_tokenizer(folder: Path | str) -> Tokenizer | None:
         special.setdefault("bos_token", backend.bos_token)
         special.setdefault("eos_token", backend.eos_tokens[0])
         default_template = chat_template.LLAMA3_TEMPLATE
-    elif (folder / "tokenizer_config.json").exists():
+    elif files.exists(folder, "tokenizer_config.json"):
         raise TokenizerError(f"{folder} has tokenizer_config.json but no tokenizer.json: add the model's "
                              "tokenizer.json (download it from the model's Hub repo).")
     else:
         return None
 
-    generation = _read_json(folder / "generation_config.json")
-    model = _read_json(folder / "config.json")
+    generation = _read_json(folder, "generation_config.json")
+    model = _read_json(folder, "config.json")
     if "bos_token" not in special:  # a bare tokenizer.json: take BOS from the model's configs
         bos_id = _ids(generation.get("bos_token_id")) or _ids(model.get("bos_token_id"))
         if bos_id and (token := backend.id_to_token(min(bos_id))) is not None:
@@ -290,9 +294,9 @@ def load_tokenizer(folder: Path | str) -> Tokenizer | None:
 
 def _read_template(folder: Path, config: dict) -> str | None:
     """The default chat template: chat_template.jinja, then chat_template.json, then tokenizer_config.json."""
-    if (folder / "chat_template.jinja").is_file():
-        return _read_bytes(folder / "chat_template.jinja").decode("utf-8", errors="replace")
-    template = _read_json(folder / "chat_template.json").get("chat_template") or config.get("chat_template")
+    if files.exists(folder, "chat_template.jinja"):
+        return _read_bytes(files.member(folder, "chat_template.jinja")).decode("utf-8", errors="replace")
+    template = _read_json(folder, "chat_template.json").get("chat_template") or config.get("chat_template")
     if isinstance(template, list):  # [{"name": ..., "template": ...}]: the one named "default", else the first
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default") or next(iter(named.values()), None)
@@ -313,24 +317,12 @@ def _ids(value) -> set[int]:
 
 
 def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise TokenizerError(f"cannot read {path}: {e.strerror or e}. Check the file's permissions, "
-                             "or download the model again.") from None
+    return files.read_bytes(path, MAX_TOKENIZER_FILE)
 
 
-def _read_json(path: Path) -> dict:
-    """A JSON object file, {} if absent; a damaged file is an error naming it."""
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(_read_bytes(path))
-    except ValueError as e:
-        raise TokenizerError(f"{path} is not valid JSON ({e}): download it again.") from None
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path} should hold a JSON object, not {type(data).__name__}: download it again.")
-    return data
+def _read_json(folder: Path, name: str) -> dict:
+    """A JSON object file of the folder, {} if absent; a damaged, misplaced or mistyped file is an error naming it."""
+    return read_side_config(folder, name)
 
 
 def _version(package: str) -> str:

@@ -9,6 +9,7 @@ import pytest
 
 import mlxmodels
 from mlxmodels.config import ConfigError, ModelError
+from mlxmodels.errors import ModelError
 from mlxmodels.load import LoadError
 from tests.oracle import build_tiny_llama, edit_config
 
@@ -72,14 +73,14 @@ def test_fewer_layers_in_config_leaves_unexpected_tensors(copy):
 def test_damaged_weights_file(copy):
     path = copy / "model.safetensors"
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(LoadError, match="model.safetensors.*damaged"):
+    with pytest.raises(ModelError, match="model.safetensors.*truncated"):
         mlxmodels.load(copy)
 
 
 def test_missing_shard_listed_in_index(copy):
     (copy / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
-    with pytest.raises(LoadError, match="missing shard.*model-00001-of-00002.safetensors"):
+    with pytest.raises(ModelError, match="missing shard.*model-00001-of-00002.safetensors"):
         mlxmodels.load(copy)
 
 
@@ -87,7 +88,7 @@ def test_no_weights_no_config(tmp_path):
     with pytest.raises(ConfigError, match="no config.json"):
         mlxmodels.load(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="not valid JSON"):
+    with pytest.raises(ModelError, match="not valid JSON"):
         mlxmodels.load(tmp_path)
 
 

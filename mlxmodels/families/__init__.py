@@ -38,3 +38,13 @@ def get_adapter(model_type) -> ModuleType:
             f"unsupported model_type {model_type!r}; supported: {', '.join(sorted(REGISTRY))}"
         )
     return REGISTRY[model_type]
+
+
+def build_spec(cfg, where: str = "config.json"):
+    """config -> (adapter, ModelSpec), the spec's size relations checked: what load, info and convert all build."""
+    from ..config_check import check_spec
+
+    adapter = get_adapter(cfg.get("model_type"))
+    spec = adapter.spec(cfg)
+    check_spec(spec, where)
+    return adapter, spec

@@ -26,7 +26,10 @@ from typing import Iterable, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from mlxmodels.config import ModelError
+from mlxmodels.errors import ModelError
+
+from . import folder as files
+from .folder import open_regular
 
 MAX_HEADER = 100 << 20  # the reference implementation's limit
 INDEX = "model.safetensors.index.json"
@@ -152,7 +155,7 @@ class SafetensorsFile:
     def __init__(self, path):
         self.path = Path(path)
         try:
-            with open(self.path, "rb") as f:
+            with open_regular(self.path) as f:  # never blocks: a FIFO or device named *.safetensors is refused
                 size = os.fstat(f.fileno()).st_size
                 n = parse_prefix(f.read(8), size, str(self.path))
                 raw = f.read(n)
@@ -164,7 +167,10 @@ class SafetensorsFile:
 
     def _mapping(self) -> mmap.mmap:
         if self._map is None:
-            with open(self.path, "rb") as f:
+            with open_regular(self.path) as f:
+                if os.fstat(f.fileno()).st_size < self.data_start + max((t.end for t in self.tensors.values()),
+                                                                         default=0):
+                    raise SafetensorsError(f"{self.path} shrank while it was being read; re-download it")
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return self._map
 
@@ -215,22 +221,22 @@ class Checkpoint:
 
     def __init__(self, folder):
         self.folder = Path(folder)
-        index = self.folder / INDEX
         listed = None
-        if index.is_file():
-            listed = read_index(index)
+        if files.exists(self.folder, INDEX):
+            listed = read_index(self.folder)
             names = sorted(set(listed.values()))
-            missing = [s for s in names if not (self.folder / s).is_file()]
+            missing = [s for s in names if not files.exists(self.folder, s)]
             if missing:
                 raise SafetensorsError(f"{self.folder} is missing shard(s) {', '.join(missing)} listed in {INDEX}; "
                                        "re-download them")
-            files = [self.folder / s for s in names]
         else:
-            files = sorted(self.folder.glob("model*.safetensors")) or sorted(self.folder.glob("*.safetensors"))
-        if not files:
+            names = ([p.name for p in sorted(self.folder.glob("model*.safetensors"))]
+                     or [p.name for p in sorted(self.folder.glob("*.safetensors"))])
+        if not names:
             raise SafetensorsError(f"{self.folder} has no *.safetensors weights; point at a Hugging Face model "
                                    "folder (convert .bin checkpoints to safetensors first)")
-        self.files = [SafetensorsFile(f) for f in files]
+        files_ = [files.member(self.folder, s, INDEX if listed is not None else "") for s in names]
+        self.files = [SafetensorsFile(f) for f in files_]
         self.where: dict[str, SafetensorsFile] = {}
         for f in self.files:
             for name in f.tensors:
@@ -259,19 +265,18 @@ class Checkpoint:
             f.close()
 
 
-def read_index(path: Path) -> dict:
-    try:
-        index = json.loads(Path(path).read_text())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise SafetensorsError(f"{path} is not valid JSON ({e}); re-download it") from None
+def read_index(folder: Path) -> dict:
+    """The index's weight_map {tensor: shard}, every shard a plain file name in the folder."""
+    path = files.member(folder, INDEX)
+    index = files.read_json(path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
         raise SafetensorsError(f"{path} has no weight_map object; re-download it")
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or not shard.endswith(".safetensors") or Path(shard).name != shard \
                 or shard.startswith("."):
-            raise SafetensorsError(f"{path} puts tensor {name!r} in {shard!r}, not a shard file name in the folder; "
-                                   "re-download it")
+            raise SafetensorsError(f"{path} puts tensor {name!r} in {str(shard)[:80]!r}, not a shard file name in "
+                                   "the folder; re-download it")
     return weight_map
 
 

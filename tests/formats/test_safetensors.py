@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlxmodels.config import ModelError
+from mlxmodels.errors import ModelError
 from mlxmodels.formats.safetensors import (DTYPES, INDEX, Checkpoint, SafetensorsError, SafetensorsFile, ShardWriter,
                                   parse_bytes, save_file)
 
@@ -174,7 +175,7 @@ def test_inconsistent_index_is_a_clear_error(tmp_path, case):
 
 def test_index_not_json_and_no_weights(tmp_path):
     (tmp_path / INDEX).write_text("{oops")
-    with pytest.raises(SafetensorsError, match="not valid JSON"):
+    with pytest.raises(ModelError, match="not valid JSON"):
         Checkpoint(tmp_path)
     (tmp_path / INDEX).unlink()
     with pytest.raises(SafetensorsError, match="no \\*.safetensors weights"):

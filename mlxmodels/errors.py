@@ -1,0 +1,6 @@
+"""The user-facing error every reader and loader raises (one floor below all of them, so none imports another
+just for it)."""
+
+
+class ModelError(ValueError):
+    """A user-facing problem with a model folder; the message says what is wrong and what to do."""
