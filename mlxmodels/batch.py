@@ -25,6 +25,7 @@ import mlx.core as mx
 from .generate import prefill
 from .parts.block_pool import PoolExhausted
 from .sample import Sampler, greedy
+from .vocab import check_ids
 
 
 @dataclass
@@ -66,6 +67,7 @@ class BatchGenerator:
         prompt = [int(t) for t in prompt]
         if not prompt or max_tokens < 1:
             raise ValueError(f"need a non-empty prompt and max_tokens >= 1, got {len(prompt)} tokens, {max_tokens}")
+        check_ids(mx.array(prompt), self.model)  # here, not at its prefill: one bad prompt must not fail a step
         need = self._blocks(len(prompt) + 1)  # the prompt and the first generated token
         if need > self.pool.num_blocks:
             raise ValueError(f"a prompt of {len(prompt)} tokens needs {need} blocks but the pool has "

@@ -101,9 +101,9 @@ def check_config(cfg: dict, where: str, prefix: str = "") -> None:
     types = cfg.get("layer_types")
     if types is not None:
         if not isinstance(types, list) or not all(t in LAYER_TYPES for t in types):
-            fail(where, prefix + "layer_types", _short(types), f"a list of {', '.join(LAYER_TYPES)}")
+            fail(where, prefix + "layer_types", types, f"a list of {', '.join(LAYER_TYPES)}")
         if isinstance(n, int) and len(types) < n:
-            fail(where, prefix + "layer_types", f"{len(types)} entries", f"one per layer ({n})")
+            fail(where, prefix + "layer_types", Raw(f"{len(types)} entries"), f"one per layer ({n})")
     for key in ("rope_scaling", "rope_parameters"):
         if cfg.get(key) is not None:
             _check_rope(cfg[key], where, prefix + key)
@@ -138,23 +138,23 @@ def check_value(value, rule, where: str, key: str) -> None:
     elif kind == "token":
         text = value.get("content") if isinstance(value, dict) else value
         if not isinstance(text, str):
-            fail(where, key, _short(value), 'a token as text, {"content": text}, or null')
+            fail(where, key, value, 'a token as text, {"content": text}, or null')
     elif kind == "template":
         named = isinstance(value, list) and all(
             isinstance(t, dict) and isinstance(t.get("template"), str) for t in value)
         if not (isinstance(value, str) or named):
-            fail(where, key, _short(value), 'template text or a list of {"name", "template"} objects')
+            fail(where, key, value, 'template text or a list of {"name", "template"} objects')
     elif kind == "object":
         if not isinstance(value, dict):
-            fail(where, key, _short(value), "an object")
+            fail(where, key, value, "an object")
     elif kind == "counts":
         if not isinstance(value, list) or not all(_is_int(v) and 0 <= v <= rule[1] for v in value):
-            fail(where, key, _short(value), f"a list of whole numbers from 0 to {rule[1]}")
+            fail(where, key, value, f"a list of whole numbers from 0 to {rule[1]}")
 
 
 def _check_rope(value, where: str, key: str) -> None:
     if not isinstance(value, dict):
-        fail(where, key, _short(value), "an object of RoPE parameters or null")
+        fail(where, key, value, "an object of RoPE parameters or null")
     if value and all(isinstance(v, dict) for v in value.values()):  # transformers 5: one entry per layer type
         for layer_type, params in value.items():
             _check_rope(params, where, f"{key}.{layer_type}")
@@ -172,7 +172,7 @@ def _check_rope(value, where: str, key: str) -> None:
 def check_quantization(q, where: str, key: str) -> None:
     """mlx-lm's entry: mode, bits, group_size, and per-module overrides (an object of the same, or false)."""
     if not isinstance(q, dict):
-        fail(where, key, _short(q), "an object")
+        fail(where, key, q, "an object")
     if "bits" not in q:  # Hugging Face's quantization_config (FP8 and others): read by the FP8 path, not here
         return
     _check_params(q, where, key)
@@ -209,7 +209,7 @@ def check_spec(spec, where: str) -> None:
                 fail(where, "num_key_value_heads", a.n_kv_heads,
                      f"a divisor of num_attention_heads ({a.n_heads})")
             if a.rope is not None and (a.rope.dims % 2 or not 0 < a.rope.dims <= a.head_dim):
-                fail(where, "partial_rotary_factor", f"{a.rope.dims} rotated dims of head_dim {a.head_dim}",
+                fail(where, "partial_rotary_factor", Raw(f"{a.rope.dims} rotated dims of head_dim {a.head_dim}"),
                      "an even number of rotated dims, at most head_dim")
         if isinstance(f, MoESpec):
             if f.top_k > f.n_experts:
@@ -228,8 +228,12 @@ def fail(where: str, key: str, value, accepted: str):
     raise ConfigError(f"{where}: {key} is {_short(value)}; expected {accepted}")
 
 
+class Raw(str):
+    """A description to print as is, not a value to quote."""
+
+
 def _short(value) -> str:
-    text = repr(value)
+    text = value if isinstance(value, Raw) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

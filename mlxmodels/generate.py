@@ -19,6 +19,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from .decoder import Decoder
+from .vocab import check_ids, vocab_size
 from .sample import LogitsProcessor, Sampler, greedy, make_logits_processors, make_sampler
 
 if TYPE_CHECKING:  # duck-typed at run time
@@ -83,6 +84,7 @@ def prefill_hidden(model: Decoder, tokens: Union[Sequence[int], mx.array], cache
     if step_size < 1:
         raise ValueError(f"prefill step size must be >= 1, got {step_size}")
     tokens = _as_tokens(tokens)
+    check_ids(tokens, model)
     kept = []
     for start in range(0, tokens.size, step_size):
         h = model.model(tokens[None, start: start + step_size], cache)
@@ -105,6 +107,7 @@ def prefill(model: Any, tokens: Union[Sequence[int], mx.array], cache: List[Any]
     if isinstance(model, Decoder):
         return model.head(prefill_hidden(model, tokens, cache, step_size))[:, -1, :]
     tokens = _as_tokens(tokens)
+    check_ids(tokens, model)
     n, start = tokens.size, 0
     while n - start > 1:
         end = min(start + step_size, n - 1)
@@ -311,7 +314,7 @@ def stream_generate(
 
         if logits_processors:
             raise ValueError("repetition penalty is not supported with speculative decoding; drop one of them")
-        drafter = MTPDrafter(model) if draft == "mtp" else ModelDrafter(draft, prefill_step_size)
+        drafter = MTPDrafter(model) if draft == "mtp" else ModelDrafter(draft, prefill_step_size, vocab_size(model))
         stats = DraftStats()
         steps = speculative_generate_step(
             model, tokens.tolist(), cache, drafter, num_draft, Sampling(temperature, top_k, top_p, min_p),

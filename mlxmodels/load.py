@@ -4,7 +4,6 @@ Also loads mlx-lm converted folders (a `quantization` entry in config.json, `wei
 Nothing from the folder is ever executed.
 """
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Union
@@ -18,6 +17,7 @@ from .config import HFConfig, ModelError, read_config
 from .decoder import Decoder
 from .families import build_spec
 from .formats.safetensors import Checkpoint, read_index
+from .vocab import check_tokenizer
 
 # What a model needs besides its weights; the weights follow, only the shards the index lists
 HUB_META = ["*.json", "*.jinja", "tokenizer*", "*.tiktoken", "merges.txt", "vocab.txt", "original/tokenizer.model"]
@@ -149,4 +149,7 @@ def load(path_or_hub_id, dtype=None):
     from .tokenizer import load_tokenizer
 
     folder = resolve(path_or_hub_id)
-    return load_model(folder, dtype), load_tokenizer(folder)
+    model, tokenizer = load_model(folder, dtype), load_tokenizer(folder)
+    if tokenizer is not None:
+        check_tokenizer(tokenizer, model, str(folder))
+    return model, tokenizer

@@ -16,6 +16,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 import mlx.core as mx
 
 from .generate import prefill, prefill_hidden
+from .vocab import vocab_size
 from .sample import apply_min_p, apply_top_k, apply_top_p
 
 
@@ -100,6 +101,8 @@ def verify(logits, drafts: List[int], qs: list, sampling: Sampling, rng: Rng) ->
     ps = mx.exp(sampling.logprobs(logits))  # (k + 1, V)
     for i, (d, q) in enumerate(zip(drafts, qs)):
         q = mx.exp(q)
+        if q.shape[-1] < ps.shape[-1]:  # a smaller draft vocabulary puts no mass on the ids past it
+            q = mx.pad(q, (0, ps.shape[-1] - q.shape[-1]))
         p_d, q_d = ps[i, d].item(), q[d].item()
         if rng.uniform() * q_d < p_d:  # accept with probability min(1, p/q)
             continue
@@ -109,12 +112,19 @@ def verify(logits, drafts: List[int], qs: list, sampling: Sampling, rng: Rng) ->
 
 
 class ModelDrafter:
-    """A small model with the target's tokenizer proposes tokens one by one from its own cache."""
+    """A small model with the target's tokenizer proposes tokens one by one from its own cache.
+
+    The two embeddings may differ in size (Qwen2.5-0.5B pads to 151936 rows, 7B to 152064; both cover the
+    tokenizer's 151665 ids): drafts are drawn from the first `target_vocab` logits only, and a target token past
+    the draft's rows (an id no tokenizer makes) reaches the draft as its last row. Output is still the target's:
+    it verifies every draft."""
 
     needs_hidden = False
 
-    def __init__(self, draft_model: Any, prefill_step_size: int = 512):
+    def __init__(self, draft_model: Any, prefill_step_size: int = 512, target_vocab: Optional[int] = None):
         self.model, self.step = draft_model, prefill_step_size
+        self.rows = vocab_size(draft_model) or 1 << 31
+        self.width = min(self.rows, target_vocab or self.rows)
 
     def begin(self, tokens: List[int], hidden, first: int, rollback: int):
         self.cache = self.model.make_cache(rollback=rollback)
@@ -122,8 +132,10 @@ class ModelDrafter:
         self.fed = 0
 
     def propose(self, k: int, sampling: Sampling, rng: Rng):
-        logits = prefill(self.model, self.pending, self.cache, self.step)[0]
-        drafts = draft(logits, k, lambda d: self.model(d.reshape(1, 1), cache=self.cache)[0, -1], sampling, rng)
+        ids = [min(t, self.rows - 1) for t in self.pending]
+        logits = prefill(self.model, ids, self.cache, self.step)[0, : self.width]
+        drafts = draft(logits, k, lambda d: self.model(d.reshape(1, 1), cache=self.cache)[0, -1, : self.width],
+                       sampling, rng)
         self.fed = k - 1  # d_1 .. d_{k-1} went into the cache
         return drafts
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -46,6 +45,8 @@ class _HFBackend:
                 f"(installed {_version('tokenizers')}): download it again or upgrade tokenizers."
             ) from None
         self.vocab_size = self.tk.get_vocab_size(with_added_tokens=True)
+        # ids can be sparse (an added token numbered past the vocabulary): the largest is what an embedding must hold
+        self.max_id = max(self.tk.get_vocab(with_added_tokens=True).values(), default=-1)
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return self.tk.encode(text, add_special_tokens=add_special_tokens).ids
@@ -101,6 +102,7 @@ class _TiktokenBackend:
         self.special_ids = set(self.specials.values())
         self.names = {i: t for t, i in self.specials.items()}
         self.vocab_size = len(ranks) + len(self.specials)
+        self.max_id = max(max(ranks.values(), default=-1), *self.specials.values())
         try:
             self.enc = tiktoken.Encoding(str(path), pat_str=_LLAMA3_PATTERN, mergeable_ranks=ranks,
                                          special_tokens=self.specials)
@@ -159,6 +161,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """Every id the tokenizer can produce, added tokens included (transformers' len(tokenizer))."""
         return self._backend.vocab_size
+
+    @property
+    def max_token_id(self) -> int:
+        """The largest id encode can produce (a model's embedding must have more rows than this)."""
+        return self._backend.max_id
 
     @property
     def has_chat_template(self) -> bool:

@@ -1,0 +1,254 @@
+"""Crafted and damaged model folders (issue 11, items 1-3): every path that reads a folder (`load`, `mlxm info`,
+`mlxm generate`, `mlxm convert`) refuses them with one line naming the file and the key, reads nothing outside the
+folder, never blocks on a FIFO, never allocates what a config announces before checking it, and never feeds an id
+past the embedding to MLX (which would read out of bounds: garbage or SIGSEGV)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+import mlxmodels
+from mlxmodels.errors import ModelError
+from tests.app.tiny import build_tiny
+from tests.hostile.cli import mlxm, refused
+
+INDEX = "model.safetensors.index.json"
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return build_tiny(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def model(pristine, tmp_path):
+    """A fresh copy of a loadable folder, inside tmp_path/sandbox (files outside it are the 'outside')."""
+    return Path(shutil.copytree(pristine, tmp_path / "sandbox" / "model"))
+
+
+def edit(folder: Path, name: str, **changes) -> dict:
+    data = json.loads((folder / name).read_text())
+    data.update(changes)
+    (folder / name).write_text(json.dumps(data))
+    return data
+
+
+def split_into_index(folder: Path, shard: str) -> None:
+    """Keep the weights but list them in an index under the shard name `shard`."""
+    from mlxmodels.formats.safetensors import SafetensorsFile
+
+    names = list(SafetensorsFile(folder / "model.safetensors").tensors)
+    (folder / INDEX).write_text(json.dumps({"weight_map": {n: shard for n in names}}))
+
+
+def every_reader(folder: Path, *needles: str) -> None:
+    """`mlxm info`, `mlxm generate` and `mlxm convert` all refuse the folder with the same kind of line."""
+    refused(mlxm(["info", "-m", folder]), *needles)
+    refused(mlxm(["generate", "-m", folder, "-p", "hi", "--max-tokens", "2"]), *needles)
+    out = folder.parent / "out"
+    refused(mlxm(["convert", folder, out]), *needles)
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- 1. what a folder may name
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd.safetensors", "sub/../../x.safetensors",
+                                   ".hidden.safetensors"])
+def test_index_names_outside_the_folder(model, shard):
+    outside = model.parent / "outside.safetensors"
+    shutil.copy(model / "model.safetensors", outside)  # a valid file there: following the name would "work"
+    split_into_index(model, shard)
+    line = refused(mlxm(["info", "-m", model]), INDEX)
+    assert "not a shard file name" in line
+    with pytest.raises(ModelError, match="not a shard file name"):
+        mlxmodels.load(model)
+
+
+def test_symlinked_shard_pointing_outside(model):
+    outside = model.parent / "secret.safetensors"
+    (model / "model.safetensors").rename(outside)
+    (model / "model.safetensors").symlink_to(outside)
+    every_reader(model, "model.safetensors", "points outside the model folder")
+
+
+def test_symlinked_config_pointing_outside(model):
+    outside = model.parent / "config.json"
+    (model / "config.json").rename(outside)
+    (model / "config.json").symlink_to(outside)
+    every_reader(model, "config.json", "points outside the model folder")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"])
+def test_fifo_named_like_a_model_file(model, name):
+    (model / name).unlink()
+    os.mkfifo(model / name)  # opening it for reading would block forever
+    run = mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"], timeout=30)
+    refused(run, name, "FIFO, not a regular file", within=20)
+
+
+def test_folder_named_like_a_shard(model):
+    (model / "model.safetensors").unlink()
+    (model / "model.safetensors").mkdir()
+    every_reader(model, "model.safetensors", "is a folder, not a regular file")
+
+
+def test_device_behind_a_symlink(model):
+    (model / "model.safetensors").unlink()
+    (model / "model.safetensors").symlink_to("/dev/zero")
+    refused(mlxm(["info", "-m", model]), "model.safetensors", "points outside the model folder")
+
+
+@pytest.mark.parametrize("index", ['{"weight_map": ["a", "b"]}', "[1, 2]", '{"weight_map": {"w": 3}}',
+                                   "{" * 5000, '{"weight_map": {"w": "model.safetensors"}, "x": NaN}'])
+def test_malformed_index(model, index):
+    (model / INDEX).write_text(index)
+    refused(mlxm(["info", "-m", model]), INDEX)
+    with pytest.raises(ModelError, match=INDEX):
+        mlxmodels.load(model)
+
+
+def test_hub_cache_snapshot_links_into_blobs_load(model, tmp_path):
+    """huggingface_hub's cache: snapshots/<rev>/* are symlinks to ../../blobs/<hash>; those are inside."""
+    repo = tmp_path / "models--org--tiny"
+    snapshot, blobs = repo / "snapshots" / "abc123", repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for i, f in enumerate(sorted(model.iterdir())):
+        shutil.copy(f, blobs / f"blob{i}")
+        (snapshot / f.name).symlink_to(Path("../../blobs") / f"blob{i}")
+    m, tok = mlxmodels.load(snapshot)
+    assert tok is not None and m.spec.vocab_size == tok.max_token_id + 1
+
+
+# ---------------------------------------------------------------- 2. config values
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("num_hidden_layers", 10**6, "num_hidden_layers is 1000000; expected a whole number from 1 to 1024"),
+    ("hidden_size", 10**12, "hidden_size is 1000000000000"),
+    ("vocab_size", 2**40, "vocab_size"),
+    ("num_attention_heads", "4", "num_attention_heads is '4'; expected a whole number"),
+    ("num_attention_heads", 0, "num_attention_heads is 0"),
+    ("num_key_value_heads", [2], "num_key_value_heads is [2]"),
+    ("num_hidden_layers", True, "num_hidden_layers is True"),
+    ("rms_norm_eps", -1e-5, "rms_norm_eps is -1e-05; expected a finite number > 0"),
+    ("rope_theta", 0, "rope_theta is 0; expected a finite number > 0"),
+    ("rope_scaling", {"rope_type": "linear", "factor": 0}, "rope_scaling.factor is 0"),
+    ("rope_scaling", {"rope_type": "llama3"}, "rope_scaling.factor is None"),
+    ("rope_scaling", {"rope_type": "warp"}, "rope_scaling.rope_type is 'warp'"),
+    ("rope_scaling", [1, 2], "rope_scaling is [1, 2]"),
+    ("quantization", {"bits": 7, "group_size": 64}, "quantization.bits is 7; expected one of 2, 3, 4, 5, 6, 8"),
+    ("quantization", {"bits": 4, "group_size": 100}, "quantization.group_size is 100"),
+    ("quantization", {"bits": 4, "group_size": 64, "model.layers.0.mlp.up_proj": {"bits": 9}},
+     "quantization.model.layers.0.mlp.up_proj.bits is 9"),
+    ("layer_types", ["full_attention"], "layer_types is 1 entries; expected one per layer (2)"),
+    ("layer_types", ["full_attention", "mamba"], "layer_types"),
+    ("tie_word_embeddings", "yes", "tie_word_embeddings is 'yes'; expected true or false"),
+    ("eos_token_id", -1, "eos_token_id is -1"),
+    ("hidden_size", 30, "hidden_size 30 is not divisible by num_attention_heads 4"),
+    ("num_key_value_heads", 3, "num_key_value_heads is 3; expected a divisor of num_attention_heads (4)"),
+])
+def test_config_values_refused_before_anything_is_built(model, key, value, needle):
+    edit(model, "config.json", **{key: value})
+    for run in (mlxm(["info", "-m", model]), mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"])):
+        refused(run, "config.json", needle, within=10)
+
+
+def test_nested_text_config_is_checked_too(model):
+    cfg = json.loads((model / "config.json").read_text())
+    wrapped = {"model_type": "gemma3", "text_config": {**cfg, "num_hidden_layers": 10**6}}
+    (model / "config.json").write_text(json.dumps(wrapped))
+    refused(mlxm(["info", "-m", model]), "config.json", "text_config.num_hidden_layers is 1000000")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('{"rms_norm_eps": NaN}', "NaN is not a JSON number"),
+    ('{"rope_theta": Infinity}', "Infinity is not a JSON number"),
+    ('{"rope_theta": 1e999}', "overflows"),
+    ("[" * 100 + "]" * 100, "nests deeper than 64 levels"),
+    ("[" * 100000, "config.json"),
+    ('"just a string"', "must hold a JSON object"),
+    ("\xff\xfe{}", "config.json"),
+])
+def test_config_files_that_json_would_half_accept(model, text, needle):
+    (model / "config.json").write_bytes(text.encode("latin-1"))
+    refused(mlxm(["info", "-m", model]), "config.json", needle, within=10)
+
+
+def test_absurd_sizes_are_refused_in_milliseconds(model):
+    edit(model, "config.json", num_hidden_layers=1024, hidden_size=1 << 17, intermediate_size=1 << 20,
+         vocab_size=1 << 22, num_attention_heads=1024, num_key_value_heads=1024)
+    tic = time.monotonic()
+    with pytest.raises(ModelError, match="config.json"):  # within bounds one by one; the weights disagree
+        mlxmodels.load(model)
+    assert time.monotonic() - tic < 10
+
+
+@pytest.mark.parametrize("name, changes, needle", [
+    ("tokenizer_config.json", {"bos_token": ["<s>"]}, "bos_token is ['<s>']"),
+    ("tokenizer_config.json", {"add_bos_token": "true"}, "add_bos_token is 'true'; expected true or false"),
+    ("tokenizer_config.json", {"chat_template": 42}, "chat_template is 42"),
+    ("generation_config.json", {"temperature": "hot"}, "temperature is 'hot'"),
+    ("generation_config.json", {"top_p": 0}, "top_p is 0"),
+    ("generation_config.json", {"eos_token_id": [2, "x"]}, "eos_token_id"),
+])
+def test_side_configs_are_validated(model, name, changes, needle):
+    if not (model / name).exists():
+        (model / name).write_text("{}")
+    edit(model, name, **changes)
+    refused(mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"]), name, needle)
+
+
+# ---------------------------------------------------------------- 3. vocabularies agree
+
+
+def test_tokenizer_larger_than_the_embedding(tmp_path):
+    from tests.app.tiny import save_ascii_tokenizer
+
+    folder = build_tiny(tmp_path / "m")
+    (folder / "tokenizer.json").unlink()
+    vocab = save_ascii_tokenizer(folder)
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["added_tokens"].append({"id": vocab, "content": "<far>", "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": True})
+    (folder / "tokenizer.json").write_text(json.dumps(data))  # one token more than the model embeds
+    refused(mlxm(["generate", "-m", folder, "-p", "<far>", "--max-tokens", "2"]),
+            f"ids up to {vocab}", f"vocab_size is {vocab}")
+
+
+def test_eos_id_beyond_the_embedding(model):
+    (model / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 4000]}))
+    refused(mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"]),
+            "eos_token_id 4000 is outside the model's vocabulary (0..99)")
+
+
+def test_prompt_ids_beyond_the_embedding_are_an_error_not_a_read(pristine):
+    m, tok = mlxmodels.load(pristine)
+    for ids in ([1, 2, 100], [1, -1], [10**6]):
+        with pytest.raises(ModelError, match="outside the model's vocabulary"):
+            mlxmodels.generate(m, tok, ids, max_tokens=2)
+    from mlxmodels.batch import BatchGenerator
+
+    with pytest.raises(ModelError, match="token id 100 is outside"):
+        BatchGenerator(m, num_blocks=8).add([3, 100])
+
+
+@pytest.mark.parametrize("target_rows, draft_rows", [(100, 160), (160, 100)])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_draft_model_with_another_embedding_size(tmp_path, target_rows, draft_rows, temperature):
+    """A draft whose embedding is larger (ids past the target's) or smaller than the target's (the target can
+    sample ids past the draft's): drafts stay in the target's range and the target's tokens in the draft's;
+    greedy output is the target's own."""
+    target, tok = mlxmodels.load(build_tiny(tmp_path / "target", vocab_size=target_rows))
+    draft, _ = mlxmodels.load(build_tiny(tmp_path / "draft", seed=3, vocab_size=draft_rows, num_hidden_layers=1))
+    args = dict(max_tokens=24, temperature=temperature, seed=1)
+    out = mlxmodels.generate(target, tok, "hello", draft=draft, num_draft=3, **args)
+    if temperature == 0:
+        assert out == mlxmodels.generate(target, tok, "hello", **args)
