@@ -46,8 +46,8 @@ KEYS = {
     **{k: count(1, HEAD_DIM) for k in ("head_dim", "qk_rope_head_dim", "v_head_dim")},
     "qk_nope_head_dim": count(0, HEAD_DIM),
     "vocab_size": count(1, VOCAB),
-    **{k: count(1, POSITIONS) for k in ("max_position_embeddings", "n_positions", "n_ctx", "sliding_window",
-                                        "attention_chunk_size")},
+    **{k: count(1, POSITIONS) for k in ("max_position_embeddings", "n_positions", "n_ctx", "attention_chunk_size")},
+    "sliding_window": count(0, POSITIONS),  # transformers writes 0 for Qwen2-MoE without a window (check_spec: used)
     **{k: count(1, EXPERTS) for k in ("num_experts", "n_routed_experts", "num_local_experts", "num_experts_per_tok",
                                       "n_group", "topk_group")},
     "n_shared_experts": count(0, EXPERTS),
@@ -205,6 +205,8 @@ def check_spec(spec, where: str) -> None:
             if a.rope.dims % 2:
                 fail(where, "qk_rope_head_dim", a.rope.dims, "an even number (RoPE rotates pairs)")
         else:
+            if a.window is not None and a.window < 1:
+                fail(where, "sliding_window", a.window, "a whole number >= 1 on a model with sliding layers")
             if a.n_heads % a.n_kv_heads:
                 fail(where, "num_key_value_heads", a.n_kv_heads,
                      f"a divisor of num_attention_heads ({a.n_heads})")

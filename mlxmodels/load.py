@@ -16,7 +16,7 @@ from . import blas
 from .config import HFConfig, ModelError, read_config
 from .decoder import Decoder
 from .families import build_spec
-from .formats.safetensors import Checkpoint, read_index
+from .formats.safetensors import DTYPES, Checkpoint, read_index
 from .vocab import check_tokenizer
 
 # What a model needs besides its weights; the weights follow, only the shards the index lists
@@ -45,7 +45,7 @@ def resolve(path_or_hub_id: Union[str, Path], before_weights=None) -> Path:
         try:
             weights = sorted(set(read_index(meta).values()))
         except ModelError:
-            weights = ["*.safetensors"]  # no (usable) index: read_weights says what is wrong after the download
+            weights = ["*.safetensors"]  # no (usable) index: the reader says what is wrong after the download
         if before_weights is not None:
             before_weights(name, HUB_META + weights)
         return Path(snapshot_download(name, allow_patterns=HUB_META + weights))
@@ -56,13 +56,15 @@ def resolve(path_or_hub_id: Union[str, Path], before_weights=None) -> Path:
         raise ModelError(f"could not fetch {name} from the Hugging Face Hub: {str(e).splitlines()[0]}") from None
 
 
-def read_weights(folder: Path) -> dict:
+def placeholders(ckpt: Checkpoint) -> dict:
+    """Lazy zeros shaped and typed as the headers say: never evaluated, so nothing is read or allocated."""
+    return {name: mx.zeros(info.shape, DTYPES[info.dtype][2]) for name, info in
+            ((n, ckpt.info(n)) for n in ckpt.where)}
+
+
+def read_weights(ckpt: Checkpoint) -> dict:
     """Every tensor of the folder's shards, through the validating reader (the same one info and convert use)."""
-    ckpt = Checkpoint(folder)
-    try:
-        return {name: ckpt.array(name) for name in ckpt.where}
-    finally:
-        ckpt.close()
+    return {name: ckpt.array(name) for name in ckpt.where}
 
 
 def compute_dtype(requested: Optional[str], weights: dict, quantized: bool = False):
@@ -123,10 +125,11 @@ def check_weights(model: nn.Module, weights: dict, folder: Path):
                             f"{tuple(p.shape)}; the config and the weights disagree")
 
 
-def load_model(folder: Path, dtype=None) -> Decoder:
-    cfg = read_config(folder)
-    adapter, spec = build_spec(cfg, str(Path(folder) / "config.json"))
-    weights = {k: v for k, v in read_weights(folder).items() if not k.endswith("rotary_emb.inv_freq")}
+def build(folder: Path, cfg: HFConfig, adapter, spec, weights: dict):
+    """config + the checkpoint's tensors -> (Decoder with quantized modules where stored, its weights by name),
+    names and shapes checked. Run first on `placeholders`, so a checkpoint that disagrees with its config is
+    refused from the headers alone, before any data is read."""
+    weights = {k: v for k, v in weights.items() if not k.endswith("rotary_emb.inv_freq")}
     if hasattr(adapter, "map_weights"):
         weights = adapter.map_weights(weights, cfg)
     if spec.mtp and not any(k.startswith(f"model.layers.{spec.num_layers}.") for k in weights):
@@ -136,6 +139,18 @@ def load_model(folder: Path, dtype=None) -> Decoder:
         weights.pop("lm_head.weight", None)
     quantize_like(model, cfg, weights)
     check_weights(model, weights, folder)
+    return model, weights
+
+
+def load_model(folder: Path, dtype=None) -> Decoder:
+    cfg = read_config(folder)
+    adapter, spec = build_spec(cfg, str(Path(folder) / "config.json"))
+    ckpt = Checkpoint(folder)
+    try:
+        build(folder, cfg, adapter, spec, placeholders(ckpt))
+        model, weights = build(folder, cfg, adapter, spec, read_weights(ckpt))
+    finally:
+        ckpt.close()
     dtype = compute_dtype(dtype, weights, quantized=any(k.endswith(".scales") for k in weights))
     weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
     model.load_weights(list(weights.items()), strict=True)
