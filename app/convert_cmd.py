@@ -3,6 +3,7 @@ folder that mlx-lm loads too. Self-contained: `add_parser(subparsers)` registers
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 from pathlib import Path
@@ -14,7 +15,14 @@ The output appears only when complete; an existing OUT is replaced only with --f
 
 
 def add_parser(subparsers):
+    from app.cli import _number, positive_int
     from quantize import recipes
+
+    def gib(text):  # finite and at least one byte: inf, nan, 0 and negatives are refused before any work
+        return _number(float, text, lambda v: math.isfinite(v) and v * (1 << 30) >= 1, "a number of GiB > 0")
+
+    def context(text):  # a window scores len - 1 tokens: one token scores none
+        return _number(int, text, lambda v: v >= 2, "a whole number >= 2")
 
     p = subparsers.add_parser("convert", help="import (and quantize) a Hugging Face checkpoint",
                               description=DESCRIPTION)
@@ -35,7 +43,7 @@ def add_parser(subparsers):
     q.add_argument("--no-quantize-embeddings", dest="embeddings", action="store_false",
                    help="keep the embeddings float")
     q.add_argument("--no-quantize-head", dest="head", action="store_false", help="keep the output head float")
-    p.add_argument("--shard-size", type=float, default=5.0, metavar="GIB",
+    p.add_argument("--shard-size", type=gib, default=5.0, metavar="GIB",
                    help="largest output shard, in GiB (default 5, as mlx-lm)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists (once the new one is complete)")
     r = p.add_argument_group("report")
@@ -43,8 +51,10 @@ def add_parser(subparsers):
                    help="after converting, print perplexity on TEXTFILE and mean KL from the float model")
     r.add_argument("--report-settings", default="", metavar="LIST",
                    help="more settings to compare in memory, e.g. 8,4,3g32,mxfp4,edges_4_6")
-    r.add_argument("--report-tokens", type=int, default=2048, metavar="N")
-    r.add_argument("--report-context", type=int, default=512, metavar="N")
+    r.add_argument("--report-tokens", type=positive_int, default=2048, metavar="N",
+                   help="most tokens of TEXTFILE to score (default 2048)")
+    r.add_argument("--report-context", type=context, default=512, metavar="N",
+                   help="tokens per scored window (default 512)")
     p.set_defaults(func=run)
     return p
 
@@ -67,21 +77,27 @@ def run(args):
     from quantize.convert import Options, convert
 
     quantize, setting = setting_from(args)
-    if args.shard_size <= 0:
-        raise ValueError("--shard-size must be positive")
     text, extra = None, []
     if args.report:
-        text = Path(args.report).read_text(encoding="utf-8", errors="replace")  # fail before converting
+        text = report.read_text(Path(args.report), args.report_tokens)  # fail before converting
         extra = report.parse_settings(args.report_settings, setting)
         if Path(args.src).is_dir():
             report.check_source(Path(args.src))
     options = Options(dtype=args.dtype, quantize=quantize, setting=setting, force=args.force,
                       shard_bytes=int(args.shard_size * (1 << 30)))
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # a kill cleans up like Ctrl-C
+    previous = {s: signal.signal(s, _interrupt) for s in SIGNALS}  # a kill or a closed terminal cleans up as Ctrl-C
     try:
-        result = convert(args.src, args.out, options, progress=_bar, log=lambda s: print(s, file=sys.stderr))
+        result = convert(args.src, args.out, options, progress=_bar, log=print)
+    except KeyboardInterrupt as e:
+        # convert's cleanup has run by now: the work folder and the claim are gone, an existing OUT is as it was
+        # (or, if the signal came in the last instant, the new OUT is complete)
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"mlxm: interrupted by {signal.Signals(signum).name}: the conversion to {args.out} stopped and its "
+              "partial output was removed", file=sys.stderr)
+        sys.exit(128 + signum)  # the shell's convention: 130 for Ctrl-C, 143 for a kill (SIGTERM), 129 for SIGHUP
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     what = f"{setting.label}, {result.bits_per_weight:.2f} bits/weight" if quantize else "float"
     print(f"wrote {result.folder} ({what}): {result.tensors} tensors, {result.bytes / 1e9:.3f} GB in "
           f"{result.shards} shard(s), {result.seconds:.1f} s")
@@ -102,11 +118,23 @@ def _dtype(folder):
     return getattr(mx, name) if name in ("float32", "bfloat16", "float16") else None
 
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    for s in SIGNALS:  # the first signal stops the run; more must not cut its cleanup short
+        signal.signal(s, signal.SIG_IGN)
+    raise Interrupted(signum)
 
 
 def _bar(total):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, desc="convert", file=sys.stderr, leave=False)
+    # disable=None: no bar when stderr is not a terminal, so a log or a pipe gets only the error line, if any
+    return tqdm(total=total, unit="B", unit_scale=True, desc="convert", file=sys.stderr, leave=False, disable=None)

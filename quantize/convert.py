@@ -13,16 +13,16 @@ whole output is known (names, shapes, bytes, shards) before any data is read: er
 space check is exact, and each shard's header is written up front so tensors stream straight to disk. Peak memory
 is about one group (the largest layer or the embedding), never the model.
 
-Output goes to a temporary folder beside OUT that is renamed at the end: an error or Ctrl-C leaves no OUT (and
-an existing OUT, replaced with `force`, survives until the new one is complete).
+OUT is claimed before any work and written as a hidden work folder beside it that is renamed at the end (see
+claim.py): a second convert to the same OUT stops at once, an error or Ctrl-C leaves no OUT (an existing OUT,
+replaced with `force`, survives until the new one is complete), and what a killed run left is removed by the next.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
-import os
-import secrets
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -38,6 +38,7 @@ from mlxmodels.families import get_adapter
 from mlxmodels.load import resolve
 
 from . import fp8, recipes
+from .claim import Claim, check_out, output_path
 from mlxmodels.formats.safetensors import DTYPES, Checkpoint, ShardWriter, dtype_name, nbytes
 
 SHARD_BYTES = 5 << 30  # mlx-lm's shard size
@@ -335,60 +336,49 @@ def convert(src, out, options: Optional[Options] = None, progress=None, log: Cal
     `progress(total_bytes)`, if given, makes a progress bar (`update(n)`, `close()`) over the source bytes."""
     options = options or Options()
     start = time.perf_counter()
-    out = Path(out).expanduser().absolute()
-    if out.exists() and not options.force:
-        raise ConvertError(f"{out} already exists; pass --force to replace it")
-    folder = resolve(src, before_weights=check_download_space).absolute()
-    if out.resolve() == folder.resolve() or (out.exists() and folder.resolve().is_relative_to(out.resolve())):
-        raise ConvertError(f"{out} is (or holds) the source folder; choose another OUT")
-    conv = Converter(folder, options)
+    out = output_path(out)
+    check_out(out, options.force)  # before any work, and again once the claim is held
+    claim = Claim.take(out)
     try:
-        entries = conv.plan()
-        extra = sum(p.stat().st_size for p in tokenizer_files(folder))
-        total = sum(nbytes(d, s) for _, d, s in entries)
-        check_space(out.parent, total + extra, f"the converted model ({out.name})")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # Named before it exists, so that an interrupt at any point leaves nothing the cleanup does not know of.
-        tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
-        done, bar = False, None
+        claim.sweep()
+        check_out(out, options.force)  # the sweep may have put back an OUT that a killed --force run set aside
+        folder = resolve(src, before_weights=check_download_space).absolute()
+        if out.resolve() == folder.resolve() or (out.exists() and folder.resolve().is_relative_to(out.resolve())):
+            raise ConvertError(f"{out} is (or holds) the source folder; choose another OUT")
+        conv = Converter(folder, options)
         try:
-            os.mkdir(tmp)
-            log(f"converting {folder}: {len(conv.groups)} groups, {conv.source_bytes / GB:.2f} GB -> "
-                f"{total / GB:.2f} GB")
-            bar = progress(conv.source_bytes) if progress else None
-            writer = conv.write(tmp, bar.update if bar else None)
-            (tmp / "config.json").write_text(json.dumps(conv.config(), indent=4))
-            for f in tokenizer_files(folder):
-                shutil.copyfile(f, tmp / f.name)
-            if not (tmp / "tokenizer.json").is_file() and not list(tmp.glob("*.tiktoken")) \
-                    and not (tmp / "tokenizer.model").is_file():
-                log(f"note: {folder} has no tokenizer files, so {out.name} has none; add them to chat with it")
-            move_into_place(tmp, out)
-            done = True
+            entries = conv.plan()
+            total = sum(nbytes(d, s) for _, d, s in entries)
+            extra = sum(p.stat().st_size for p in tokenizer_files(folder))
+            check_space(out.parent, total + extra, f"the converted model ({out.name})")
+            writer = write_folder(conv, claim.work_folder(), out, total, progress, log)
+            claim.install(options.force)
         finally:
-            if bar is not None:
-                bar.close()
-            if not done:
-                shutil.rmtree(tmp, ignore_errors=True)
+            conv.close()
     finally:
-        conv.close()
+        claim.release()
     return Result(out, folder, len(entries), total, len(writer.names), conv.parameters,
                   time.perf_counter() - start, conv.quantization_entry())
 
 
-def move_into_place(tmp: Path, out: Path):
-    """Move the finished folder into place; an old OUT is set aside first and removed only once the new one is in."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.old"
-    os.rename(out, old)
+def write_folder(conv: Converter, work: Path, out: Path, total: int, progress, log) -> ShardWriter:
+    """Weights, then tokenizer files, then config.json last: a folder killed before its end is never a model."""
+    log(f"converting {conv.folder}: {len(conv.groups)} groups, {conv.source_bytes / GB:.2f} GB -> {total / GB:.2f} GB")
+    bar = progress(conv.source_bytes) if progress else None
     try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
+        writer = conv.write(work, bar.update if bar else None)
+        for f in tokenizer_files(conv.folder):
+            shutil.copyfile(f, work / f.name)
+        (work / "config.json").write_text(json.dumps(conv.config(), indent=4))
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # a full disk, a quota, a file size limit
+            raise ConvertError(f"could not write {out.name} in {out.parent}: {e.strerror}; nothing was kept: free "
+                               "some space or choose another place") from None
         raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()
+    finally:
+        if bar is not None:
+            bar.close()
+    if not (work / "tokenizer.json").is_file() and not list(work.glob("*.tiktoken")) \
+            and not (work / "tokenizer.model").is_file():
+        log(f"note: {conv.folder} has no tokenizer files, so {out.name} has none; add them to chat with it")
+    return writer

@@ -27,6 +27,7 @@ from mlxmodels.tokenizer import load_tokenizer
 
 from . import fp8, recipes
 from .convert import ConvertError
+from mlxmodels.formats.folder import FolderError, open_regular
 from mlxmodels.formats.safetensors import Checkpoint
 
 
@@ -96,6 +97,18 @@ def check_source(source: Path):
     if fp8.block_size(read_config(source)):
         raise ConvertError(f"--report needs a float source, and {source} is FP8; convert it to float first "
                            "(mlxm convert SRC FLOAT --dtype bfloat16) and convert/report from FLOAT")
+
+
+def read_text(path: Path, max_tokens: int) -> str:
+    """--report's text, read before converting: only a regular file, opened without blocking (a FIFO or a device
+    would block or never end), and only as much as `max_tokens` can use (64 bytes a token is far more than any
+    tokenizer needs)."""
+    try:
+        f = open_regular(path)
+    except FolderError as e:
+        raise ConvertError(f"--report: {e}") from None
+    with f:
+        return f.read(64 * (max_tokens + 1)).decode("utf-8", errors="replace")
 
 
 def windows(ids: list, context: int) -> list:

@@ -25,9 +25,10 @@ from tests.dialects import legacy
 from tests.oracle import build_hf, edit_config, hf_logits, save_byte_tokenizer
 
 TOL = 1e-4
+VOCAB = 259  # the byte tokenizer's ids (save_byte_tokenizer): a smaller vocab_size does not load
 IDS = np.random.default_rng(1).integers(0, 256, size=(1, 24))
 BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, vocab_size=256, max_position_embeddings=256)
+            num_key_value_heads=2, head_dim=16, vocab_size=VOCAB, max_position_embeddings=256)
 REL_TOL = {8: 0.05, 6: 0.15, 5: 0.3, 4: 0.6, 3: 1.0, 2: 1.5, "mxfp8": 0.15, "mxfp4": 0.6}
 
 
@@ -39,7 +40,8 @@ FAMILIES = {
     "llama": ("llama", dict(BASE, attention_bias=True), False),
     "qwen3": ("qwen3", dict(BASE, tie_word_embeddings=True), False),
     "gemma3": ("gemma3_text", dict(BASE, num_hidden_layers=6, sliding_window=8, query_pre_attn_scalar=16), False),
-    "gpt2": ("gpt2", dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=256), False),
+    "gpt2": ("gpt2", dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB,
+                         bos_token_id=257, eos_token_id=258), False),  # not its default 50256
     "qwen3_moe": ("qwen3_moe", dict(BASE, moe_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
                                     decoder_sparse_step=1, norm_topk_prob=True, mlp_only_layers=[]), True),
     "mixtral": ("mixtral", dict(BASE, num_local_experts=4, num_experts_per_tok=2), True),
@@ -337,8 +339,8 @@ def test_deepseek_mtp_layers_are_kept(sources, tmp_path):
     for k in [k for k in w if k.startswith("model.layers.2.")]:  # an MoE block, as DeepSeek's MTP layer is
         w[k.replace("model.layers.2.", f"model.layers.{n}.")] = w[k] + 0.01
     extra = {"enorm.weight": (hidden,), "hnorm.weight": (hidden,), "eh_proj.weight": (hidden, 2 * hidden),
-             "shared_head.norm.weight": (hidden,), "shared_head.head.weight": (256, hidden),
-             "embed_tokens.weight": (256, hidden)}
+             "shared_head.norm.weight": (hidden,), "shared_head.head.weight": (VOCAB, hidden),
+             "embed_tokens.weight": (VOCAB, hidden)}
     for k, shape in extra.items():
         w[f"model.layers.{n}.{k}"] = mx.array(rng.standard_normal(shape).astype(np.float32) * 0.1)
     mx.save_safetensors(str(src / "model.safetensors"), w)
