@@ -27,8 +27,8 @@ def describe(model: Optional[str], dtype: Optional[str] = None) -> dict:
 
     folder = model_arg.resolve_folder(model)
     cfg = read_config(folder)
-    _, spec = build_spec(cfg, str(folder / "config.json"))
-    tensors = _tensors(folder)  # name -> (dtype, numel, nbytes); {} when the folder has no weights
+    adapter, spec = build_spec(cfg, str(folder / "config.json"))
+    tensors = _tensors(folder, cfg, adapter, spec)  # name -> (dtype, numel, nbytes); {} when the folder has no weights
     if spec.mtp and not any(k.startswith(f"model.layers.{spec.num_layers}.") for k in tensors):
         spec = replace(spec, mtp=())  # as the loader does: announced MTP modules whose weights are absent
     counts = _count(spec)
@@ -97,8 +97,11 @@ def describe(model: Optional[str], dtype: Optional[str] = None) -> dict:
 # ---------------------------------------------------------------- pieces
 
 
-def _tensors(folder: Path) -> dict:
+def _tensors(folder: Path, cfg, adapter, spec) -> dict:
+    """The checkpoint's tensors from its headers, checked against the config as the loader checks them (on
+    placeholders: nothing is read)."""
     from mlxmodels.formats.safetensors import Checkpoint, SafetensorsError
+    from mlxmodels.load import build, placeholders
 
     try:
         ckpt = Checkpoint(folder)
@@ -106,6 +109,7 @@ def _tensors(folder: Path) -> dict:
         if "no *.safetensors" in str(e):
             return {}
         raise
+    build(folder, cfg, adapter, spec, placeholders(ckpt))
     out = {}
     for name, f in ckpt.where.items():
         t = f.tensors[name]

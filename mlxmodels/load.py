@@ -120,9 +120,28 @@ def check_weights(model: nn.Module, weights: dict, folder: Path):
         raise LoadError(f"{folder}: {len(unexpected)} unexpected tensor(s), e.g. {', '.join(unexpected[:3])}; "
                         "the checkpoint does not match config.json's model_type/layer count")
     for name, p in expected.items():
-        if p.shape != weights[name].shape:
-            raise LoadError(f"{folder}: tensor {name} has shape {tuple(weights[name].shape)} but config.json implies "
+        w = weights[name]
+        if p.shape != w.shape:
+            raise LoadError(f"{folder}: tensor {name} has shape {tuple(w.shape)} but config.json implies "
                             f"{tuple(p.shape)}; the config and the weights disagree")
+        if mx.issubdtype(p.dtype, mx.floating) != mx.issubdtype(w.dtype, mx.floating):
+            raise LoadError(f"{folder}: tensor {name} is stored as {_dtype_name(w.dtype)} but the model needs "
+                            f"{_dtype_name(p.dtype)} (an FP8 or other quantized checkpoint: convert it with "
+                            "`mlxm convert` first)")
+
+
+def check_finite(model: nn.Module, folder: Path):
+    """NaN or inf in a weight turns every reply into garbage; one batched reduction finds it (no per-tensor wait)."""
+    floats = [(n, p) for n, p in tree_flatten(model.parameters()) if mx.issubdtype(p.dtype, mx.floating)]
+    ok = mx.stack([mx.isfinite(p).all() for _, p in floats]).tolist() if floats else []
+    bad = [n for (n, _), good in zip(floats, ok) if not good]
+    if bad:
+        raise LoadError(f"{folder}: tensor {bad[0]} holds NaN or infinite values ({len(bad)} tensor(s) do); the "
+                        "checkpoint is damaged, re-download or re-convert it")
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("mlx.core.", "")
 
 
 def build(folder: Path, cfg: HFConfig, adapter, spec, weights: dict):
@@ -155,6 +174,7 @@ def load_model(folder: Path, dtype=None) -> Decoder:
     weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
     model.load_weights(list(weights.items()), strict=True)
     mx.eval(model.parameters())
+    check_finite(model, folder)
     model.eval()
     return model
 

@@ -252,3 +252,33 @@ def test_draft_model_with_another_embedding_size(tmp_path, target_rows, draft_ro
     out = mlxmodels.generate(target, tok, "hello", draft=draft, num_draft=3, **args)
     if temperature == 0:
         assert out == mlxmodels.generate(target, tok, "hello", **args)
+
+
+def rewrite_weights(folder: Path, fn) -> None:
+    import mlx.core as mx
+
+    w = dict(mx.load(str(folder / "model.safetensors")))
+    fn(w)
+    mx.save_safetensors(str(folder / "model.safetensors"), w)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_not_run(model, value):
+    def poison(w):
+        w["model.layers.1.mlp.down_proj.weight"][3, 5] = value
+
+    rewrite_weights(model, poison)
+    refused(mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"]),
+            "model.layers.1.mlp.down_proj.weight holds NaN or infinite values")
+
+
+def test_integer_weights_where_floats_belong(model):
+    import mlx.core as mx
+
+    def as_int(w):
+        w["model.norm.weight"] = w["model.norm.weight"].astype(mx.int32)
+
+    rewrite_weights(model, as_int)
+    refused(mlxm(["info", "-m", model]), "model.norm.weight")  # info reads headers only: shapes fit, it describes
+    refused(mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"]),
+            "model.norm.weight is stored as int32 but the model needs float32")
