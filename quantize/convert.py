@@ -34,7 +34,9 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxmodels.config import ModelError, read_config
 from mlxmodels.decoder import Decoder
-from mlxmodels.families import get_adapter
+from mlxmodels.families import build_spec
+from mlxmodels.formats import folder as files
+from mlxmodels.tokenizer import MAX_TOKENIZER_FILE
 from mlxmodels.load import resolve
 
 from . import fp8, recipes
@@ -86,10 +88,10 @@ def check_download_space(repo: str, patterns: list):
     from huggingface_hub import constants
 
     try:
-        files = huggingface_hub.snapshot_download(repo, allow_patterns=patterns, dry_run=True)
+        plan = huggingface_hub.snapshot_download(repo, allow_patterns=patterns, dry_run=True)
     except Exception:  # offline, or an old huggingface_hub: the download itself will say what is wrong
         return
-    need = sum(f.file_size or 0 for f in files if f.will_download)
+    need = sum(f.file_size or 0 for f in plan if f.will_download)
     if need:
         check_space(Path(constants.HF_HUB_CACHE), need, f"downloading {repo}")
 
@@ -125,9 +127,8 @@ class Converter:
     def __init__(self, folder: Path, options: Options):
         self.folder, self.options = Path(folder), options
         self.cfg = read_config(self.folder)  # raises the clear errors: no config.json, not JSON
-        self.raw = json.loads((self.folder / "config.json").read_text())  # as written (multimodal wrapper kept)
-        self.adapter = get_adapter(self.cfg.get("model_type"))  # unknown model_type lists the supported ones
-        self.spec = self.adapter.spec(self.cfg)
+        self.raw = files.read_json(self.folder / "config.json")  # as written (multimodal wrapper kept); checked
+        self.adapter, self.spec = build_spec(self.cfg, str(self.folder / "config.json"))
         self.block = self._source_quantization()
         self.ckpt = Checkpoint(self.folder)
         if getattr(self.spec, "mtp", None) and not any(n.startswith(f"model.layers.{self.spec.num_layers}.")
@@ -323,10 +324,9 @@ class Converter:
 
 
 def tokenizer_files(folder: Path) -> list:
-    files = set()
-    for pattern in TOKENIZER_FILES:
-        files.update(p for p in folder.glob(pattern) if p.is_file())
-    return sorted(files)
+    """The tokenizer files to copy, each checked as the loader checks it (inside the folder, a regular file)."""
+    names = {p.name for pattern in TOKENIZER_FILES for p in folder.glob(pattern) if not p.is_dir()}
+    return [files.member(folder, name) for name in sorted(names)]
 
 
 def convert(src, out, options: Optional[Options] = None, progress=None, log: Callable[[str], None] = lambda s: None
@@ -368,7 +368,7 @@ def write_folder(conv: Converter, work: Path, out: Path, total: int, progress, l
     try:
         writer = conv.write(work, bar.update if bar else None)
         for f in tokenizer_files(conv.folder):
-            shutil.copyfile(f, work / f.name)
+            (work / f.name).write_bytes(files.read_bytes(f, MAX_TOKENIZER_FILE))
         (work / "config.json").write_text(json.dumps(conv.config(), indent=4))
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # a full disk, a quota, a file size limit

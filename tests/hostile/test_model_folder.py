@@ -282,3 +282,12 @@ def test_integer_weights_where_floats_belong(model):
     refused(mlxm(["info", "-m", model]), "model.norm.weight")  # info reads headers only: shapes fit, it describes
     refused(mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"]),
             "model.norm.weight is stored as int32 but the model needs float32")
+
+
+def test_convert_never_copies_a_tokenizer_file_from_outside(model):
+    secret = model.parent / "secret.txt"
+    secret.write_text("not yours")
+    (model / "tokenizer_extra.json").symlink_to(secret)
+    out = model.parent / "out"
+    refused(mlxm(["convert", model, out]), "tokenizer_extra.json", "points outside the model folder")
+    assert not out.exists()
