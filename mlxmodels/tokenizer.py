@@ -150,12 +150,13 @@ class Tokenizer:
     """Encode, decode, stream and render chat prompts, the same way for every backend."""
 
     def __init__(self, backend, *, special_tokens: dict[str, str], eos_token_ids: set[int],
-                 chat_template: str | None):
+                 chat_template: str | None, chat_template_file: str = "the chat template"):
         self._backend = backend
         self._special_tokens = special_tokens  # bos_token, eos_token, ... as text, for templates
         self.bos_token_id = self.token_to_id(special_tokens.get("bos_token"))
         self.eos_token_ids = eos_token_ids
         self.chat_template = chat_template
+        self.chat_template_file = chat_template_file  # where it came from, for its error messages
 
     @property
     def vocab_size(self) -> int:
@@ -195,10 +196,10 @@ class Tokenizer:
                                  "chat_template.jinja or chat_template.json): prompt it with plain text.")
         context = {"tools": None, "documents": None, **self._special_tokens, **kwargs}
         try:
-            text = chat_template.render(self.chat_template, messages=messages,
+            text = chat_template.render(self.chat_template, self.chat_template_file, messages=messages,
                                         add_generation_prompt=add_generation_prompt, **context)
-        except Exception as e:  # syntax errors, raise_exception(), sandbox violations, type errors
-            raise TokenizerError(f"the chat template failed: {type(e).__name__}: {e}") from None
+        except chat_template.TemplateFailed as e:  # syntax, raise_exception(), sandbox, budget, type errors
+            raise TokenizerError(str(e)) from None
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
 
@@ -295,19 +296,23 @@ def load_tokenizer(folder: Path | str) -> Tokenizer | None:
         eos |= _ids(cfg.get("eos_token_id"))
     eos.discard(None)
 
-    template = _read_template(folder, config) or default_template
-    return Tokenizer(backend, special_tokens=special, eos_token_ids=eos, chat_template=template)
+    template, origin = _read_template(folder, config) or (default_template, "the built-in Llama 3 chat template")
+    return Tokenizer(backend, special_tokens=special, eos_token_ids=eos, chat_template=template,
+                     chat_template_file=origin)
 
 
-def _read_template(folder: Path, config: dict) -> str | None:
-    """The default chat template: chat_template.jinja, then chat_template.json, then tokenizer_config.json."""
+def _read_template(folder: Path, config: dict) -> tuple[str, str] | None:
+    """The default chat template and its file: chat_template.jinja, chat_template.json, tokenizer_config.json."""
     if files.exists(folder, "chat_template.jinja"):
-        return _read_bytes(files.member(folder, "chat_template.jinja")).decode("utf-8", errors="replace")
-    template = _read_json(folder, "chat_template.json").get("chat_template") or config.get("chat_template")
+        path = files.member(folder, "chat_template.jinja")
+        return _read_bytes(path).decode("utf-8", errors="replace"), str(path)
+    template, origin = _read_json(folder, "chat_template.json").get("chat_template"), "chat_template.json"
+    if not template:
+        template, origin = config.get("chat_template"), "tokenizer_config.json"
     if isinstance(template, list):  # [{"name": ..., "template": ...}]: the one named "default", else the first
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default") or next(iter(named.values()), None)
-    return template if isinstance(template, str) and template else None
+    return (template, str(folder / origin)) if isinstance(template, str) and template else None
 
 
 def _token_text(value) -> str | None:
