@@ -16,7 +16,7 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from mlxmodels.errors import ModelError
 
@@ -61,8 +61,9 @@ def member(folder: Union[str, Path], name: str, what: str = "") -> Path:
     return path
 
 
-def open_regular(path: Union[str, Path]):
-    """Open a file for binary reading without ever blocking on a FIFO or device; refuse anything but a regular file."""
+def open_regular(path: Union[str, Path], fix: Optional[str] = None):
+    """Open a file for binary reading without ever blocking on a FIFO or device; refuse anything but a regular file.
+    `fix`: what the error tells the user to do (None: what suits a model folder's file)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
@@ -70,16 +71,16 @@ def open_regular(path: Union[str, Path]):
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise FolderError(f"{path} is a {_kind(mode)}, not a regular file; replace it with the real file")
+        raise FolderError(f"{path} is a {_kind(mode)}, not a regular file; {fix or 'replace it with the real file'}")
     return os.fdopen(fd, "rb")
 
 
-def read_bytes(path: Union[str, Path], limit: int) -> bytes:
-    with open_regular(path) as f:
+def read_bytes(path: Union[str, Path], limit: int, fix: Optional[str] = None) -> bytes:
+    with open_regular(path, fix) as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise FolderError(f"{path} is larger than {limit >> 20} MB, far beyond any real file of its kind; "
-                          "re-download it")
+                          f"{fix or 're-download it'}")
     return data
 
 
@@ -95,19 +96,21 @@ def exists(folder: Path, name: str) -> bool:
     return os.path.lexists(Path(folder) / name)
 
 
-def read_json(path: Union[str, Path], limit: int = MAX_JSON):
-    """A JSON file as Python values; anything damaged, oversized, non-finite or too deep is one FolderError."""
-    raw = read_bytes(path, limit)
+def read_json(path: Union[str, Path], limit: int = MAX_JSON, fix: Optional[str] = None):
+    """A JSON file as Python values; anything damaged, oversized, non-finite or too deep is one FolderError
+    that ends with `fix` (what to do about it; None: re-download it)."""
+    raw = read_bytes(path, limit, fix)
+    fix = fix or "re-download it"
     try:
         value = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
     except UnicodeDecodeError as e:
-        raise FolderError(f"{path} is not UTF-8 text (byte {e.start}); re-download it") from None
+        raise FolderError(f"{path} is not UTF-8 text (byte {e.start}); {fix}") from None
     except RecursionError:
-        raise FolderError(f"{path} nests deeper than {MAX_DEPTH} levels; re-download it") from None
+        raise FolderError(f"{path} nests deeper than {MAX_DEPTH} levels; {fix}") from None
     except ValueError as e:
-        raise FolderError(f"{path} is not valid JSON ({e}); re-download it") from None
+        raise FolderError(f"{path} is not valid JSON ({e}); {fix}") from None
     if _depth(value) > MAX_DEPTH:
-        raise FolderError(f"{path} nests deeper than {MAX_DEPTH} levels; re-download it")
+        raise FolderError(f"{path} nests deeper than {MAX_DEPTH} levels; {fix}")
     return value
 
 
