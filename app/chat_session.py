@@ -15,57 +15,16 @@ from __future__ import annotations
 
 import secrets
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
-from app.chat_store import Chat
+from app.chat_store import Chat, Sampling
 
 PLAIN_STOP = ["\nUser:"]
 
 
 class ContextError(ValueError):
     """The newest message alone does not fit in the model's context."""
-
-
-@dataclass
-class Sampling:
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    max_tokens: int = 1024
-    seed: Optional[int] = None
-
-    def check(self) -> "Sampling":
-        """Raise ValueError naming the first setting out of range."""
-        problems = [
-            (self.temperature < 0, "temperature must be >= 0"),
-            (not 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (self.top_k < 0, "top_k must be >= 0 (0: off)"),
-            (not 0 <= self.min_p < 1, "min_p must be in [0, 1)"),
-            (self.repetition_penalty <= 0, "repetition penalty must be > 0 (1: off)"),
-            (self.max_tokens < 1, "max tokens must be >= 1"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise ValueError(message)
-        return self
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Sampling":
-        known = {f.name for f in fields(cls)}
-        out = cls()
-        for key, value in (data or {}).items():
-            if key in known and (value is None or isinstance(value, (int, float))) and not isinstance(value, bool):
-                setattr(out, key, value)
-        try:
-            return out.check()
-        except ValueError:
-            return cls()
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -8,6 +8,7 @@ for our own bugs.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -32,7 +33,9 @@ def _number(kind, text, check, expect):
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid value {text!r} (expected {expect})") from None
-    if not check(value):
+    # float() reads "nan" and "inf" (and 1e400 as inf); NaN fails every comparison, so `not check` alone would
+    # let some through: neither is a setting
+    if (kind is float and not math.isfinite(value)) or not check(value):
         raise argparse.ArgumentTypeError(f"invalid value {text!r} (expected {expect})")
     return value
 
@@ -61,6 +64,13 @@ def penalty_float(text):
     return _number(float, text, lambda v: v > 0, "a number > 0")
 
 
+SEEDS = 2 ** 64  # MLX's random.seed takes an unsigned 64-bit number
+
+
+def seed_int(text):
+    return _number(int, text, lambda v: 0 <= v < SEEDS, f"a whole number from 0 to {SEEDS - 1}")
+
+
 def add_model(p, dtype=True):
     p.add_argument("-m", "--model", default=None, metavar="MODEL",
                    help="local model folder or Hugging Face Hub id (default: the built-in small model)")
@@ -76,7 +86,7 @@ def add_sampling(p, defaults_note=""):
     s.add_argument("--top-k", type=non_negative_int, default=None, help="keep the k most likely tokens (0: off)")
     s.add_argument("--min-p", type=min_p_float, default=None, help="drop tokens below min_p x the best (0: off)")
     s.add_argument("--repetition-penalty", type=penalty_float, default=None, help="1: off")
-    s.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
+    s.add_argument("--seed", type=seed_int, default=None, help="random seed, for reproducible sampling")
 
 
 def sampling_of(args, defaults=None) -> dict:
@@ -161,8 +171,7 @@ def add_generate(sub):
 
 def cmd_chat(args):
     from app import model_arg
-    from app.chat_session import Sampling
-    from app.chat_store import Chat, ChatStore
+    from app.chat_store import Chat, ChatStore, Sampling
 
     store = ChatStore()
     chat = store.load(args.open) if args.open else None
@@ -171,14 +180,18 @@ def cmd_chat(args):
     limit = model_arg.context_length(folder)
     if args.context:
         limit = args.context
-    sampling = sampling_of(args, model_arg.sampling_defaults(folder))
-    sampling = Sampling(max_tokens=args.max_tokens, **sampling).check()
+    sampling = Sampling.from_dict({**sampling_of(args, model_arg.sampling_defaults(folder)),
+                                   "max_tokens": args.max_tokens})
     if chat is None:
         chat = Chat(model=model_arg.display_name(args.model), system=args.system or "", settings=sampling.to_dict())
-    from app.tui import ChatApp
+    from app.tui import ChatApp, crash_report
 
-    ChatApp(model, tokenizer, model_name=model_arg.display_name(args.model), context_limit=limit, store=store,
-            chat=chat).run()
+    app = ChatApp(model, tokenizer, model_name=model_arg.display_name(args.model), context_limit=limit, store=store,
+                  chat=chat)
+    app.run()
+    if app.crash is not None:  # our bug: one line here, the traceback in a log file
+        print(f"mlxm: error: {crash_report(app.crash)}", file=sys.stderr)
+        sys.exit(1)
 
 
 def add_chat(sub):
@@ -246,6 +259,15 @@ def parser():
 
 
 def main(argv=None):
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl+C at any moment: importing, loading, generating
+        # a new line first in a terminal, where the text so far (or the echoed ^C) ends mid-line
+        print(("\n" if sys.stderr.isatty() else "") + "mlxm: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv):
     import mlxmodels  # noqa: F401  (first: on Linux it loads a fast BLAS, which must come before mlx.core)
 
     p = parser()
@@ -263,9 +285,6 @@ def main(argv=None):
     except (ModelError, ValueError, OSError) as e:
         print(f"mlxm: error: {_one_line(e)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
     return 0
 
 

@@ -1,15 +1,26 @@
 """`mlxm chat`: a Textual chat with a local model.
 
 The app is a thin shell over `ChatSession` (model-side state, KV cache reuse, context trimming) and `ChatStore`
-(atomic JSON files). A reply runs in a worker thread, which does all the MLX work and posts messages back
+(atomic JSON files). Replies run in the app's one MLX thread, which does all the MLX work and posts messages back
 (TurnStarted, Piece per token, Failed, Finished); the UI thread only renders. Esc asks the session to stop after
-the current token; the partial reply is kept. Any error is shown in the conversation and the app keeps running.
+the current token; the partial reply is kept. An error in a turn is shown in the conversation and the app keeps
+running; an unexpected exception anywhere else ends the app with `crash` set (the CLI reports it in one line).
+
+Leaving (Ctrl+Q, Ctrl+C twice, SIGHUP or a vanished terminal, SIGTERM, SIGINT) always takes one path,
+`shut_down`: stop the reply, wait for it to end, save, exit; whatever ends the app, unmounting then lets the MLX
+thread finish and free what MLX keeps per thread before the interpreter shuts down (see `_end_mlx_work`: without
+it the process aborts with "terminate called without an active exception").
 """
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
 import time
+import traceback
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from textual import work
@@ -20,13 +31,16 @@ from textual.message import Message
 from textual.widgets import Footer, Markdown, Sparkline
 
 from app.chat_session import ChatSession, Turn
-from app.chat_store import Chat, ChatStore
+from app.chat_store import Chat, ChatStore, data_dir, printable
 from app.tui_screens import ChatListScreen, SettingsScreen
+from app.tui_terminal import HangupSafeDriver
 from app.tui_widgets import AssistantMessage, ChatInput, Notice, StatusBar, UserMessage
 
 HELP = ("Enter sends · Shift+Enter or Ctrl+J: new line · Esc stops a reply · Ctrl+R regenerates · Ctrl+E edits "
         "your last message (↑ in an empty input too; again: the one before) · Ctrl+N new chat · Ctrl+O saved chats · "
         "Ctrl+T settings · Ctrl+Q quits")
+QUIT_WAIT = 60.0  # seconds leaving waits for a reply to stop (a long prompt's prefill cannot be cut short)
+INTERRUPT_AGAIN = 2.0  # a second Ctrl+C within this many seconds quits
 
 CSS = """
 #log { height: 1fr; padding: 0 1; }
@@ -77,6 +91,7 @@ class ChatApp(App):
         Binding("ctrl+n", "new_chat", "New"),
         Binding("ctrl+o", "open_chats", "Chats"),
         Binding("ctrl+t", "settings", "Settings"),
+        Binding("ctrl+c", "interrupt", show=False, priority=True),  # over the inputs' copy: it copies as before
     ]
 
     class TurnStarted(Message):
@@ -114,6 +129,22 @@ class ChatApp(App):
         self._stream = None
         self._last_draw = 0.0
         self._tokens = 0
+        self._worker = None  # the Textual worker awaiting the current turn
+        # One long-lived thread for all MLX work: MLX keeps streams and mx.compile traces per thread, so turns
+        # reuse the traces, and the thread can free them itself before it ends (`_end_mlx_work`).
+        self._mlx = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx")
+        self._mlx_used = False
+        self._interrupted = 0.0  # when Ctrl+C was last pressed
+        self._leaving = False
+        self.crash: Optional[BaseException] = None  # the unexpected exception that ended the app
+
+    def run(self, *args, **kwargs):
+        """Run in the terminal; refuse without one (Textual would draw into a pipe and spin on its end)."""
+        terminal = all(f is not None and f.isatty() for f in (sys.__stdin__, sys.__stderr__))
+        if not (terminal or kwargs.get("headless")):
+            raise ValueError("chat needs a terminal: its input and stderr must be one; "
+                             "use `mlxm generate` in scripts and pipes")
+        return super().run(*args, **kwargs)
 
     # ------------------------------------------------------------ layout
 
@@ -129,6 +160,10 @@ class ChatApp(App):
         chat_input = self.query_one(ChatInput)
         if self.is_headless:
             chat_input.cursor_blink = False
+        else:  # a closed terminal (SIGHUP), `kill` (SIGTERM) or `kill -INT` leave like Ctrl+Q does
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.call_later, self.shut_down)
         chat_input.focus()
         await self.render_log()
 
@@ -170,7 +205,7 @@ class ChatApp(App):
     async def show_error(self, text: str) -> None:
         await self.log_view.mount(Notice(f"Error: {text}", "error"))
         self.log_view.scroll_end(animate=False)
-        self.notify(text, title="Error", severity="error", timeout=8)
+        self.notify(printable(text), title="Error", severity="error", timeout=8, markup=False)
 
     # ------------------------------------------------------------ sending
 
@@ -178,7 +213,7 @@ class ChatApp(App):
         text = event.text.strip()
         if not text:
             return
-        if self.generating:
+        if self.generating or self._leaving:
             self.notify("A reply is still streaming; Esc stops it.", severity="warning")
             return
         chat_input = self.query_one(ChatInput)
@@ -204,11 +239,15 @@ class ChatApp(App):
         self.generating = True
         self._tokens = 0
         self.log_view.anchor()
-        self.generate()
+        self._worker = self.generate()
 
-    @work(thread=True, exclusive=True, group="generate")
-    def generate(self) -> None:
-        """Worker thread: every MLX call of a turn happens here."""
+    @work(exclusive=True, group="generate")
+    async def generate(self) -> None:
+        self._mlx_used = True
+        await asyncio.get_running_loop().run_in_executor(self._mlx, self._run_turn)
+
+    def _run_turn(self) -> None:
+        """In the MLX thread: every MLX call of a turn happens here."""
         try:
             turn = self.session.prepare()
             self.post_message(self.TurnStarted(turn))
@@ -234,7 +273,7 @@ class ChatApp(App):
 
     async def on_chat_app_piece(self, event: Piece) -> None:
         if event.text and self._stream is not None:
-            await self._stream.write(event.text)
+            await self._stream.write(printable(event.text))
         self._tokens = event.tokens
         if event.tokens > 1:
             self.tps = event.tps
@@ -271,9 +310,16 @@ class ChatApp(App):
         if not self.session.messages:
             return
         try:
-            self.store.save(self.session.chat)
+            saved = self.store.save(self.session.chat)
         except OSError as e:
             await self.show_error(f"could not save the chat: {_describe(e)}")
+            return
+        if saved.forked_from:  # another window saved this chat meanwhile: both versions are kept
+            text = (f"This chat was also changed in another window, so your version was saved as a new chat "
+                    f"({saved.path.stem}); the other window's version is kept as it was. Ctrl+O lists both.")
+            await self.log_view.mount(Notice(text, "warning"))
+            self.log_view.scroll_end(animate=False)
+            self.notify(text, severity="warning", timeout=10, markup=False)
 
     # ------------------------------------------------------------ actions
 
@@ -322,7 +368,7 @@ class ChatApp(App):
         earlier = [i for i in users if self.editing is None or i < self.editing]
         self.set_editing(earlier[-1] if earlier else users[-1])
         chat_input = self.query_one(ChatInput)
-        chat_input.text = self.session.messages[self.editing]["content"]
+        chat_input.text = printable(self.session.messages[self.editing]["content"])
         chat_input.move_cursor(chat_input.document.end)
         chat_input.focus()
 
@@ -356,7 +402,7 @@ class ChatApp(App):
         self.session.open(chat)
         self.set_editing(None)
         await self.render_log()
-        self.notify(f"Opened “{chat.display_title()}”.")
+        self.notify(f"Opened “{chat.display_title()}”.", markup=False)
 
     async def action_open_chats(self) -> None:
         if await self._idle():
@@ -375,9 +421,91 @@ class ChatApp(App):
         await self.render_log()
         await self.save()
 
+    def get_driver_class(self):
+        driver = super().get_driver_class()
+        return HangupSafeDriver if driver is HangupSafeDriver.__base__ else driver
+
     async def action_quit(self) -> None:
+        await self.shut_down()
+
+    async def on_gone(self) -> None:
+        """The terminal vanished (HangupSafeDriver): leave as Ctrl+Q does."""
+        await self.shut_down()
+
+    async def action_interrupt(self) -> None:
+        """Ctrl+C copies a selection, as in any input; otherwise it stops a streaming reply, and a second Ctrl+C
+        within INTERRUPT_AGAIN seconds quits (the terminal habit)."""
+        focused = self.focused
+        if getattr(focused, "selected_text", "") and hasattr(focused, "action_copy"):
+            focused.action_copy()
+            return
+        now = time.monotonic()
+        if now - self._interrupted < INTERRUPT_AGAIN:
+            await self.shut_down()
+            return
+        self._interrupted = now
+        if self.generating:
+            self.session.stop()
+        self.notify("Press Ctrl+C again to quit (or Ctrl+Q).", timeout=INTERRUPT_AGAIN, markup=False)
+
+    async def shut_down(self) -> None:
+        """The one way out: stop the reply, let the worker finish its MLX work, save what it wrote, exit."""
+        if self._leaving:
+            return
+        self._leaving = True
         self.session.stop()
+        worker = self._worker
+        if worker is not None and not worker.is_finished:
+            try:
+                await asyncio.wait_for(asyncio.shield(worker.wait()), QUIT_WAIT)
+            except Exception:  # it failed (reported as a crash) or never stopped: leave anyway
+                pass
+            await self.save()  # the partial reply; the Finished message will not be handled any more
         self.exit()
+
+    async def on_unmount(self) -> None:
+        """However the app ends: stop a reply, let the MLX thread finish it and free its MLX state, end the thread
+        (bounded: a thread stuck past QUIT_WAIT is left behind)."""
+        self.session.stop()
+        if self._mlx_used:
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(self._mlx.submit(_end_mlx_work)), QUIT_WAIT)
+            except Exception:  # it failed or never ended; leaving matters more now
+                pass
+        self._mlx.shutdown(wait=False)
+
+    def _handle_exception(self, error: Exception) -> None:
+        """An exception nothing handled (a bug): end the app with status 1 and keep the exception for the CLI to
+        report in one line, instead of Textual's screenful of traceback. Saved chats are untouched."""
+        if self.crash is None:
+            self.crash = error
+        self.exit(return_code=1)
+
+
+def crash_report(error: BaseException) -> str:
+    """One line about an exception that ended the app; its traceback goes to crash.log in the data folder."""
+    what = f"the chat stopped on an unexpected error ({_describe(error)})"
+    log = data_dir() / "crash.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+    except OSError as e:
+        return f"{what}; no log could be written ({_describe(e)}); saved chats are intact"
+    return f"{what}; details in {log}; saved chats are intact"
+
+
+def _end_mlx_work() -> None:
+    """The last call in a thread that ran MLX: finish its work and free what MLX keeps per thread.
+
+    MLX 0.32 keeps streams and the mx.compile cache per thread, and frees them when the thread ends, which needs
+    the GIL: a thread (even an idle pool thread) ending while the interpreter shuts down then aborts the process
+    ("terminate called without an active exception"). MLX asks every thread but the main one to call
+    mx.clear_streams() itself before it ends (ml-explore/mlx#4327, #4373), and only then: the thread cannot use
+    MLX afterwards. Synchronize first so no queued work (the token decoded ahead) still needs those streams."""
+    import mlx.core as mx
+
+    mx.synchronize()
+    mx.clear_streams()
 
 
 def _describe(e: BaseException) -> str:

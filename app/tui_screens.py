@@ -12,8 +12,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
-from app.chat_session import Sampling
-from app.chat_store import ChatInfo, ChatStore
+from app.chat_store import ChatInfo, ChatStore, Sampling, printable
+
+SHOW_SKIPPED = 5  # skipped files named in the chat list's note
 
 
 class ChatListScreen(ModalScreen[Optional[str]]):
@@ -30,7 +31,7 @@ class ChatListScreen(ModalScreen[Optional[str]]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Label("Saved chats", classes="title")
-            yield OptionList(id="chats")
+            yield OptionList(id="chats", markup=False)
             yield Static("", id="note", markup=False)
             yield Static("Enter opens · Delete removes · Esc closes", classes="hint")
 
@@ -49,8 +50,10 @@ class ChatListScreen(ModalScreen[Optional[str]]):
             options.highlighted = 0
         note = "No saved chats yet." if not self.chats else ""
         if self.skipped:
-            note = (note + " " if note else "") + (f"Skipped {len(self.skipped)} damaged file(s): "
-                                                   f"{', '.join(self.skipped)}")
+            names = ", ".join(printable(name) for name in self.skipped[:SHOW_SKIPPED])  # names are untrusted text
+            if len(self.skipped) > SHOW_SKIPPED:
+                names += f" and {len(self.skipped) - SHOW_SKIPPED} more"
+            note = (note + " " if note else "") + f"Skipped {len(self.skipped)} damaged file(s): {names}"
         self.query_one("#note", Static).update(note)
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
@@ -60,7 +63,11 @@ class ChatListScreen(ModalScreen[Optional[str]]):
         options = self.query_one(OptionList)
         if options.highlighted is None or not self.chats:
             return
-        self.store.delete(self.chats[options.highlighted].id)
+        try:
+            self.store.delete(self.chats[options.highlighted].id)
+        except OSError as e:
+            self.query_one("#note", Static).update(f"Could not delete it: {printable(str(e))}")
+            return
         self.refresh_list()
 
     def action_close(self) -> None:
@@ -91,7 +98,7 @@ class SettingsScreen(ModalScreen[Optional[Tuple[str, Sampling]]]):
         with Vertical(id="dialog"):
             yield Label("Settings", classes="title")
             yield Label("System prompt")
-            yield TextArea(self.system, id="system")
+            yield TextArea(printable(self.system), id="system")
             with Grid(id="fields"):
                 for name, label, kind in FIELDS:
                     value = getattr(self.sampling, name)

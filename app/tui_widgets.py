@@ -1,4 +1,8 @@
-"""Widgets of the chat screen: messages, the multi-line input, the status bar."""
+"""Widgets of the chat screen: messages, the multi-line input, the status bar.
+
+Text shown here comes from chat files and from the model: control characters in it are replaced (`printable`),
+since Textual passes an escape sequence through to the terminal as it is.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,14 @@ from textual import events
 from textual.message import Message
 from textual.widgets import Markdown, Static, TextArea
 
+from app.chat_store import printable
+
 
 class UserMessage(Static):
     """One of your messages, shown as typed (no markup)."""
 
     def __init__(self, text: str, index: int):
-        super().__init__(text, markup=False, classes="message user")
+        super().__init__(printable(text), markup=False, classes="message user")
         self.index = index
         self.border_title = "You"
 
@@ -22,7 +28,7 @@ class AssistantMessage(Markdown):
     """A reply, rendered as markdown while it streams."""
 
     def __init__(self, text: str = "", index: Optional[int] = None, stopped: bool = False):
-        super().__init__(text, classes="message assistant")
+        super().__init__(printable(text), classes="message assistant")
         self.index = index
         self.border_title = "Assistant"
         if stopped:
@@ -37,7 +43,7 @@ class Notice(Static):
     """A line in the conversation that is not a message: context trimmed, an error, a hint."""
 
     def __init__(self, text: str, kind: str = "info"):
-        super().__init__(text, markup=False, classes=f"notice {kind}")
+        super().__init__(printable(text), markup=False, classes=f"notice {kind}")
 
 
 class ChatInput(TextArea):
@@ -76,9 +82,12 @@ class ChatInput(TextArea):
 class StatusBar(Static):
     """model │ tok/s │ context used/limit │ memory."""
 
+    def __init__(self, **kwargs):
+        super().__init__(markup=False, **kwargs)  # a model's name is a user's path: "[" in it is no markup
+
     def show(self, model: str, tps: Optional[float], used: int, limit: int, memory_gb: float, note: str = "") -> None:
         rate = "– tok/s" if tps is None else f"{tps:.1f} tok/s"
         parts = [model, rate, f"ctx {used}/{limit}", f"mem {memory_gb:.2f} GB"]
         if note:
             parts.append(note)
-        self.update(" │ ".join(parts))
+        self.update(printable(" │ ".join(parts)))

@@ -129,5 +129,8 @@ def test_sliding_window_cache_that_cannot_rewind_is_rebuilt(tmp_path):
 def test_sampling_checks():
     with pytest.raises(ValueError, match="top_p"):
         Sampling(top_p=0).check()
-    assert Sampling.from_dict({"temperature": -1}) == Sampling()  # a bad saved setting falls back to defaults
+    for bad in ({"temperature": -1}, {"temperature": float("nan")}, {"max_tokens": 1.5}, {"top_k": True}):
+        with pytest.raises(ValueError):  # a bad setting is refused, never silently replaced
+            Sampling.from_dict(bad)
+    assert Sampling.from_dict({"top_k": 50.0}).top_k == 50  # as generation_config.json may write it
     assert Sampling.from_dict({"temperature": 0.5, "junk": 1}).temperature == 0.5

@@ -96,7 +96,7 @@ def test_half_written_chat_file_is_skipped_not_loaded():
     chats, skipped = store.list()
     assert [x.id for x in chats] == [good.id]
     assert skipped == ["20240101-000000-abcdef.json", "20240101-000000-badbad.json"]
-    with pytest.raises(ChatFileError, match="damaged"):
+    with pytest.raises(ChatFileError, match="not valid JSON"):
         store.load("20240101-000000-abcdef")
     with pytest.raises(ChatFileError, match="malformed messages"):
         store.load("20240101-000000-badbad")
