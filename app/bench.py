@@ -231,31 +231,59 @@ def _send(obj) -> None:
     sys.stdout.flush()
 
 
+class WorkerFailed(RuntimeError):
+    """A worker process died or answered nonsense; the message names the tool, how it ended and its log file."""
+
+
 class Worker:
-    """A worker process seen from the driver."""
+    """A worker process seen from the driver. With `log`, the worker's stderr goes to that file (a traceback stays
+    out of the driver's terminal; the error names the file)."""
 
     def __init__(self, tool: str, folder: str, dtype: Optional[str], prompt_tokens: int, gen_tokens: int,
-                 prefill_step_size: int = 512, openblas: bool = False, cwd: Optional[str] = None):
+                 prefill_step_size: int = 512, openblas: bool = False, cwd: Optional[str] = None,
+                 log: Optional[Path] = None):
         env = _env(openblas)
         args = [sys.executable, "-m", "app.bench", "worker", tool, folder, dtype or "default",
                 str(prompt_tokens), str(gen_tokens), str(prefill_step_size)]
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                     cwd=cwd or str(Path(__file__).resolve().parents[1]))
+        self.tool, self.log = tool, log
+        stderr = open(log, "wb") if log is not None else None
+        try:
+            self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                         text=True, env=env, cwd=cwd or str(Path(__file__).resolve().parents[1]))
+        finally:
+            if stderr is not None:
+                stderr.close()
         self.info = self._read()
         os.kill(self.proc.pid, signal.SIGSTOP)
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"benchmark worker {self.proc.args[3:6]} died (exit {self.proc.wait()})")
-        return json.loads(line)
+        try:
+            return json.loads(line)  # "" when the worker died
+        except ValueError:
+            raise self._failed() from None
+
+    def _failed(self) -> WorkerFailed:
+        if self.proc.poll() is None:  # alive but talking nonsense: it will not recover
+            self.proc.kill()
+        code = self.proc.wait()
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        last = ""
+        if self.log is not None:
+            lines = [ln.strip() for ln in Path(self.log).read_text(errors="replace").splitlines() if ln.strip()]
+            last = f": {lines[-1][:300]}" if lines else ""
+        where = f" (its log: {self.log})" if self.log is not None else ""
+        return WorkerFailed(f"the {self.tool} worker {how}{last}{where}")
 
     def ask(self, cmd: str = "trial") -> dict:
         """Resume the worker, send `cmd`, read its answer, stop it again (SIGSTOP): an idle worker's threads
         (OpenBLAS spins its pool for a while after each call) must not steal cores from the one being timed."""
-        os.kill(self.proc.pid, signal.SIGCONT)
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
+        try:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.stdin.write(cmd + "\n")
+            self.proc.stdin.flush()
+        except OSError:  # it is gone
+            raise self._failed() from None
         answer = self._read()
         os.kill(self.proc.pid, signal.SIGSTOP)
         return answer

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -50,20 +52,29 @@ def run(args) -> None:
 
     if args.plot and not args.plot.lower().endswith(".png"):
         raise ValueError(f"--plot writes a PNG; give a file name ending in .png, not {args.plot!r}")
-    folder = model_arg.resolve_folder(args.model)
+    folder = model_arg.resolve_folder(args.model).absolute()  # the workers run in another folder
     get_adapter(read_config(folder).get("model_type"))  # a folder we cannot load fails here, in one line
+    context = model_arg.context_length(folder)
+    if args.prompt_tokens + args.gen_tokens > context:  # past it positions are undefined (or out of range)
+        raise ValueError(f"-p {args.prompt_tokens} and -g {args.gen_tokens} make {args.prompt_tokens + args.gen_tokens:,}"
+                         f" tokens, past the model's context of {context:,}: ask for fewer")
     tools = ["ours"]
     if args.compare == "mlx-lm":
         if importlib.util.find_spec("mlx_lm") is None:
             raise ModelError("--compare mlx-lm needs mlx-lm installed: pip install mlx-lm")
         tools.append("mlx-lm")
     progress = _Progress(sys.stderr.isatty() and not args.json)
-    report = measure(str(folder), tools, args.prompt_tokens, args.gen_tokens, args.trials, args.dtype,
-                     args.prefill_step, progress)
-    report["model"] = model_arg.display_name(args.model)
-    if args.plot:
-        report["plot"] = plot(report, args.plot, str(folder), tools, args.dtype, args.prefill_step, progress)
-    progress.done()
+    logs = Path(tempfile.mkdtemp(prefix="mlxm-bench-"))  # the workers' stderr; kept if one fails, for its error
+    try:
+        report = measure(str(folder), tools, args.prompt_tokens, args.gen_tokens, args.trials, args.dtype,
+                         args.prefill_step, progress, logs)
+        report["model"] = model_arg.display_name(args.model)
+        if args.plot:
+            report["plot"] = plot(report, args.plot, str(folder), tools, args.dtype, args.prefill_step, progress,
+                                  logs)
+    finally:
+        progress.done()  # a failure's line must not follow a progress line
+    shutil.rmtree(logs, ignore_errors=True)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
 
 
@@ -79,13 +90,14 @@ class _Progress:
         self("")
 
 
-def _workers(folder: str, tools: List[str], p: int, g: int, dtype: Optional[str], step: int) -> list:
+def _workers(folder: str, tools: List[str], p: int, g: int, dtype: Optional[str], step: int,
+             logs: Optional[Path]) -> list:
     from app import bench
 
     workers = []
     try:
         for tool in tools:
-            workers.append(bench.Worker(tool, folder, dtype, p, g, step))
+            workers.append(bench.Worker(tool, folder, dtype, p, g, step, log=logs and logs / f"{tool}-p{p}.log"))
     except RuntimeError as e:
         _close(workers)
         raise ModelError(f"the benchmark could not start: {e}") from None
@@ -107,16 +119,16 @@ def _trials(workers, n: int) -> List[List[dict]]:
         if len(workers) == 2:
             return list(bench.run_interleaved(workers[0], workers[1], n))
         return [[workers[0].ask("trial") for _ in range(n)]]
-    except (RuntimeError, ValueError) as e:  # a worker died (its own error is printed above)
+    except RuntimeError as e:  # a worker died: bench.WorkerFailed names it and its log
         raise ModelError(f"the benchmark failed: {e}") from None
 
 
 def measure(folder: str, tools: List[str], p: int, g: int, n: int, dtype: Optional[str], step: int,
-            progress=lambda s: None) -> dict:
+            progress=lambda s: None, logs: Optional[Path] = None) -> dict:
     from app import bench
 
     progress(f"loading {' and '.join(tools)} ...")
-    workers = _workers(folder, tools, p, g, dtype, step)
+    workers = _workers(folder, tools, p, g, dtype, step, logs)
     try:
         progress(f"{n} trial(s) of a {p}-token prompt + {g} tokens ...")
         results = _trials(workers, n)
@@ -139,7 +151,7 @@ def measure(folder: str, tools: List[str], p: int, g: int, n: int, dtype: Option
 
 
 def plot(report: dict, path: str, folder: str, tools: List[str], dtype: Optional[str], step: int,
-         progress=lambda s: None) -> dict:
+         progress=lambda s: None, logs: Optional[Path] = None) -> dict:
     """One trial per tool at each context length p/8, p/4, p/2 (p itself comes from the main run)."""
     from app.png_plot import line_chart
 
@@ -151,7 +163,7 @@ def plot(report: dict, path: str, folder: str, tools: List[str], dtype: Optional
             row = {t: {m: report["tools"][t][m]["median"] for m in ("prompt_tps", "generation_tps")} for t in tools}
         else:
             progress(f"plot: context {c} ...")
-            workers = _workers(folder, tools, c, g, dtype, step)
+            workers = _workers(folder, tools, c, g, dtype, step, logs)
             try:
                 results = _trials(workers, 1)
             finally:

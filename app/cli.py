@@ -111,17 +111,24 @@ def cmd_generate(args):
     import mlxmodels
 
     from app import model_arg
+    from app.prompt import fit_context, read_prompt, utf8_arg
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_prompt(args.prompt)
     if not prompt:
         raise ValueError("the prompt is empty" + (" (nothing on stdin)" if args.prompt == "-" else ""))
-    model, tokenizer, _ = model_arg.load(args.model, args.dtype)
+    for flag, value in [("--system", args.system), *(("--stop", s) for s in args.stop or ())]:
+        utf8_arg(value or "", flag)
+    model, tokenizer, folder = model_arg.load(args.model, args.dtype)
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": prompt}]
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     elif args.system:
         raise ValueError("--system needs --chat (it is part of the chat template)")
+    else:
+        ids = tokenizer.encode(prompt)
+    n_prompt = len(ids)
+    ids, max_tokens = fit_context(ids, args.max_tokens, model_arg.context_length(folder), args.truncate_prompt)
     draft = None
     if args.draft == "mtp":
         draft = "mtp"
@@ -130,7 +137,7 @@ def cmd_generate(args):
     sampling = sampling_of(args)
     last = None
     out = sys.stdout
-    for r in mlxmodels.stream_generate(model, tokenizer, prompt, max_tokens=args.max_tokens, stop=args.stop or None,
+    for r in mlxmodels.stream_generate(model, tokenizer, ids, max_tokens=max_tokens, stop=args.stop or None,
                                        draft=draft, num_draft=args.num_draft, **sampling):
         out.write(r.text)
         out.flush()
@@ -143,6 +150,8 @@ def cmd_generate(args):
                 f"peak memory {last.peak_memory:.2f} GB")
         if draft is not None:
             line += f"; drafts accepted {last.draft_accepted}/{last.draft_proposed}"
+        if len(ids) < n_prompt:
+            line += f"; the prompt's first {n_prompt - len(ids)} tokens were dropped (--truncate-prompt)"
         if use_color(sys.stderr):
             line = f"\x1b[2m{line}\x1b[0m"
         print(line, file=sys.stderr)
@@ -156,7 +165,11 @@ def add_generate(sub):
     g.add_argument("-p", "--prompt", required=True, help="the prompt, or - to read it from stdin")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     g.add_argument("--system", default=None, help="system prompt (with --chat)")
-    g.add_argument("--max-tokens", type=positive_int, default=256, help="most tokens to generate (default 256)")
+    g.add_argument("--max-tokens", type=positive_int, default=256,
+                   help="most tokens to generate (default 256; generation also stops at the model's context length)")
+    g.add_argument("--truncate-prompt", action="store_true",
+                   help="a prompt too long for the model's context keeps its last tokens (as many as leave room "
+                        "for --max-tokens, at least half the context) instead of being refused")
     g.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop at TEXT (repeatable)")
     add_sampling(g, " (default: greedy)")
     g.add_argument("--draft", default=None, metavar="mtp|MODEL",

@@ -52,6 +52,14 @@ def apply_min_p(logits: mx.array, min_p: float) -> mx.array:
     return mx.where(logits < threshold, mx.array(_NEG_INF, logits.dtype), logits)
 
 
+def _finite(**settings) -> None:
+    # NaN fails every comparison, so range checks alone let it through; NaN or inf logits would then reach the
+    # draw, whose result is no token at all
+    for name, value in settings.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+
+
 def greedy(logprobs: mx.array, key: Optional[mx.array] = None) -> mx.array:
     return mx.argmax(logprobs, axis=-1).astype(mx.int32)
 
@@ -60,6 +68,7 @@ def make_sampler(
     temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
 ) -> Sampler:
     """Build `sampler(logprobs (B, V), key=None) -> tokens (B,) int32`; temperature 0 is argmax."""
+    _finite(temperature=temperature, top_p=top_p, min_p=min_p)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not isinstance(top_k, int) or top_k < 0:
@@ -90,6 +99,7 @@ def make_sampler(
 
 def make_repetition_penalty(penalty: float, context_size: int = 64) -> LogitsProcessor:
     """HF repetition penalty over the last `context_size` tokens: positive logits / penalty, negative * penalty."""
+    _finite(repetition_penalty=penalty)
     if penalty <= 0:
         raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {penalty}")
     if context_size < 1:
