@@ -64,6 +64,15 @@ def _as_tokens(tokens: Union[Sequence[int], mx.array]) -> mx.array:
     return tokens
 
 
+def random_key(seed: Optional[int]) -> Optional[mx.array]:
+    """mx.random.key for a seed MLX takes (a whole number in [0, 2**64)); None for no seed."""
+    if seed is None:
+        return None
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 64:
+        raise ValueError(f"seed must be a whole number from 0 to 2**64 - 1, got {seed!r}")
+    return mx.random.key(seed)
+
+
 def _cache_arrays(cache: List[Any]) -> List[mx.array]:
     """The arrays the caches hold (their `.state`), so a prefill chunk can be evaluated without its logits."""
     return [v for c in cache for _, v in tree_flatten(getattr(c, "state", None)) if isinstance(v, mx.array)]
@@ -265,7 +274,7 @@ def stream_generate(
         sampler = make_sampler(temperature, top_k, top_p, min_p)
     if logits_processors is None:
         logits_processors = make_logits_processors(repetition_penalty, repetition_context_size)
-    key = mx.random.key(seed) if seed is not None else None
+    key = random_key(seed)
     eos = frozenset(getattr(tokenizer, "eos_token_ids", None) or ())
     stops = [s for s in (stop or []) if s]
     if stops and tokenizer is None:

@@ -291,3 +291,10 @@ def test_convert_never_copies_a_tokenizer_file_from_outside(model):
     out = model.parent / "out"
     refused(mlxm(["convert", model, out]), "tokenizer_extra.json", "points outside the model folder")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 1.5, True])
+def test_seeds_mlx_cannot_take_are_a_clear_error(pristine, seed):
+    m, tok = mlxmodels.load(pristine)
+    with pytest.raises(ValueError, match="seed must be a whole number from 0 to 2\\*\\*64 - 1"):
+        mlxmodels.generate(m, tok, "hi", max_tokens=2, temperature=1.0, seed=seed)
