@@ -40,6 +40,7 @@ from mlxmodels.tokenizer import MAX_TOKENIZER_FILE
 from mlxmodels.load import resolve
 
 from . import fp8, recipes
+from .legacy_keys import add_legacy_keys
 from .claim import Claim, check_out, output_path
 from mlxmodels.formats.safetensors import DTYPES, Checkpoint, ShardWriter, dtype_name, nbytes
 
@@ -302,7 +303,9 @@ class Converter:
         return entry
 
     def config(self) -> dict:
-        cfg = dict(self.raw)
+        """The output config.json: the source's, with mlx-lm's quantization entry, the dtype written, and the
+        older key spellings mlx-lm reads added next to transformers 5's (legacy_keys)."""
+        cfg = add_legacy_keys(self.raw)
         cfg.pop("quantization", None)
         cfg.pop("quantization_config", None)
         entry = self.quantization_entry()
