@@ -188,7 +188,8 @@ def cmd_chat(args):
 
     store = ChatStore()
     chat = store.load(args.open) if args.open else None
-    print(f"loading {model_arg.display_name(args.model)} ...", file=sys.stderr)
+    if sys.stderr.isatty():  # progress for a person; in a pipe, stderr keeps to errors
+        print(f"loading {model_arg.display_name(args.model)} ...", file=sys.stderr)
     model, tokenizer, folder = model_arg.load(args.model, args.dtype)
     limit = model_arg.context_length(folder)
     if args.context:

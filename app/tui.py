@@ -484,7 +484,7 @@ class ChatApp(App):
 
 def crash_report(error: BaseException) -> str:
     """One line about an exception that ended the app; its traceback goes to crash.log in the data folder."""
-    what = f"the chat stopped on an unexpected error ({_describe(error)})"
+    what = f"the chat stopped on an unexpected error ({printable(_describe(error))})"
     log = data_dir() / "crash.log"
     try:
         log.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,13 @@ def texts(app, kind):
     return [w for w in app.query(kind)]
 
 
+async def streaming(pilot):
+    """Ask for a long reply and return once it streams (tokens on screen; use a SlowModel and many max_tokens)."""
+    await type_text(pilot, "Tell me a long story")
+    await pilot.press("enter")
+    await until(pilot, lambda: pilot.app._tokens >= 3)
+
+
 def test_send_streams_a_markdown_reply_and_saves(tiny):
     app = make_app(tiny)
 
@@ -46,9 +53,7 @@ def test_escape_stops_and_keeps_partial_reply(tiny):
 
     async def scenario():
         async with app.run_test(size=SIZE) as pilot:
-            await type_text(pilot, "Tell me a long story")
-            await pilot.press("enter")
-            await until(pilot, lambda: app._tokens >= 3)
+            await streaming(pilot)
             assert app.generating and texts(app, AssistantMessage)  # streaming: the reply is on screen already
             await pilot.press("escape")
             await until(pilot, lambda: app.turns == 1 and not app.generating)
@@ -233,4 +238,50 @@ def test_settings_reject_bad_values(tiny):
             await pilot.press("escape")
             await pilot.pause()
             assert app.session.sampling.top_p == 1.0
+    run(scenario())
+
+
+def test_a_chat_changed_in_another_window_is_kept_and_yours_saved_apart(tiny):
+    store = ChatStore()
+    chat = Chat(model="tiny", messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    store.save(chat)
+    app = make_app(tiny, chat=store.load(chat.id))
+
+    async def scenario():
+        async with app.run_test(size=SIZE) as pilot:
+            other = ChatStore().load(chat.id)  # another window adds a turn and saves first
+            other.messages += [{"role": "user", "content": "from the other window"},
+                               {"role": "assistant", "content": "ok"}]
+            ChatStore().save(other)
+            await send(pilot, "from this window")
+            forked = [n for n in texts(app, Notice) if "another window" in str(n.render())]
+            assert len(forked) == 1 and forked[0].has_class("warning")
+            assert app.session.chat.id in str(forked[0].render())
+            assert app.session.chat.id != chat.id
+            assert ChatStore().load(chat.id).messages[2]["content"] == "from the other window"
+            assert ChatStore().load(app.session.chat.id).messages[2]["content"] == "from this window"
+            await send(pilot, "and again")  # later saves go to this window's own chat, quietly
+            assert len([n for n in texts(app, Notice) if "another window" in str(n.render())]) == 1
+            assert len(ChatStore().list()[0]) == 2
+    run(scenario())
+
+
+def test_ctrl_c_copies_a_selection_else_stops_a_reply_and_twice_quits(tiny):
+    app = make_app(tiny, max_tokens=200, model=SlowModel(tiny[0], 0.03))
+
+    async def scenario():
+        async with app.run_test(size=SIZE) as pilot:
+            await type_text(pilot, "copy me")
+            chat_input = app.query_one(ChatInput)
+            chat_input.select_all()
+            await pilot.press("ctrl+c")  # a selection: copied, as in any input; nothing else
+            assert app.clipboard == "copy me" and app._interrupted == 0.0
+            chat_input.clear()
+            await streaming(pilot)
+            await pilot.press("ctrl+c")  # stops the reply, keeps it, and arms the second press
+            await until(pilot, lambda: app.turns == 1 and not app.generating)
+            assert app.session.messages[-1].get("stopped") and not app._leaving
+            await app.run_action("interrupt")  # the second press: the app leaves, the stopped reply saved
+            assert app._leaving and app.return_code == 0
+            assert ChatStore().load(app.session.chat.id).messages[-1]["stopped"] is True
     run(scenario())
