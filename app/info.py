@@ -29,8 +29,9 @@ def describe(model: Optional[str], dtype: Optional[str] = None) -> dict:
     cfg = read_config(folder)
     adapter, spec = build_spec(cfg, str(folder / "config.json"))
     tensors = _tensors(folder, cfg, adapter, spec)  # name -> (dtype, numel, nbytes); {} when the folder has no weights
-    if spec.mtp and not any(k.startswith(f"model.layers.{spec.num_layers}.") for k in tensors):
-        spec = replace(spec, mtp=())  # as the loader does: announced MTP modules whose weights are absent
+    if spec.mtp and tensors and not any(k.startswith(f"model.layers.{spec.num_layers}.") for k in tensors):
+        # as the loader does: announced MTP modules whose weights are absent (a config alone reports them)
+        spec = replace(spec, mtp=())
     counts = _count(spec)
 
     stored = [ST_FLOATS[d] for d, _, _ in tensors.values() if d in ST_FLOATS]

@@ -11,13 +11,41 @@ from .spec import RopeSpec
 
 
 class HFConfig(dict):
+    """A config.json as written, read through its family's defaults: a key the file does not name takes the value
+    transformers' config class for that `model_type` gives it (the adapter module's `DEFAULTS`), never Llama's.
+    `in`, iteration and `dict(cfg)` see the file alone; `get`, `[]` and `require` see the defaults too. A key the
+    file sets to null stays None for `get` (null means "none" for optional keys: `q_lora_rank`, `sliding_window`);
+    `require` reads such a null as absent."""
+
+    @property
+    def defaults(self) -> dict:
+        from .families import defaults_for
+
+        return defaults_for(dict.get(self, "model_type"))
+
+    def __getitem__(self, key):
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        defaults = self.defaults
+        if key in defaults:
+            return defaults[key]
+        raise KeyError(key)
+
+    def get(self, key, fallback=None):
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        return self.defaults.get(key, fallback)
+
     def require(self, key: str):
-        if self.get(key) is None:
+        value = self.get(key)
+        if value is None:
+            value = self.defaults.get(key)
+        if value is None:
             raise ConfigError(
                 f"config.json is missing {key!r}, which a {self.get('model_type', 'model')!r} model needs; "
                 "add it (see the model card) or re-export the config with transformers"
             )
-        return self[key]
+        return value
 
     def head_dim(self) -> int:
         if self.get("head_dim"):
@@ -35,26 +63,31 @@ class HFConfig(dict):
             raise ConfigError(f"config.json has {len(types)} layer_types for {n} layers; give one per layer")
         return list(types[:n])
 
-    def rope_parameters(self, layer_type: Optional[str] = None, legacy_base: Optional[float] = None) -> dict:
-        """One RoPE parameter dict (with rope_type and rope_theta) for a layer type, whichever dialect."""
+    def rope_parameters(self, layer_type: Optional[str] = None, theta: Optional[float] = None) -> dict:
+        """One RoPE parameter dict (with rope_type and rope_theta) for a layer type, whichever dialect, completed
+        as transformers completes it: `theta` (default `rope_theta`) where the dict names no base, and the trained
+        length of the scalings that need one (llama3, yarn) from max_position_embeddings."""
+        theta = self.require("rope_theta") if theta is None else theta
         params = self.get("rope_parameters")
         if params:
             if layer_type in params and isinstance(params[layer_type], dict):
                 params = params[layer_type]
             params = dict(params)
-            params.setdefault("rope_theta", self.get("rope_theta", 10000.0))
+            params.setdefault("rope_theta", theta)
         else:
             params = dict(self.get("rope_scaling") or {})
-            params["rope_theta"] = legacy_base if legacy_base is not None else self.get("rope_theta", 10000.0)
+            params["rope_theta"] = theta
         params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
         params.pop("type", None)
+        if params["rope_type"] in ("llama3", "yarn"):
+            params.setdefault("original_max_position_embeddings", self.require("max_position_embeddings"))
         return params
 
-    def rope(self, layer_type: Optional[str] = None, legacy_base: Optional[float] = None, dims: Optional[int] = None):
-        p = self.rope_parameters(layer_type, legacy_base)
+    def rope(self, layer_type: Optional[str] = None, theta: Optional[float] = None, dims: Optional[int] = None):
+        p = self.rope_parameters(layer_type, theta)
         head_dim = self.head_dim()
         if dims is None:
-            dims = int(head_dim * p.get("partial_rotary_factor", self.get("partial_rotary_factor", 1.0)))
+            dims = int(head_dim * p.get("partial_rotary_factor", self.get("partial_rotary_factor") or 1.0))
         kind = p.pop("rope_type")
         base = float(p.pop("rope_theta"))
         p.pop("partial_rotary_factor", None)
@@ -63,7 +96,7 @@ class HFConfig(dict):
             base=base,
             kind=kind,
             params=tuple(sorted(p.items())),
-            max_position_embeddings=self.get("max_position_embeddings", 2048),
+            max_position_embeddings=self.require("max_position_embeddings"),
         )
 
 
@@ -84,6 +117,7 @@ def read_config(folder: Path) -> HFConfig:
             raise ConfigError(f"{path}: text_config is {type(cfg['text_config']).__name__}; expected an object")
         check_config(cfg["text_config"], str(path), "text_config.")
         text = dict(cfg["text_config"])
+        text.setdefault("model_type", cfg.get("model_type"))  # the wrapper's adapter reads its text config
         for k in ("quantization", "quantization_config", "tie_word_embeddings"):
             if k in cfg and k not in text:
                 text[k] = cfg[k]

@@ -1,7 +1,9 @@
 """REGISTRY: Hugging Face `model_type` -> adapter module.
 
-An adapter has `spec(cfg) -> ModelSpec` and optionally `map_weights(weights, cfg) -> weights` for checkpoints
-whose tensors differ from our module names by more than the identity.
+An adapter has `DEFAULTS` (for each key it reads, the value transformers' config class for its model_type takes
+when config.json omits it: HFConfig falls back to them), `spec(cfg) -> ModelSpec` and optionally
+`map_weights(weights, cfg) -> weights` for checkpoints whose tensors differ from our module names by more than the
+identity.
 """
 
 from types import ModuleType
@@ -30,6 +32,12 @@ REGISTRY: dict[str, ModuleType] = {
     "llama4_text": llama4,
     "llama4": llama4,  # the multimodal wrapper; its text_config and language_model weights are read
 }
+
+
+def defaults_for(model_type) -> dict:
+    """The family defaults of a model_type ({} for one we do not support: get_adapter refuses it)."""
+    adapter = REGISTRY.get(model_type) if isinstance(model_type, str) else None
+    return getattr(adapter, "DEFAULTS", {})
 
 
 def get_adapter(model_type) -> ModuleType:

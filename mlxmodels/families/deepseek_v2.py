@@ -10,6 +10,16 @@ from ..spec import LayerSpec, MLASpec, MoESpec
 from . import llama
 from .experts import n_experts, stack_experts
 
+# transformers' DeepseekV2Config (num_experts_per_tok has no default there: config.json must give it);
+# rope_interleave and moe_layer_freq are keys of DeepSeek's own code that transformers does not read (always
+# interleaved, every layer from first_k_dense_replace sparse), so they default in the code below, not here
+DEFAULTS = dict(vocab_size=102400, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                num_attention_heads=32, hidden_act="silu", max_position_embeddings=2048, rms_norm_eps=1e-6,
+                tie_word_embeddings=False, attention_bias=False, mlp_bias=False, first_k_dense_replace=0,
+                kv_lora_rank=512, q_lora_rank=1536, n_routed_experts=64, n_shared_experts=2, qk_nope_head_dim=128,
+                qk_rope_head_dim=64, routed_scaling_factor=1.0, topk_method="greedy", norm_topk_prob=False,
+                v_head_dim=128, moe_intermediate_size=1407, rope_theta=10000.0)
+
 
 def mla(cfg: HFConfig) -> MLASpec:
     nope, rope_dims = cfg.require("qk_nope_head_dim"), cfg.require("qk_rope_head_dim")
@@ -20,24 +30,24 @@ def mla(cfg: HFConfig) -> MLASpec:
     return MLASpec(n_heads=cfg.require("num_attention_heads"), kv_lora_rank=cfg.require("kv_lora_rank"),
                    qk_nope_head_dim=nope, qk_rope_head_dim=rope_dims, v_head_dim=cfg.require("v_head_dim"),
                    rope=rope, q_lora_rank=cfg.get("q_lora_rank"), scale=scale,
-                   bias=bool(cfg.get("attention_bias", False)))
+                   bias=bool(cfg.get("attention_bias")))
 
 
 def moe(cfg: HFConfig) -> MoESpec:
-    method = cfg.get("topk_method", "greedy")
+    method = cfg.require("topk_method")
     shared = cfg.get("n_shared_experts") or 0
     return MoESpec(
         n_experts=n_experts(cfg), top_k=cfg.require("num_experts_per_tok"),
-        hidden=cfg.require("moe_intermediate_size"), act=llama.activation(cfg.get("hidden_act", "silu")),
+        hidden=cfg.require("moe_intermediate_size"), act=llama.activation(cfg.require("hidden_act")),
         # DeepSeek's V2 code renormalises only when choosing several experts
-        norm_topk=bool(cfg.get("norm_topk_prob", False)) and cfg["num_experts_per_tok"] > 1,
+        norm_topk=bool(cfg.get("norm_topk_prob")) and cfg["num_experts_per_tok"] > 1,
         n_group=cfg.get("n_group") if method != "greedy" else None, topk_group=cfg.get("topk_group"),
-        scaling=cfg.get("routed_scaling_factor", 1.0) or 1.0,
+        scaling=cfg.require("routed_scaling_factor"),
         shared_hidden=cfg["moe_intermediate_size"] * shared if shared else None)
 
 
 def is_sparse(cfg: HFConfig, i: int) -> bool:
-    return i >= cfg.get("first_k_dense_replace", 0) and i % (cfg.get("moe_layer_freq", 1) or 1) == 0
+    return i >= cfg.require("first_k_dense_replace") and i % (cfg.get("moe_layer_freq") or 1) == 0
 
 
 def spec(cfg: HFConfig, moe_spec=None):

@@ -29,9 +29,14 @@ def stack_experts(weights: dict, renames: dict = None, dst: str = "switch_mlp") 
     return out
 
 
-def n_experts(cfg, *keys: str) -> int:
-    """Configs name the routed expert count differently (n_routed_experts, num_experts, num_local_experts)."""
-    for k in keys + ("n_routed_experts", "num_experts", "num_local_experts"):
+def n_experts(cfg) -> int:
+    """Configs name the routed expert count differently (n_routed_experts, num_experts, num_local_experts): the
+    spelling config.json uses wins over the family's default under another name."""
+    names = ("n_routed_experts", "num_experts", "num_local_experts")
+    for k in names:
+        if k in cfg and cfg[k]:
+            return cfg[k]
+    for k in names:
         if cfg.get(k):
             return cfg[k]
     return cfg.require("num_experts")

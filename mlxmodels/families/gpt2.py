@@ -8,6 +8,9 @@ import mlx.core as mx
 from ..config import HFConfig
 from ..spec import AttnSpec, FFNSpec, LayerSpec, ModelSpec, NormSpec
 
+# transformers' GPT2Config (n_inner: 4 x n_embd when absent)
+DEFAULTS = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, layer_norm_epsilon=1e-5)
+
 RENAMES = [
     (r"^(transformer\.|model\.)?wte\.", "model.embed_tokens."),
     (r"^(transformer\.|model\.)?wpe\.", "model.embed_positions."),
@@ -23,7 +26,7 @@ RENAMES = [
 
 def spec(cfg: HFConfig) -> ModelSpec:
     hidden, heads = cfg.require("n_embd"), cfg.require("n_head")
-    eps = cfg.get("layer_norm_epsilon", 1e-5)
+    eps = cfg.require("layer_norm_epsilon")
     norm = NormSpec("layer", eps, bias=True)
     attn = AttnSpec(heads, heads, hidden // heads, bias=True, o_bias=True)
     ffn = FFNSpec(cfg.get("n_inner") or 4 * hidden, gated=False, act="gelu_tanh", bias=True)

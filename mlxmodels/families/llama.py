@@ -5,7 +5,10 @@ from dataclasses import replace
 from ..config import ConfigError, HFConfig
 from ..spec import AttnSpec, FFNSpec, LayerSpec, ModelSpec, NormSpec
 
-DEFAULT_TIE = False
+# transformers' LlamaConfig, for the keys this adapter reads (head_dim, num_key_value_heads: derived when absent)
+DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                num_attention_heads=32, hidden_act="silu", max_position_embeddings=2048, rms_norm_eps=1e-6,
+                tie_word_embeddings=False, attention_bias=False, mlp_bias=False, rope_theta=10000.0)
 ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
                "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
@@ -18,9 +21,9 @@ def attn(cfg: HFConfig, layer_type: str = "full_attention", **changes) -> AttnSp
         head_dim=cfg.head_dim(),
         rope=cfg.rope(layer_type),
         window=window,
-        bias=bool(cfg.get("attention_bias", False)),
-        o_bias=bool(cfg.get("attention_bias", False)),
-        qk_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        bias=bool(cfg.get("attention_bias")),
+        o_bias=bool(cfg.get("attention_bias")),
+        qk_norm_eps=cfg.require("rms_norm_eps"),
         **changes,
     )
 
@@ -28,8 +31,8 @@ def attn(cfg: HFConfig, layer_type: str = "full_attention", **changes) -> AttnSp
 def ffn(cfg: HFConfig, **changes) -> FFNSpec:
     return FFNSpec(
         hidden=cfg.require("intermediate_size"),
-        act=activation(cfg.get("hidden_act", "silu")),
-        bias=bool(cfg.get("mlp_bias", False)),
+        act=activation(cfg.require("hidden_act")),
+        bias=bool(cfg.get("mlp_bias")),
         **changes,
     )
 
@@ -41,10 +44,10 @@ def activation(name: str) -> str:
 
 
 def norm(cfg: HFConfig, **changes) -> NormSpec:
-    return NormSpec("rms", cfg.get("rms_norm_eps", 1e-6), **changes)
+    return NormSpec("rms", cfg.require("rms_norm_eps"), **changes)
 
 
-def spec(cfg: HFConfig, default_layer_types=None, tie=DEFAULT_TIE, **model_changes) -> ModelSpec:
+def spec(cfg: HFConfig, default_layer_types=None, **model_changes) -> ModelSpec:
     layers = tuple(
         LayerSpec(attn(cfg, t), ffn(cfg), norm(cfg)) for t in cfg.layer_types(default_layer_types)
     )
@@ -53,7 +56,7 @@ def spec(cfg: HFConfig, default_layer_types=None, tie=DEFAULT_TIE, **model_chang
         hidden_size=cfg.require("hidden_size"),
         layers=layers,
         norm=norm(cfg),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", tie)),
+        tie_embeddings=bool(cfg.require("tie_word_embeddings")),
         model_type=cfg.get("model_type", ""),
         **model_changes,
     )

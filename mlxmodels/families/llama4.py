@@ -12,28 +12,37 @@ from ..spec import MoESpec
 from . import llama
 from .experts import n_experts
 
+# transformers' Llama4TextConfig: temperature tuning, QK-norm and chunked attention are on unless config.json says
+# otherwise (no_rope_layers, moe_layers, layer_types: derived from the intervals below when absent)
+DEFAULTS = dict(vocab_size=202048, hidden_size=5120, intermediate_size=8192, intermediate_size_mlp=16384,
+                num_hidden_layers=48, num_attention_heads=40, num_key_value_heads=8, head_dim=128, hidden_act="silu",
+                max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False, num_experts_per_tok=1,
+                num_local_experts=16, interleave_moe_layer_step=1, use_qk_norm=True, no_rope_layer_interval=4,
+                attention_chunk_size=8192, attn_temperature_tuning=True, floor_scale=8192, attn_scale=0.1,
+                attention_bias=False, rope_theta=500000.0)
+
 
 def spec(cfg: HFConfig):
     n = cfg.require("num_hidden_layers")
-    rope_layers = cfg.get("no_rope_layers") or [int((i + 1) % cfg.get("no_rope_layer_interval", 4) != 0)
+    rope_layers = cfg.get("no_rope_layers") or [int((i + 1) % cfg.require("no_rope_layer_interval") != 0)
                                                  for i in range(n)]
-    step = cfg.get("interleave_moe_layer_step", 1)
+    step = cfg.require("interleave_moe_layer_step")
     moe_layers = set(cfg.get("moe_layers") if cfg.get("moe_layers") is not None else range(step - 1, n, step))
-    types = cfg.layer_types(["chunked_attention" if r else "full_attention" for r in rope_layers])
-    act = llama.activation(cfg.get("hidden_act", "silu"))
-    moe = MoESpec(n_experts=n_experts(cfg), top_k=cfg.get("num_experts_per_tok", 1),
+    chunk = cfg.get("attention_chunk_size")
+    types = cfg.layer_types(["chunked_attention" if r and chunk else "full_attention" for r in rope_layers])
+    act = llama.activation(cfg.require("hidden_act"))
+    moe = MoESpec(n_experts=n_experts(cfg), top_k=cfg.require("num_experts_per_tok"),
                   hidden=cfg.require("intermediate_size"), act=act, score="sigmoid", weight_input=True,
                   shared_hidden=cfg["intermediate_size"], shared_name="shared_expert", router_name="router",
                   experts_name="experts")
-    base = llama.spec(HFConfig(cfg, intermediate_size=cfg.get("intermediate_size_mlp") or cfg["intermediate_size"]))
-    tuning = (cfg.get("floor_scale", 8192), cfg.get("attn_scale", 0.1)) if cfg.get("attn_temperature_tuning") else None
+    base = llama.spec(HFConfig(cfg, intermediate_size=cfg.require("intermediate_size_mlp")))
+    tuning = (cfg.require("floor_scale"), cfg.require("attn_scale")) if cfg.get("attn_temperature_tuning") else None
 
     def layer(i, l):
         a = l.attn
         if rope_layers[i]:
             a = replace(a, rope=replace(a.rope, traditional=True), qk_norm="l2" if cfg.get("use_qk_norm") else None,
-                        qk_norm_after_rope=True,
-                        chunk=cfg.get("attention_chunk_size") if types[i] == "chunked_attention" else None)
+                        qk_norm_after_rope=True, chunk=chunk if types[i] == "chunked_attention" else None)
         else:
             a = replace(a, rope=None, temperature_tuning=tuning)
         return replace(l, attn=a, ffn=moe if i in moe_layers else l.ffn, ffn_name="feed_forward")
