@@ -42,6 +42,7 @@ ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 LOCK_WAIT = 10.0  # seconds a save waits for another window's save to finish
 
 FIX = "the chat was not opened: fix or delete the file"
+_NOFOLLOW, _CLOEXEC = getattr(os, "O_NOFOLLOW", 0), getattr(os, "O_CLOEXEC", 0)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # escape sequences, bells: never sent to the terminal
 
 
@@ -229,7 +230,7 @@ class ChatStore:
             tmp = self.folder / f".{chat.id}.{os.getpid()}.tmp"
             data = json.dumps(chat.to_json(), ensure_ascii=False, indent=1).encode("utf-8")
             try:
-                with open(tmp, "wb") as f:
+                with os.fdopen(_create(tmp), "wb") as f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
@@ -298,8 +299,11 @@ class ChatStore:
         except ImportError:
             yield
             return
-        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        lock = self.folder / ".lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC, 0o600)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # never lock (or wait on) a FIFO or device put there
+                raise OSError(f"{lock} is not a regular file; delete it")
             deadline = time.monotonic() + LOCK_WAIT
             while True:
                 try:
@@ -313,6 +317,17 @@ class ChatStore:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+
+def _create(path: Path) -> int:
+    """A new file at `path` for writing, never through a symlink or into an existing file someone put there (a
+    leftover of our own crashed save, with the same process id, is removed first)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | getattr(os, "O_BINARY", 0),
+                   0o600)
 
 
 def _identity(st: os.stat_result) -> Tuple[int, int, int]:

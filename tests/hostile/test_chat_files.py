@@ -307,3 +307,25 @@ def test_a_bad_file_is_never_shown_as_a_chat_by_load(data_dir, tmp_path):
         with pytest.raises(ChatFileError, match="fix or delete the file"):
             store.load(f"bad-{name}")
     assert store.load(GOOD_ID).messages[1]["content"] == "hello"
+
+
+def test_saving_never_writes_through_a_planted_link(data_dir, tmp_path):
+    """The temporary file and the lock are created where they are named, never through a symlink or into a FIFO
+    someone left there: a save either works or fails with an OSError (shown in the app), and writes nothing
+    outside the chats folder."""
+    store = ChatStore()
+    chat = saved_chat(store)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("untouched")
+    (store.folder / f".{chat.id}.{os.getpid()}.tmp").symlink_to(outside)
+    reply(chat, "through the link?")
+    store.save(chat)
+    assert outside.read_text() == "untouched" and store.load(chat.id).messages[-2]["content"] == "through the link?"
+
+    lock = store.folder / ".lock"
+    for plant in (lambda: lock.symlink_to(outside), lambda: os.mkfifo(lock)):
+        lock.unlink()
+        plant()
+        with pytest.raises(OSError):
+            bounded(lambda: store.save(chat))
+        assert outside.read_text() == "untouched"
