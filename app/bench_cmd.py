@@ -24,12 +24,9 @@ ours / mlx-lm ratios; --plot draws tok/s against context length (-p/8 .. -p) to 
 
 
 def add_parser(sub, add_model):
-    from app.cli import positive_int
+    from app.flags import at_least, positive_int
 
-    def at_least_two(text):
-        from app.cli import _number
-
-        return _number(int, text, lambda v: v >= 2, "a whole number >= 2")
+    at_least_two = at_least(2)
 
     p = sub.add_parser("bench", help="prompt and generation tok/s, time to first token, peak memory",
                        description=DESCRIPTION)

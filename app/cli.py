@@ -8,9 +8,11 @@ for our own bugs.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
+
+from app.flags import (min_p_float, non_negative_float, non_negative_int, penalty_float, positive_int, seed_int,
+                       unit_float)
 
 EPILOG_MODEL = ("-m takes a local model folder (Hugging Face or mlx-lm layout) or a Hugging Face Hub id such as "
                 "Qwen/Qwen3-0.6B (downloaded once into the Hugging Face cache). Without -m the small default model "
@@ -23,52 +25,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
-
-
-# ---------------------------------------------------------------- flag types: one clear line per bad value
-
-
-def _number(kind, text, check, expect):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r} (expected {expect})") from None
-    # float() reads "nan" and "inf" (and 1e400 as inf); NaN fails every comparison, so `not check` alone would
-    # let some through: neither is a setting
-    if (kind is float and not math.isfinite(value)) or not check(value):
-        raise argparse.ArgumentTypeError(f"invalid value {text!r} (expected {expect})")
-    return value
-
-
-def positive_int(text):
-    return _number(int, text, lambda v: v >= 1, "a whole number >= 1")
-
-
-def non_negative_int(text):
-    return _number(int, text, lambda v: v >= 0, "a whole number >= 0")
-
-
-def non_negative_float(text):
-    return _number(float, text, lambda v: v >= 0, "a number >= 0")
-
-
-def unit_float(text):
-    return _number(float, text, lambda v: 0 < v <= 1, "a number in (0, 1]")
-
-
-def min_p_float(text):
-    return _number(float, text, lambda v: 0 <= v < 1, "a number in [0, 1)")
-
-
-def penalty_float(text):
-    return _number(float, text, lambda v: v > 0, "a number > 0")
-
-
-SEEDS = 2 ** 64  # MLX's random.seed takes an unsigned 64-bit number
-
-
-def seed_int(text):
-    return _number(int, text, lambda v: 0 <= v < SEEDS, f"a whole number from 0 to {SEEDS - 1}")
 
 
 def add_model(p, dtype=True):

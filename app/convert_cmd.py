@@ -15,14 +15,13 @@ The output appears only when complete; an existing OUT is replaced only with --f
 
 
 def add_parser(subparsers):
-    from app.cli import _number, positive_int
+    from app.flags import at_least, number, positive_int
     from quantize import recipes
 
     def gib(text):  # finite and at least one byte: inf, nan, 0 and negatives are refused before any work
-        return _number(float, text, lambda v: math.isfinite(v) and v * (1 << 30) >= 1, "a number of GiB > 0")
+        return number(float, text, lambda v: math.isfinite(v) and v * (1 << 30) >= 1, "a number of GiB > 0")
 
-    def context(text):  # a window scores len - 1 tokens: one token scores none
-        return _number(int, text, lambda v: v >= 2, "a whole number >= 2")
+    context = at_least(2)  # a window scores len - 1 tokens: one token scores none
 
     p = subparsers.add_parser("convert", help="import (and quantize) a Hugging Face checkpoint",
                               description=DESCRIPTION)
