@@ -27,7 +27,8 @@ class ConfigError(ModelError):
 
 
 # Rules: ("count", lo, hi) a whole number; ("real", lo, hi, open_low) a finite number; ("bool",); ("text",);
-# ("ids",) token ids (a whole number >= 0 or a list of them); ("counts", hi) a list of whole numbers in [0, hi].
+# ("ids",) token ids (a whole number >= 0 or a list of them); ("counts", hi) a list of whole numbers in [0, hi];
+# ("flag",) true/false, or a number read for its truth (Llama 4 publishes attn_temperature_tuning: 4).
 # A key set to null counts as absent (the family's default applies), as transformers reads it.
 def count(lo, hi):
     return ("count", lo, hi)
@@ -61,7 +62,8 @@ KEYS = {
     "attn_scale": ("real", 0.0, math.inf, False),
     "partial_rotary_factor": ("real", 0.0, 1.0, True),
     **{k: ("bool",) for k in ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window",
-                              "norm_topk_prob", "use_qk_norm", "attn_temperature_tuning", "rope_interleave")},
+                              "norm_topk_prob", "use_qk_norm", "rope_interleave")},
+    "attn_temperature_tuning": ("flag",),
     **{k: ("text",) for k in ("model_type", "hidden_act", "hidden_activation", "topk_method", "scoring_func")},
     **{k: ("ids",) for k in ("bos_token_id", "eos_token_id", "pad_token_id")},
     **{k: ("counts", LAYERS) for k in ("mlp_only_layers", "moe_layers", "no_rope_layers")},
@@ -128,6 +130,10 @@ def check_value(value, rule, where: str, key: str) -> None:
     elif kind == "bool":
         if not isinstance(value, bool):
             fail(where, key, value, "true or false")
+    elif kind == "flag":
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not isinstance(value, bool) and not (number and value >= 0):
+            fail(where, key, value, "true, false or a number >= 0")
     elif kind == "text":
         if not isinstance(value, str):
             fail(where, key, value, "a string")

@@ -23,8 +23,9 @@ def llama3_inv_freq(spec: RopeSpec) -> np.ndarray:
     low, high = spec.param("low_freq_factor", 1.0), spec.param("high_freq_factor", 4.0)
     old_len = spec.param("original_max_position_embeddings", 8192)
     wavelen = 2 * math.pi / inv
-    smooth = (old_len / wavelen - low) / (high - low)
-    smoothed = (1 - smooth) * inv / factor + smooth * inv
+    with np.errstate(divide="ignore", invalid="ignore"):  # high == low (Llama 4): no medium band to smooth
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * inv / factor + smooth * inv
     out = np.where(wavelen > old_len / low, inv / factor, inv)
     medium = (wavelen <= old_len / low) & (wavelen >= old_len / high)
     return np.where(medium, smoothed, out).astype(np.float32)

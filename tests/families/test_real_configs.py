@@ -15,7 +15,7 @@ import torch
 from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
 from app.info import _count, _kv_bytes, describe
-from mlxmodels.config import read_config
+from mlxmodels.config import ConfigError, read_config
 from mlxmodels.families import build_spec
 from mlxmodels.parts.rope import RoPE
 from mlxmodels.spec import MLASpec, MoESpec
@@ -33,7 +33,7 @@ def transformers_config(folder: Path):
     which transformers 5's strict config refuses as a non-bool: it is handed over as the truth value it is."""
     raw = json.loads((folder / "config.json").read_text())
     for part in (raw, raw.get("text_config") or {}):
-        if isinstance(part.get("attn_temperature_tuning"), int):
+        if type(part.get("attn_temperature_tuning")) is int:
             part["attn_temperature_tuning"] = bool(part["attn_temperature_tuning"])
     model_type = CONFIG_CLASS.get(raw["model_type"], raw["model_type"])
     cfg = CONFIG_MAPPING[model_type].from_dict({**raw, "model_type": model_type})
@@ -157,8 +157,8 @@ def test_info_reports_config_only_folder(folder):
         warnings.simplefilter("error")
         report = describe(str(folder))
     assert report["params_total"] > 0 and report["kv_bytes_per_token"] > 0
-    assert bool(report["params_mtp"]) == bool(json.loads((folder / "config.json").read_text())
-                                              .get("num_nextn_predict_layers"))
+    # MTP modules as DeepSeek's config announces them (transformers reads the key, though it builds none)
+    assert bool(report["params_mtp"]) == bool(getattr(transformers_config(folder), "num_nextn_predict_layers", 0))
 
 
 def test_info_cli_on_deepseek_v3():
@@ -167,3 +167,21 @@ def test_info_cli_on_deepseek_v3():
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stderr == "", run.stderr
     assert "671.03B total" in run.stdout and "in MTP modules" in run.stdout
+
+
+def test_llama4_published_temperature_tuning_flag(tmp_path):
+    """Llama 4's published configs say `attn_temperature_tuning: 4` (a number where transformers 5 declares a
+    bool; vLLM issue #20581 quotes Scout's): accepted and read for its truth, it builds what the default builds."""
+    folder = tmp_path / "scout"
+    folder.mkdir()
+    cfg = json.loads((DATA / "Llama-4-Scout-17B-16E-Instruct" / "config.json").read_text())
+    cfg["text_config"]["attn_temperature_tuning"] = 4
+    (folder / "config.json").write_text(json.dumps(cfg))
+    _, published = build_spec(read_config(folder))
+    _, default = build_spec(read_config(DATA / "Llama-4-Scout-17B-16E-Instruct"))
+    assert published == default and published.layers[3].attn.temperature_tuning == (8192, 0.1)
+    for bad in ("on", -1):
+        cfg["text_config"]["attn_temperature_tuning"] = bad
+        (folder / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ConfigError, match="attn_temperature_tuning is .*; expected true, false or a number"):
+            read_config(folder)
