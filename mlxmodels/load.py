@@ -19,8 +19,10 @@ from .families import build_spec
 from .formats.safetensors import DTYPES, Checkpoint, read_index
 from .vocab import check_tokenizer
 
-# What a model needs besides its weights; the weights follow, only the shards the index lists
-HUB_META = ["*.json", "*.jinja", "tokenizer*", "*.tiktoken", "merges.txt", "vocab.txt", "original/tokenizer.model"]
+# What a model needs besides its weights; the weights follow, only the shards the index lists. Tokenizers come as
+# tokenizer.json (+ tokenizer_config.json), Meta's original/tokenizer.model or Kimi K2's tiktoken.model.
+HUB_META = ["*.json", "*.jinja", "tokenizer*", "*.tiktoken", "tiktoken.model", "merges.txt", "vocab.txt",
+            "original/tokenizer.model"]
 
 
 class LoadError(ModelError):

@@ -1,8 +1,8 @@
 """Tokenizers for model folders: text <-> ids, streaming detokenization, chat prompts.
 
 Two backends cover the decoder family: Hugging Face `tokenizer.json` (run by `tokenizers`)
-and Meta's Llama 3 tiktoken files (`original/tokenizer.model`). One `Tokenizer` hides which
-one a folder has. transformers is the test oracle but is not imported here: loading stays
+and tiktoken BPE files in two layouts, Meta's Llama 3 (`original/tokenizer.model`) and Moonshot's
+Kimi K2 (`tiktoken.model`). One `Tokenizer` hides which one a folder has. transformers is the test oracle but is not imported here: loading stays
 fast, and nothing from the folder is ever executed (the config's tokenizer class, auto_map
 and trust_remote_code are ignored; only JSON, tiktoken text and Jinja templates are read).
 """
@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mlxmodels import chat_template
+from mlxmodels import chat_messages, chat_template
 from mlxmodels.config import read_side_config
 from mlxmodels.formats import folder as files
 
-_SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
+# transformers' SPECIAL_TOKENS_ATTRIBUTES: what its special_tokens_map holds, and so what a chat template can read
+_SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 MAX_TOKENIZER_FILE = 512 << 20  # Gemma 3's tokenizer.json, among the largest, is 33 MB
 
 
@@ -44,6 +47,10 @@ class _HFBackend:
                 f"cannot read {path}: {e}. The file is damaged or too new for tokenizers "
                 f"(installed {_version('tokenizers')}): download it again or upgrade tokenizers."
             ) from None
+        # A truncation or padding block saved in tokenizer.json (save_pretrained after a padded batch writes one)
+        # would silently cut or pad every prompt; transformers ignores it unless asked, and so do we.
+        self.tk.no_truncation()
+        self.tk.no_padding()
         self.vocab_size = self.tk.get_vocab_size(with_added_tokens=True)
         # ids can be sparse (an added token numbered past the vocabulary): the largest is what an embedding must hold
         self.max_id = max(self.tk.get_vocab(with_added_tokens=True).values(), default=-1)
@@ -74,7 +81,8 @@ class _HFBackend:
         self.tk.post_processor = TemplateProcessing(single=single, special_tokens=specials)
 
 
-# Meta's llama3 tokenizer.py: the split pattern, and 256 special tokens numbered after the BPE ranks.
+# Meta's llama3 tokenizer.py: the split pattern, and 256 special tokens numbered after the BPE ranks (Llama 3.0's
+# names; Llama 3.1+ renamed some reserved slots, e.g. <|python_tag|>, which their tokenizer_config.json names).
 _LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -87,24 +95,62 @@ _LLAMA3_SPECIALS = [
     "<|reserved_special_token_4|>", "<|eot_id|>",
 ] + [f"<|reserved_special_token_{i}|>" for i in range(5, 256 - 5)]
 
+# Moonshot's tokenization_kimi.py (Kimi K2; remote code we never run): its split pattern, and 256 + 2 special ids
+# after the ranks, named by tokenizer_config.json's added_tokens_decoder, the rest "<|reserved_token_{id}|>".
+_KIMI_PATTERN = "|".join([
+    r"""[\p{Han}]+""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""",
+    r""" ?[^\s\p{L}\p{N}]+[\r\n]*""",
+    r"""\s*[\r\n]+""",
+    r"""\s+(?!\S)""",
+    r"""\s+""",
+])
+
+
+@dataclass(frozen=True)
+class TiktokenLayout:
+    """How a family's tiktoken file is read: its split pattern, how many special ids follow the BPE ranks and
+    their names when the folder's tokenizer_config.json names none, BOS on encode, its end-of-turn tokens."""
+
+    name: str
+    pattern: str
+    count: int
+    default_name: Callable[[int, int], str]  # (index after the ranks, id) -> name
+    bos: str | None  # prepended by encode(add_special_tokens=True)
+    eos: tuple[str, ...]  # stop generation (besides the configs' EOS)
+    template: tuple[str, str] | None  # (a built-in chat template, its name) for folders that have none
+
+
+LLAMA3 = TiktokenLayout("Llama 3", _LLAMA3_PATTERN, 256, lambda i, _: _LLAMA3_SPECIALS[i], "<|begin_of_text|>",
+                        ("<|end_of_text|>", "<|eot_id|>", "<|eom_id|>"),
+                        (chat_template.LLAMA3_TEMPLATE, "the built-in Llama 3 chat template"))
+KIMI = TiktokenLayout("Kimi K2", _KIMI_PATTERN, 256 + 2, lambda _, i: f"<|reserved_token_{i}|>", None,
+                      ("<|im_end|>",), None)
+# File name -> layout, in the order they are looked for. Meta's Hub repos keep the ranks in original/.
+TIKTOKEN_FILES = {"tiktoken.model": KIMI, "tokenizer.model": LLAMA3, "original/tokenizer.model": LLAMA3}
+
 
 class _TiktokenBackend:
-    """Meta's Llama 3 tokenizer: tiktoken BPE ranks, Llama 3 pattern and special tokens, BOS on encode."""
+    """tiktoken BPE ranks with a family's pattern and special tokens (numbered right after the ranks)."""
 
-    bos_token = "<|begin_of_text|>"
-    eos_tokens = ("<|end_of_text|>", "<|eot_id|>")
-
-    def __init__(self, ranks: dict[bytes, int], path: Path):
+    def __init__(self, ranks: dict[bytes, int], path: Path, layout: TiktokenLayout, names: dict[int, str]):
         import tiktoken
 
         self.ranks = ranks
-        self.specials = {t: len(ranks) + i for i, t in enumerate(_LLAMA3_SPECIALS)}
+        self.layout, self.bos_token, self.eos_tokens = layout, layout.bos, layout.eos
+        first = len(ranks)
+        self.specials = {names.get(first + i) or layout.default_name(i, first + i): first + i
+                         for i in range(layout.count)}
         self.special_ids = set(self.specials.values())
         self.names = {i: t for t, i in self.specials.items()}
         self.vocab_size = len(ranks) + len(self.specials)
         self.max_id = max(max(ranks.values(), default=-1), *self.specials.values())
         try:
-            self.enc = tiktoken.Encoding(str(path), pat_str=_LLAMA3_PATTERN, mergeable_ranks=ranks,
+            self.enc = tiktoken.Encoding(str(path), pat_str=layout.pattern, mergeable_ranks=ranks,
                                          special_tokens=self.specials)
         except ValueError as e:
             raise TokenizerError(f"{path} is not a valid tiktoken BPE file ({e}); download it again.") from None
@@ -112,7 +158,7 @@ class _TiktokenBackend:
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         # Special-token text is encoded as the special token, as Hugging Face tokenizers do.
         ids = self.enc.encode(text, allowed_special="all")
-        return [self.specials[self.bos_token], *ids] if add_special_tokens else ids
+        return [self.specials[self.bos_token], *ids] if add_special_tokens and self.bos_token else ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
         # Like tokenizers, skip ids it does not know (a model's padded vocabulary can sample them).
@@ -159,6 +205,21 @@ class Tokenizer:
         self.chat_template_file = chat_template_file  # where it came from, for its error messages
 
     @property
+    def bos_token(self) -> str | None:
+        """BOS as text, as transformers has it (None for Qwen2.5, whose tokenizer_config.json says null)."""
+        return self._special_tokens.get("bos_token")
+
+    @property
+    def eos_token(self) -> str | None:
+        """The EOS the tokenizer files name (generation may stop on more: eos_token_ids)."""
+        return self._special_tokens.get("eos_token")
+
+    @property
+    def special_tokens_map(self) -> dict[str, str]:
+        """transformers' special_tokens_map: the named special tokens that are set, as text."""
+        return dict(self._special_tokens)
+
+    @property
     def vocab_size(self) -> int:
         """Every id the tokenizer can produce, added tokens included (transformers' len(tokenizer))."""
         return self._backend.vocab_size
@@ -185,22 +246,38 @@ class Tokenizer:
         return StreamingDetokenizer(lambda ids: self._backend.decode(ids, skip_special_tokens))
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
-                            tokenize: bool = False, **kwargs) -> str | list[int]:
-        """The prompt text (or its ids) for `messages`; extra kwargs (tools=, ...) reach the template.
+                            tokenize: bool = False, tools: list[dict] | None = None,
+                            documents: list[dict] | None = None, **kwargs) -> str | list[int]:
+        """The prompt text (or its ids) for `messages`; extra kwargs (enable_thinking=, ...) reach the template.
 
-        As in transformers, `tools` and `documents` default to None, and ids are encoded without
-        adding BOS again (the template writes it).
+        The template sees what transformers' apply_chat_template gives it (chat_messages: plain data, keys that
+        are None dropped, reasoning under each name templates read; the special tokens, then the kwargs), and ids
+        are encoded without adding BOS again (the template writes it).
         """
         if self.chat_template is None:
             raise TokenizerError("this model has no chat template (none in tokenizer_config.json, "
                                  "chat_template.jinja or chat_template.json): prompt it with plain text.")
-        context = {"tools": None, "documents": None, **self._special_tokens, **kwargs}
         try:
-            text = chat_template.render(self.chat_template, self.chat_template_file, messages=messages,
+            context = chat_messages.prepare(messages, tools, documents, **{**self._special_tokens, **kwargs})
+        except chat_messages.MessagesInvalid as e:
+            raise TokenizerError(f"cannot render the chat: {e}") from None
+        if context["tools"] is not None and getattr(self._backend, "layout", None) is KIMI:
+            context["tools"] = _sorted_keys(context["tools"])  # tokenization_kimi.py sorts them, as it was trained
+        try:
+            text = chat_template.render(self.chat_template, self.chat_template_file,
                                         add_generation_prompt=add_generation_prompt, **context)
         except chat_template.TemplateFailed as e:  # syntax, raise_exception(), sandbox, budget, type errors
             raise TokenizerError(str(e)) from None
         return self.encode(text, add_special_tokens=False) if tokenize else text
+
+
+def _sorted_keys(value):
+    """Kimi's deep_sort_dict: every dict's keys in sorted order, at any depth."""
+    if isinstance(value, dict):
+        return {k: _sorted_keys(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
+    if isinstance(value, list):
+        return [_sorted_keys(v) for v in value]
+    return value
 
 
 class StreamingDetokenizer:
@@ -257,48 +334,67 @@ class StreamingDetokenizer:
 def load_tokenizer(folder: Path | str) -> Tokenizer | None:
     """The tokenizer of a model folder; None if the folder has no tokenizer files at all."""
     folder = Path(folder)
-    config = {**_read_json(folder, "special_tokens_map.json"), **_read_json(folder, "tokenizer_config.json")}
-    tiktoken_files = [files.member(folder, n) for n in ("tokenizer.model", "original/tokenizer.model")
+    tokenizer_config = _read_json(folder, "tokenizer_config.json")
+    config = {**_read_json(folder, "special_tokens_map.json"), **tokenizer_config}
+    tiktoken_files = [(files.member(folder, n), layout) for n, layout in TIKTOKEN_FILES.items()
                       if files.exists(folder, n)]
     special = {name: t for name in _SPECIAL_NAMES if (t := _token_text(config.get(name))) is not None}
+    default_template = None
 
     if files.exists(folder, "tokenizer.json"):
         backend = _HFBackend(files.member(folder, "tokenizer.json"))
         if backend.tk.post_processor is None:  # else it decides, as in transformers 5
             backend.set_bos_eos(special.get("bos_token") if config.get("add_bos_token") else None,
                                 special.get("eos_token") if config.get("add_eos_token") else None)
-        default_template = None
     elif tiktoken_files:
-        ranks = next(filter(None, map(_read_tiktoken, tiktoken_files)), None)
+        read = ((path, layout, _read_tiktoken(path)) for path, layout in tiktoken_files)
+        path, layout, ranks = next(((p, lay, r) for p, lay, r in read if r is not None), (None, None, None))
         if ranks is None:
-            raise TokenizerError(f"{tiktoken_files[0]} is a SentencePiece model, which mlxmodels does not read: "
+            raise TokenizerError(f"{tiktoken_files[0][0]} is a SentencePiece model, which mlxmodels does not read: "
                                  "provide tokenizer.json (e.g. save the tokenizer with transformers' "
                                  "save_pretrained, or download it from the model's Hub repo).")
-        backend = _TiktokenBackend(ranks, tiktoken_files[0])
-        special.setdefault("bos_token", backend.bos_token)
-        special.setdefault("eos_token", backend.eos_tokens[0])
-        default_template = chat_template.LLAMA3_TEMPLATE
+        names = _added_token_names(tokenizer_config.get("added_tokens_decoder"), folder)
+        backend = _TiktokenBackend(ranks, path, layout, names)
+        for name, token in (("bos_token", layout.bos), ("eos_token", layout.eos[0])):
+            if name not in config and token:  # the config decides, a null included
+                special[name] = token
+        default_template = layout.template
     elif files.exists(folder, "tokenizer_config.json"):
         raise TokenizerError(f"{folder} has tokenizer_config.json but no tokenizer.json: add the model's "
                              "tokenizer.json (download it from the model's Hub repo).")
     else:
         return None
 
+    # BOS and EOS come from the tokenizer's files first, where a null counts (Qwen2.5 has no BOS); only a folder
+    # whose tokenizer files do not name them takes them from generation_config.json, then config.json.
     generation = _read_json(folder, "generation_config.json")
     model = _read_json(folder, "config.json")
-    if "bos_token" not in special:  # a bare tokenizer.json: take BOS from the model's configs
-        bos_id = _ids(generation.get("bos_token_id")) or _ids(model.get("bos_token_id"))
-        if bos_id and (token := backend.id_to_token(min(bos_id))) is not None:
-            special["bos_token"] = token
+    for name in ("bos_token", "eos_token"):
+        ids = _ids(generation.get(f"{name}_id")) or _ids(model.get(f"{name}_id"))
+        if name not in config and name not in special and ids:
+            if (token := backend.id_to_token(min(ids))) is not None:
+                special[name] = token
 
     eos = {backend.token_to_id(t) for t in (special.get("eos_token"), *backend.eos_tokens) if t}
     for cfg in (generation, model, model.get("text_config") or {}):
         eos |= _ids(cfg.get("eos_token_id"))
     eos.discard(None)
 
-    template, origin = _read_template(folder, config) or (default_template, "the built-in Llama 3 chat template")
+    template, origin = _read_template(folder, config) or default_template or (None, "the chat template")
     return Tokenizer(backend, special_tokens=special, eos_token_ids=eos, chat_template=template,
                      chat_template_file=origin)
+
+
+def _added_token_names(decoder, folder: Path) -> dict[int, str]:
+    """tokenizer_config.json's added_tokens_decoder ({"128010": {"content": "<|python_tag|>", ...}}) as id -> text."""
+    names = {}
+    for key, entry in (decoder or {}).items():
+        content = entry.get("content") if isinstance(entry, dict) else None
+        if not (key.isascii() and key.isdigit() and len(key) < 10 and isinstance(content, str) and content):
+            raise TokenizerError(f"{folder / 'tokenizer_config.json'}: added_tokens_decoder[{json.dumps(key)}] is not "
+                                 "a token id with a 'content' text; fix the file or download it again.")
+        names[int(key)] = content
+    return names
 
 
 def _read_template(folder: Path, config: dict) -> tuple[str, str] | None:
