@@ -67,16 +67,15 @@ class HFConfig(dict):
         """One RoPE parameter dict (with rope_type and rope_theta) for a layer type, whichever dialect, completed
         as transformers completes it: `theta` (default `rope_theta`) where the dict names no base, and the trained
         length of the scalings that need one (llama3, yarn) from max_position_embeddings."""
-        theta = self.require("rope_theta") if theta is None else theta
         params = self.get("rope_parameters")
         if params:
             if layer_type in params and isinstance(params[layer_type], dict):
                 params = params[layer_type]
             params = dict(params)
-            params.setdefault("rope_theta", theta)
         else:
-            params = dict(self.get("rope_scaling") or {})
-            params["rope_theta"] = theta
+            params = dict(self.get("rope_scaling") or {}, rope_theta=None)
+        if params.get("rope_theta") is None:
+            params["rope_theta"] = self.require("rope_theta") if theta is None else theta
         params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
         params.pop("type", None)
         if params["rope_type"] in ("llama3", "yarn"):

@@ -19,11 +19,10 @@ from mlxmodels.config import ConfigError, read_config
 from mlxmodels.families import build_spec
 from mlxmodels.parts.rope import RoPE
 from mlxmodels.spec import MLASpec, MoESpec
+from tests.families.test_defaults import CONFIG_CLASS
 
 DATA = Path(__file__).parent.parent / "data" / "configs"
 FOLDERS = sorted(p.parent for p in DATA.glob("*/config.json"))
-# model_types transformers has no class for, and the class that reads their configs
-CONFIG_CLASS = {"kimi_k2": "deepseek_v3"}
 # Mistral and Mixtral hand config.sliding_window to every layer; the others keep a per-layer attribute
 WINDOW_FROM_CONFIG = ("mistral", "mixtral")
 
