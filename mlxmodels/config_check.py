@@ -29,7 +29,7 @@ class ConfigError(ModelError):
 # Rules: ("count", lo, hi) a whole number; ("real", lo, hi, open_low) a finite number; ("bool",); ("text",);
 # ("ids",) token ids (a whole number >= 0 or a list of them); ("counts", hi) a list of whole numbers in [0, hi];
 # ("flag",) true/false, or a number read for its truth (Llama 4 publishes attn_temperature_tuning: 4).
-# A key set to null counts as absent (the family's default applies), as transformers reads it.
+# A key set to null is not checked: `HFConfig.get` reads it as None (no window, no LoRA rank), `require` as absent.
 def count(lo, hi):
     return ("count", lo, hi)
 
