@@ -3,7 +3,9 @@
 import base64
 import functools
 import json
+import shutil
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,6 +15,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from mlxmodels.errors import ModelError
 from mlxmodels.tokenizer import StreamingDetokenizer, TokenizerError, load_tokenizer
+from tests.oracle import save_byte_tokenizer
 
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"  # man ZWJ woman ZWJ girl ZWJ boy
 TEXTS = [
@@ -541,3 +544,197 @@ def test_never_runs_folder_code(tmp_path, folders):
         "trust_remote_code": True, "eos_token": "<|eot_id|>"}))
     tok = load_tokenizer(tmp_path)
     assert tok.decode(tok.encode("Größe")[1:]) == "Größe" and not marker.exists()
+
+
+# ---------------------------------------------------------------- real tokenizer files, BOS/EOS, tiktoken layouts
+
+DATA = Path(__file__).parent / "data" / "tokenizers"
+LONG_TEXT = " ".join(TEXTS) * 3  # ~300 GPT-2 tokens: past the saved truncation's 50
+
+
+def _copy(src, dst, **edits):
+    """A copy of a data folder; edits: file name -> new text."""
+    shutil.copytree(src, dst)
+    for name, text in edits.items():
+        (dst / name).write_text(text)
+    return dst
+
+
+def test_saved_truncation_and_padding_never_cut_or_pad(tmp_path):
+    """A real GPT-2 tokenizer.json saved after a truncated batch ("max_length": 50); transformers ignores such a
+    block unless asked, and gives the same ids as we do."""
+    from transformers import AutoTokenizer
+
+    data = json.loads((DATA / "gpt2-kv260" / "tokenizer.json").read_text())
+    assert data["truncation"]["max_length"] == 50  # the data is what this test is about
+    padded = RustTokenizer.from_file(str(DATA / "gpt2-kv260" / "tokenizer.json"))
+    padded.no_truncation()
+    padded.enable_padding(length=512, pad_id=50256, pad_token="<|endoftext|>")
+    folders = {"truncation": _copy(DATA / "gpt2-kv260", tmp_path / "t"),
+               "padding": _copy(DATA / "gpt2-kv260", tmp_path / "p", **{"tokenizer.json": padded.to_str()})}
+    for kind, folder in folders.items():
+        tok, ref = load_tokenizer(folder), AutoTokenizer.from_pretrained(str(folder))
+        for text in (LONG_TEXT, "short"):
+            ids = tok.encode(text)
+            assert ids == ref(text)["input_ids"] and tok.decode(ids) == text, kind
+        assert len(tok.encode(LONG_TEXT)) > 250 and tok.encode("short") == ref.encode("short"), kind
+    assert RustTokenizer.from_file(str(DATA / "gpt2-kv260" / "tokenizer.json")).encode(LONG_TEXT).ids.__len__() == 50
+
+
+def _bos_folder(tmp_path, tokenizer_config: dict | None, generation_config: dict):
+    save_byte_tokenizer(tmp_path)  # <s> 256, </s> 257, <pad> 258, a post-processor that adds nothing
+    if tokenizer_config is None:
+        (tmp_path / "tokenizer_config.json").unlink()
+        (tmp_path / "special_tokens_map.json").unlink(missing_ok=True)
+    else:
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (tmp_path / "generation_config.json").write_text(json.dumps(generation_config))
+    return load_tokenizer(tmp_path)
+
+
+def test_bos_and_eos_come_from_the_tokenizer_files_first(tmp_path):
+    """Qwen2.5 and SmolLM3 say bos_token: null while generation_config.json has a bos_token_id: no BOS, as in
+    transformers. Only a folder whose tokenizer files name no BOS/EOS takes them from generation_config/config."""
+    from transformers import AutoTokenizer
+
+    smollm3 = json.loads((DATA / "SmolLM3-3B" / "tokenizer_config.json").read_text())
+    generation = json.loads((DATA / "SmolLM3-3B" / "generation_config.json").read_text())
+    assert smollm3["bos_token"] is None and generation["bos_token_id"] == 128000  # the real files disagree
+    config = {"bos_token": None, "eos_token": "</s>", "tokenizer_class": "PreTrainedTokenizerFast"}
+    tok = _bos_folder(tmp_path / "null", config, {"bos_token_id": 256, "eos_token_id": [257, 258]})
+    ref = AutoTokenizer.from_pretrained(str(tmp_path / "null"))
+    assert tok.bos_token is None is ref.bos_token and tok.bos_token_id is None
+    assert tok.eos_token == ref.eos_token == "</s>" and tok.eos_token_ids == {257, 258}
+    assert tok.encode("hi") == ref("hi")["input_ids"] == tok.encode("hi", add_special_tokens=False)
+    assert tok.special_tokens_map == ref.special_tokens_map
+
+    bare = _bos_folder(tmp_path / "bare", None, {"bos_token_id": 256, "eos_token_id": 257})
+    assert (bare.bos_token, bare.bos_token_id, bare.eos_token, bare.eos_token_ids) == ("<s>", 256, "</s>", {257})
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"bos_token_id": 258, "eos_token_id": 256}))
+    from_model = _bos_folder(tmp_path / "model", None, {})
+    assert (from_model.bos_token, from_model.eos_token) == ("<pad>", "<s>")
+
+
+def test_a_rendered_chat_gets_no_second_bos(toks):
+    """generate()/stream_generate() encode a prompt through _encode: BOS is added to plain text only."""
+    from mlxmodels.generate import _encode
+
+    tok = toks["llama3"]
+    assert tok.bos_token == "<|begin_of_text|>"
+    chat = tok.apply_chat_template(MESSAGES)
+    assert chat.startswith(tok.bos_token)
+    assert _encode(tok, chat).tolist() == tok.encode(chat, add_special_tokens=False)
+    assert _encode(tok, chat).tolist().count(tok.bos_token_id) == 1
+    assert _encode(tok, "plain text").tolist() == tok.encode("plain text") and tok.encode("x")[0] == tok.bos_token_id
+    assert _encode(toks["chatml"], "x").tolist() == toks["chatml"].encode("x")  # no BOS at all: nothing changes
+
+
+# Meta's Llama 3.1+ special tokens (meta-llama/llama-models, models/llama3/tokenizer.py), as the
+# added_tokens_decoder of Llama 3.1's tokenizer_config.json names them.
+LLAMA31_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                    "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>",
+                    "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", "<|image|>"]
+LLAMA31_SPECIALS += [f"<|reserved_special_token_{2 + i}|>" for i in range(256 - len(LLAMA31_SPECIALS))]
+
+
+def _added_tokens(names: list[str], first: int) -> dict:
+    return {str(first + i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                             "single_word": False, "special": True} for i, t in enumerate(names)}
+
+
+def test_llama31_special_tokens_from_tokenizer_config(tmp_path, folders):
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = folders["tiktoken"] / "original" / "tokenizer.model"
+    n = len(ranks.read_text().splitlines())
+    (tmp_path / "original").mkdir()
+    shutil.copy(ranks, tmp_path / "original" / "tokenizer.model")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "added_tokens_decoder": _added_tokens(LLAMA31_SPECIALS, n), "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|eot_id|>"}))
+    tok = load_tokenizer(tmp_path)
+    for token in ("<|python_tag|>", "<|eom_id|>", "<|finetune_right_pad_id|>", "<|step_id|>"):
+        assert tok.encode(f"a{token}b", add_special_tokens=False)[1:-1] == [n + LLAMA31_SPECIALS.index(token)]
+    assert tok.eos_token == "<|eot_id|>" and tok.eos_token_ids == {n + 1, n + 8, n + 9}  # eom stops a tool call
+    ref = TikTokenConverter(str(ranks), extra_special_tokens=LLAMA31_SPECIALS).converted()
+    for text in TEXTS + ["<|python_tag|>search(q)<|eom_id|><|start_header_id|>ipython<|end_header_id|>"]:
+        assert tok.encode(text, add_special_tokens=False) == ref.encode(text, add_special_tokens=False).ids
+    # Without tokenizer_config.json the Llama 3.0 names stand (test_tiktoken_layout).
+    assert load_tokenizer(folders["tiktoken"]).token_to_id("<|python_tag|>") is None
+
+
+def _kimi_ranks(lines: str, total: int) -> str:
+    """A tiktoken.model of `total` ranks: a small BPE's, then tokens no merge can form (they start with 0xF8, a
+    byte UTF-8 never has), so encoding follows the small BPE while ids number as in Kimi K2's 163,584 ranks."""
+    rows = lines.splitlines()
+    fill = (b"\xf8" + i.to_bytes(4, "big") for i in range(total - len(rows)))
+    return "\n".join(rows + [f"{base64.b64encode(t).decode()} {len(rows) + k}" for k, t in enumerate(fill)]) + "\n"
+
+
+@pytest.fixture(scope="module")
+def kimi(tmp_path_factory, folders):
+    folder = tmp_path_factory.mktemp("kimi")
+    shutil.copy(DATA / "kite-kimi-layout" / "tokenizer_config.json", folder)
+    lines = (folders["tiktoken"] / "original" / "tokenizer.model").read_text()
+    (folder / "tiktoken.model").write_text(_kimi_ranks(lines, 163584))
+    (folder / "chat_template.jinja").write_bytes((DATA.parent / "templates" / "Kimi-K2-Instruct.jinja").read_bytes())
+    return folder
+
+
+def test_kimi_layout(kimi):
+    """Kimi K2: tiktoken.model, 256 + 2 special ids after the ranks named by added_tokens_decoder (the rest
+    <|reserved_token_{id}|>), its own split pattern, no BOS on encode (tokenization_kimi.py adds none)."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from mlxmodels.tokenizer import KIMI
+
+    tok = load_tokenizer(kimi)
+    names = {int(k): v["content"] for k, v in json.loads((kimi / "tokenizer_config.json").read_text())[
+        "added_tokens_decoder"].items()}
+    expected = [names.get(i, f"<|reserved_token_{i}|>") for i in range(163584, 163584 + 258)]
+    assert [tok.token_to_id(t) for t in expected] == list(range(163584, 163584 + 258))
+    assert tok.vocab_size == 163584 + 258 and tok.max_token_id == 163841
+    assert (tok.bos_token, tok.eos_token, tok.bos_token_id) == ("[BOS]", "[EOS]", 163584)
+    assert tok.eos_token_ids == {163585, 163586}  # [EOS] and <|im_end|>, the end of every turn
+    assert tok.encode("hi") == tok.encode("hi", add_special_tokens=False)
+    ref = TikTokenConverter(str(kimi / "tiktoken.model"), pattern=KIMI.pattern,
+                            extra_special_tokens=expected).converted()
+    for text in TEXTS + ["Hello世界World's 12345", "<|im_user|>user<|im_middle|>hi<|im_end|>"]:
+        ids = tok.encode(text)
+        assert ids == ref.encode(text, add_special_tokens=False).ids and tok.decode(ids) == text
+    assert tok.encode("<|im_middle|>") == [163601]
+
+
+def test_kimi_chat_sorts_tool_keys_as_its_tokenizer_does(kimi):
+    """tokenization_kimi.py's apply_chat_template sorts the tools' keys (deep_sort_dict) before rendering."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    tok = load_tokenizer(kimi)
+    messages = [{"role": "user", "content": "Wetter?"}]
+    text = tok.apply_chat_template(messages, tools=TOOLS)
+    assert text.startswith('<|im_system|>tool_declare<|im_middle|>[{"function": {"description": "Wetter')
+    source = (kimi / "chat_template.jinja").read_text()
+    rendered = render_jinja_template([messages], tools=[json.loads(json.dumps(TOOLS[0], sort_keys=True))],
+                                     chat_template=source, add_generation_prompt=True, bos_token="[BOS]",
+                                     eos_token="[EOS]", unk_token="[UNK]", pad_token="[PAD]")[0][0]
+    assert text == rendered and tok.apply_chat_template(messages, tools=TOOLS, tokenize=True) == tok.encode(text)
+
+
+def test_bad_added_tokens_decoder(tmp_path, folders):
+    shutil.copytree(folders["tiktoken"], tmp_path / "f")
+    (tmp_path / "f" / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {"x1": {}}}))
+    with pytest.raises(TokenizerError, match=r'tokenizer_config\.json: added_tokens_decoder\["x1"\]'):
+        load_tokenizer(tmp_path / "f")
+
+
+def test_hub_download_takes_every_tokenizer_layout():
+    from huggingface_hub.utils import filter_repo_objects
+
+    from mlxmodels.load import HUB_META
+
+    repo = ["tiktoken.model", "tokenization_kimi.py", "tokenizer.json", "tokenizer_config.json",
+            "original/tokenizer.model", "chat_template.jinja", "model-00001-of-00002.safetensors", "README.md"]
+    assert sorted(filter_repo_objects(repo, allow_patterns=HUB_META)) == sorted(
+        ["tiktoken.model", "tokenizer.json", "tokenizer_config.json", "original/tokenizer.model",
+         "chat_template.jinja"])
