@@ -95,20 +95,21 @@ _LLAMA3_SPECIALS = [
     "<|reserved_special_token_4|>", "<|eot_id|>",
 ] + [f"<|reserved_special_token_{i}|>" for i in range(5, 256 - 5)]
 
-# Moonshot's tokenization_kimi.py (Kimi K2; remote code we never run): its split pattern, and 256 + 2 special ids
-# after the ranks, named by tokenizer_config.json's added_tokens_decoder, the rest "<|reserved_token_{id}|>".
-_KIMI_PATTERN = "|".join([
+# Moonshot's tokenization_kimi.py (Kimi K2; remote code we never run): its split pattern, and 256 special ids after
+# the 163,584 ranks (up to config.json's vocab_size 163,840), named by tokenizer_config.json's added_tokens_decoder,
+# the rest "<|reserved_token_{id}|>".
+_KIMI_PATTERN = "|".join((
     r"""[\p{Han}]+""",
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+"""
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*"""
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    (r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+"""
+     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?"""),
+    (r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*"""
+     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?"""),
     r"""\p{N}{1,3}""",
     r""" ?[^\s\p{L}\p{N}]+[\r\n]*""",
     r"""\s*[\r\n]+""",
     r"""\s+(?!\S)""",
     r"""\s+""",
-])
+))
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class TiktokenLayout:
 LLAMA3 = TiktokenLayout("Llama 3", _LLAMA3_PATTERN, 256, lambda i, _: _LLAMA3_SPECIALS[i], "<|begin_of_text|>",
                         ("<|end_of_text|>", "<|eot_id|>", "<|eom_id|>"),
                         (chat_template.LLAMA3_TEMPLATE, "the built-in Llama 3 chat template"))
-KIMI = TiktokenLayout("Kimi K2", _KIMI_PATTERN, 256 + 2, lambda _, i: f"<|reserved_token_{i}|>", None,
+KIMI = TiktokenLayout("Kimi K2", _KIMI_PATTERN, 256, lambda _, i: f"<|reserved_token_{i}|>", None,
                       ("<|im_end|>",), None)
 # File name -> layout, in the order they are looked for. Meta's Hub repos keep the ranks in original/.
 TIKTOKEN_FILES = {"tiktoken.model": KIMI, "tokenizer.model": LLAMA3, "original/tokenizer.model": LLAMA3}
@@ -371,9 +372,9 @@ def load_tokenizer(folder: Path | str) -> Tokenizer | None:
     model = _read_json(folder, "config.json")
     for name in ("bos_token", "eos_token"):
         ids = _ids(generation.get(f"{name}_id")) or _ids(model.get(f"{name}_id"))
-        if name not in config and name not in special and ids:
-            if (token := backend.id_to_token(min(ids))) is not None:
-                special[name] = token
+        token = backend.id_to_token(min(ids)) if ids and name not in config and name not in special else None
+        if token is not None:
+            special[name] = token
 
     eos = {backend.token_to_id(t) for t in (special.get("eos_token"), *backend.eos_tokens) if t}
     for cfg in (generation, model, model.get("text_config") or {}):

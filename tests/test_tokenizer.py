@@ -683,7 +683,7 @@ def kimi(tmp_path_factory, folders):
 
 
 def test_kimi_layout(kimi):
-    """Kimi K2: tiktoken.model, 256 + 2 special ids after the ranks named by added_tokens_decoder (the rest
+    """Kimi K2: tiktoken.model, 256 special ids after the ranks named by added_tokens_decoder (the rest
     <|reserved_token_{id}|>), its own split pattern, no BOS on encode (tokenization_kimi.py adds none)."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
@@ -692,9 +692,9 @@ def test_kimi_layout(kimi):
     tok = load_tokenizer(kimi)
     names = {int(k): v["content"] for k, v in json.loads((kimi / "tokenizer_config.json").read_text())[
         "added_tokens_decoder"].items()}
-    expected = [names.get(i, f"<|reserved_token_{i}|>") for i in range(163584, 163584 + 258)]
-    assert [tok.token_to_id(t) for t in expected] == list(range(163584, 163584 + 258))
-    assert tok.vocab_size == 163584 + 258 and tok.max_token_id == 163841
+    expected = [names.get(i, f"<|reserved_token_{i}|>") for i in range(163584, 163584 + 256)]
+    assert [tok.token_to_id(t) for t in expected] == list(range(163584, 163584 + 256))
+    assert tok.vocab_size == 163840 == max(names) + 1 and tok.max_token_id == 163839  # Kimi K2's vocab_size
     assert (tok.bos_token, tok.eos_token, tok.bos_token_id) == ("[BOS]", "[EOS]", 163584)
     assert tok.eos_token_ids == {163585, 163586}  # [EOS] and <|im_end|>, the end of every turn
     assert tok.encode("hi") == tok.encode("hi", add_special_tokens=False)
