@@ -9,6 +9,11 @@ that cannot rewind that far (sliding-window layers keep only the window) is rebu
 
 When the conversation plus room for a reply outgrows the context, the oldest turns are dropped from what the
 model sees (`Chat.context_start`); they stay in the chat and its file. The caller is told how many were dropped.
+
+A thinking model's reply is split as it streams (mlxmodels.reasoning): the reply is saved as its answer
+(`content`) and its reasoning (`reasoning_content`, what Qwen3's and DeepSeek-R1's templates read back; each
+template decides whether an earlier turn's reasoning reaches the model again). The chat's template switches
+(`enable_thinking`, ...) live in its settings (TEMPLATE_KWARGS) and are passed to every render.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
-from app.chat_store import Chat, Sampling
+from app.chat_store import TEMPLATE_KWARGS, Chat, Sampling, check_template_kwargs
+from mlxmodels.reasoning import Splitter, markers_for, split_stream, starts_inside
 
 PLAIN_STOP = ["\nUser:"]
 
@@ -36,6 +42,7 @@ class Turn:
     prompt_len: int
     max_tokens: int
     dropped: int  # messages dropped from the model's context to make this turn fit
+    inside: bool = False  # the prompt ends inside the reasoning (DeepSeek-R1's `<think>\n`): so does the reply
 
 
 def common_prefix(a: List[int], b: List[int]) -> int:
@@ -52,6 +59,7 @@ class ChatSession:
 
     def __init__(self, model, tokenizer, context_limit: int, chat: Optional[Chat] = None):
         self.model, self.tokenizer = model, tokenizer
+        self.markers = markers_for(tokenizer)
         self.context_limit = int(context_limit)
         self.chat = chat or Chat()
         self.sampling = Sampling.from_dict(self.chat.settings)
@@ -76,7 +84,25 @@ class ChatSession:
 
     def set_sampling(self, sampling: Sampling) -> None:
         self.sampling = sampling.check()
-        self.chat.settings = sampling.to_dict()
+        self.chat.settings = {**self.chat.settings, **sampling.to_dict()}
+
+    @property
+    def template_kwargs(self) -> dict:
+        return dict(self.chat.settings.get(TEMPLATE_KWARGS) or {})
+
+    def set_template_kwargs(self, kwargs: dict) -> None:
+        kwargs = check_template_kwargs(kwargs)
+        settings = {k: v for k, v in self.chat.settings.items() if k != TEMPLATE_KWARGS}
+        self.chat.settings = {**settings, TEMPLATE_KWARGS: kwargs} if kwargs else settings
+
+    @property
+    def thinking(self) -> Optional[bool]:
+        """`enable_thinking` as set for this chat; None: the template's default."""
+        return self.template_kwargs.get("enable_thinking")
+
+    def set_thinking(self, on: Optional[bool]) -> None:
+        kwargs = {k: v for k, v in self.template_kwargs.items() if k != "enable_thinking"}
+        self.set_template_kwargs(kwargs if on is None else {**kwargs, "enable_thinking": on})
 
     def add_user(self, text: str) -> None:
         if self.messages and self.messages[-1]["role"] == "user":
@@ -101,14 +127,24 @@ class ChatSession:
     def conversation(self, start: Optional[int] = None) -> List[dict]:
         start = self.chat.context_start if start is None else start
         system = [{"role": "system", "content": self.chat.system}] if self.chat.system.strip() else []
-        return system + [{"role": m["role"], "content": m["content"]} for m in self.messages[start:]]
+        return system + [_for_template(m) for m in self.messages[start:]]
 
-    def encode(self, start: Optional[int] = None) -> List[int]:
-        """The prompt for the next reply: the chat template over system + messages[start:] (ids, no extra BOS)."""
+    def render(self, start: Optional[int] = None) -> str:
+        """The prompt for the next reply as text: the chat template (with the chat's switches) over system +
+        messages[start:], or a plain transcript for a model without one."""
         messages = self.conversation(start)
         if getattr(self.tokenizer, "has_chat_template", False):
-            return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-        return self.tokenizer.encode(plain_prompt(messages))
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                      **self.template_kwargs)
+        return plain_prompt(messages)
+
+    def encode(self, start: Optional[int] = None) -> List[int]:
+        """The prompt's ids (no BOS added: a template writes its own)."""
+        return self._ids(self.render(start))
+
+    def _ids(self, text: str) -> List[int]:
+        templated = getattr(self.tokenizer, "has_chat_template", False)
+        return list(self.tokenizer.encode(text, add_special_tokens=not templated))
 
     # ------------------------------------------------------------ one turn
 
@@ -121,7 +157,8 @@ class ChatSession:
         reserve = min(self.sampling.max_tokens, max(1, limit // 4))  # room kept for the reply
         start, dropped = self.chat.context_start, 0
         while True:
-            ids = self.encode(start)
+            text = self.render(start)
+            ids = self._ids(text)
             if len(ids) + reserve <= limit:
                 break
             nxt = next((i for i in range(start + 1, len(self.messages)) if self.messages[i]["role"] == "user"), None)
@@ -132,7 +169,8 @@ class ChatSession:
             start = nxt
         self.chat.context_start = start
         reused = self._rewind(ids)
-        return Turn(ids[reused:], reused, len(ids), min(self.sampling.max_tokens, limit - len(ids)), dropped)
+        return Turn(ids[reused:], reused, len(ids), min(self.sampling.max_tokens, limit - len(ids)), dropped,
+                    starts_inside(text, self.markers))
 
     def _rewind(self, ids: List[int]) -> int:
         keep = common_prefix(self.cache_tokens, ids)
@@ -155,7 +193,8 @@ class ChatSession:
         self._stop.set()
 
     def reply(self, turn: Turn) -> Iterator:
-        """Stream the reply (GenerationResponse pieces) and record it; a stopped reply is kept as it is."""
+        """Stream the reply (ReasoningResponse pieces: text split into reasoning and answer) and record it; a stopped
+        reply is kept as it is."""
         import mlxmodels
 
         s = self.sampling
@@ -164,17 +203,17 @@ class ChatSession:
         seed = s.seed if s.seed is not None else secrets.randbits(31)
         self._stop.clear()
         self.cache_tokens = self.cache_tokens + turn.feed
-        pieces: List[str] = []
         tokens: List[int] = []
         stopped = False
-        stream = mlxmodels.stream_generate(
+        splitter = Splitter(self.markers, turn.inside)
+        stream = split_stream(mlxmodels.stream_generate(
             self.model, self.tokenizer, turn.feed, max_tokens=turn.max_tokens, temperature=s.temperature,
             top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, repetition_penalty=s.repetition_penalty, seed=seed,
-            stop=None if getattr(self.tokenizer, "has_chat_template", False) else PLAIN_STOP, cache=self.cache)
+            stop=None if getattr(self.tokenizer, "has_chat_template", False) else PLAIN_STOP, cache=self.cache),
+            splitter)
         try:
             for r in stream:
                 tokens.append(r.token)
-                pieces.append(r.text)
                 yield r
                 if self._stop.is_set():
                     stopped = True
@@ -191,10 +230,21 @@ class ChatSession:
             if self.cache is not None:
                 self.cache_tokens = self.cache_tokens + tokens
             if tokens:
-                message = {"role": "assistant", "content": "".join(pieces)}
+                splitter.finish()  # what a stop left held back (a no-op after the last response)
+                message = {"role": "assistant", "content": splitter.answer}
+                if splitter.reasoning or splitter.reasoning_tokens:
+                    message.update(reasoning_content=splitter.reasoning, reasoning_tokens=splitter.reasoning_tokens)
                 if stopped:
                     message["stopped"] = True
                 self.messages.append(message)
+
+
+def _for_template(m: dict) -> dict:
+    """A message as the template sees it: role, content and an assistant's reasoning (not our bookkeeping)."""
+    out = {"role": m["role"], "content": m["content"]}
+    if m.get("reasoning_content"):
+        out["reasoning_content"] = m["reasoning_content"]
+    return out
 
 
 def plain_prompt(messages: List[dict]) -> str:

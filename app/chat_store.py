@@ -40,6 +40,10 @@ MAX_BYTES = 32 << 20  # far above any real chat; bounds what one file can make u
 LATEST_TIME = 32503680000.0  # 3000-01-01: later (or non-finite) timestamps are damage, and break time.localtime
 ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 LOCK_WAIT = 10.0  # seconds a save waits for another window's save to finish
+TEMPLATE_KWARGS = "template_kwargs"  # the key of Chat.settings holding the chat template's switches
+KWARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+RESERVED_KWARGS = ("messages", "add_generation_prompt", "tokenize", "tools", "documents")  # set by us, or lists
+MAX_KWARGS, MAX_KWARG_TEXT = 32, 1000
 
 FIX = "the chat was not opened: fix or delete the file"
 _NOFOLLOW, _CLOEXEC = getattr(os, "O_NOFOLLOW", 0), getattr(os, "O_CLOEXEC", 0)
@@ -53,7 +57,11 @@ class ChatFileError(ValueError):
 def data_dir() -> Path:
     env = os.environ.get(DATA_ENV)
     if env:
-        return Path(env).expanduser()
+        try:
+            return Path(env).expanduser()
+        except RuntimeError:  # ~someone with no such user
+            raise ChatFileError(f"{DATA_ENV}={env} names the home folder of a user that does not exist; "
+                                "point it at a folder") from None
     home = Path.home()
     if sys.platform == "darwin":
         base = home / "Library" / "Application Support"
@@ -125,10 +133,33 @@ class Sampling:
         return asdict(self)
 
 
+def check_template_kwargs(value) -> dict:
+    """Switches for the chat template (`enable_thinking`, `reasoning_effort`, ...): names to JSON scalars (true/false,
+    a whole or finite number, a short string, null). Raise ValueError naming the first bad one."""
+    if not isinstance(value, dict):
+        raise ValueError(f"template switches must be a JSON object of names to values, not {type(value).__name__}")
+    if len(value) > MAX_KWARGS:
+        raise ValueError(f"there are {len(value)} template switches; at most {MAX_KWARGS} are allowed")
+    for name, v in value.items():
+        if not isinstance(name, str) or not KWARG_NAME.fullmatch(name) or name in RESERVED_KWARGS:
+            raise ValueError(f"{printable(repr(name)[:80])} is not a template switch name (a name like "
+                             f"enable_thinking; not {', '.join(RESERVED_KWARGS)})")
+        if name == "enable_thinking" and not isinstance(v, bool):  # the chat's Thinking setting shows it as on/off
+            raise ValueError(f"template switch 'enable_thinking' must be true or false, not {printable(repr(v)[:80])}")
+        if v is None or isinstance(v, bool) or (isinstance(v, str) and len(v) <= MAX_KWARG_TEXT):
+            continue
+        if not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+            raise ValueError(f"template switch {name!r} must be true/false, a finite number, a string of at most "
+                             f"{MAX_KWARG_TEXT} characters or null, not {printable(repr(v)[:80])}")
+    return dict(value)
+
+
 @dataclass
 class Chat:
-    """A conversation as saved. `messages`: {"role": "user"|"assistant", "content": str[, "stopped": True]};
-    messages before `context_start` were dropped from the model's context (the conversation outgrew it).
+    """A conversation as saved. `messages`: {"role": "user"|"assistant", "content": str[, "stopped": True]}; an
+    assistant message of a thinking model also has "reasoning_content" (its reasoning, what templates read back) and
+    "reasoning_tokens" (how many tokens it took). `settings`: Sampling's fields, and TEMPLATE_KWARGS. Messages
+    before `context_start` were dropped from the model's context (the conversation outgrew it).
     `disk`: the identity of the file version this chat was loaded from or last saved as (not saved)."""
 
     id: str = field(default_factory=new_id)
@@ -179,6 +210,7 @@ class Chat:
                 raise damaged(f"has an impossible {name!r} time ({when!r})")
         try:
             Sampling.from_dict(chat.settings)
+            check_template_kwargs(chat.settings.get(TEMPLATE_KWARGS, {}))
         except ValueError as e:
             raise damaged(f"has a bad setting: {e}") from None
         chat.context_start = max(0, min(chat.context_start, len(chat.messages)))
@@ -186,8 +218,14 @@ class Chat:
 
 
 def _is_message(m) -> bool:
-    return (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
-            and isinstance(m.get("stopped", False), bool))
+    if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+            and isinstance(m.get("stopped", False), bool)):
+        return False
+    if "reasoning_content" in m or "reasoning_tokens" in m:  # a thinking model's reply (files before have none)
+        tokens = m.get("reasoning_tokens", 0)
+        return (m["role"] == "assistant" and isinstance(m.get("reasoning_content", ""), str)
+                and type(tokens) is int and 0 <= tokens < 2 ** 53)
+    return True
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import os
 import sys
 
 from app.flags import (min_p_float, non_negative_float, non_negative_int, penalty_float, positive_int, seed_int,
-                       unit_float)
+                       template_kwargs_json, unit_float)
 
 EPILOG_MODEL = ("-m takes a local model folder (Hugging Face or mlx-lm layout) or a Hugging Face Hub id such as "
                 "Qwen/Qwen3-0.6B (downloaded once into the Hugging Face cache). Without -m the small default model "
@@ -56,6 +56,23 @@ def sampling_of(args, defaults=None) -> dict:
     return out
 
 
+def add_template_switches(p, what):
+    t = p.add_argument_group("chat template switches" + what)
+    t.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
+                   help="let a thinking model (Qwen3, SmolLM3, ...) reason before it answers, or not: the "
+                        "template's enable_thinking (default: the template's own default)")
+    t.add_argument("--template-kwargs", type=template_kwargs_json, default=None, metavar="JSON",
+                   help="other variables for the chat template, as a JSON object, "
+                        """e.g. '{"reasoning_effort": "high"}'""")
+
+
+def template_kwargs_of(args) -> dict:
+    kwargs = dict(args.template_kwargs or {})
+    if args.think is not None:
+        kwargs["enable_thinking"] = args.think
+    return kwargs
+
+
 def use_color(stream) -> bool:
     return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
@@ -65,6 +82,7 @@ def use_color(stream) -> bool:
 
 def cmd_generate(args):
     import mlxmodels
+    from mlxmodels.reasoning import Splitter, split_stream
 
     from app import model_arg
     from app.prompt import fit_context, read_prompt, utf8_arg
@@ -74,13 +92,17 @@ def cmd_generate(args):
         raise ValueError("the prompt is empty" + (" (nothing on stdin)" if args.prompt == "-" else ""))
     for flag, value in [("--system", args.system), *(("--stop", s) for s in args.stop or ())]:
         utf8_arg(value or "", flag)
+    switches = template_kwargs_of(args)
+    for flag, given in (("--system", args.system), ("--think/--no-think", args.think is not None),
+                        ("--template-kwargs", args.template_kwargs)):
+        if given and not args.chat:
+            raise ValueError(f"{flag} needs --chat (it is part of the chat template)")
     model, tokenizer, folder = model_arg.load(args.model, args.dtype)
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": prompt}]
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    elif args.system:
-        raise ValueError("--system needs --chat (it is part of the chat template)")
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **switches)
+        ids = tokenizer.encode(prompt, add_special_tokens=False)  # the template wrote BOS if the model wants one
     else:
         ids = tokenizer.encode(prompt)
     n_prompt = len(ids)
@@ -91,19 +113,35 @@ def cmd_generate(args):
     elif args.draft:
         draft, _, _ = model_arg.load(args.draft, args.dtype)
     sampling = sampling_of(args)
+    stream = split_stream(mlxmodels.stream_generate(
+        model, tokenizer, ids, max_tokens=max_tokens, stop=args.stop or None, draft=draft, num_draft=args.num_draft,
+        **sampling), Splitter.for_prompt(tokenizer, prompt))
     last = None
-    out = sys.stdout
-    for r in mlxmodels.stream_generate(model, tokenizer, ids, max_tokens=max_tokens, stop=args.stop or None,
-                                       draft=draft, num_draft=args.num_draft, **sampling):
-        out.write(r.text)
-        out.flush()
+    out, err = sys.stdout, sys.stderr
+    dim = use_color(err)
+    open_line = False  # reasoning was written to stderr and its line is not ended yet
+    for r in stream:
+        if r.reasoning and not args.hide_thinking:  # a thinking model's reasoning: stderr, dimmed in a terminal
+            err.write(f"\x1b[2m{r.reasoning}\x1b[0m" if dim else r.reasoning)
+            err.flush()
+            open_line = not r.reasoning.endswith("\n")
+        if r.answer:
+            if open_line:  # the answer starts on a line of its own where both go to one terminal
+                err.write("\n")
+                open_line = False
+            out.write(r.answer)
+            out.flush()
         last = r
+    if open_line:
+        err.write("\n")
     if out.isatty():
         out.write("\n")
     if last is not None and args.verbose:
         line = (f"prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tok/s; generation: "
                 f"{last.generation_tokens} tokens, {last.generation_tps:.1f} tok/s; "
                 f"peak memory {last.peak_memory:.2f} GB")
+        if last.reasoning_tokens:
+            line += f"; reasoning: {last.reasoning_tokens} tokens"
         if draft is not None:
             line += f"; drafts accepted {last.draft_accepted}/{last.draft_proposed}"
         if len(ids) < n_prompt:
@@ -116,7 +154,9 @@ def cmd_generate(args):
 def add_generate(sub):
     g = sub.add_parser("generate", help="stream a completion to stdout",
                        description="Stream a completion of PROMPT to stdout (pipe-friendly: only the generated "
-                                   "text, no colours when not a terminal).", epilog=EPILOG_MODEL)
+                                   "text, no colours when not a terminal). A thinking model's reasoning (between "
+                                   "<think> and </think>) goes to stderr, dimmed in a terminal; --hide-thinking "
+                                   "drops it.", epilog=EPILOG_MODEL)
     add_model(g)
     g.add_argument("-p", "--prompt", required=True, help="the prompt, or - to read it from stdin")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
@@ -127,6 +167,9 @@ def add_generate(sub):
                    help="a prompt too long for the model's context keeps its last tokens (as many as leave room "
                         "for --max-tokens, at least half the context) instead of being refused")
     g.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop at TEXT (repeatable)")
+    g.add_argument("--hide-thinking", action="store_true",
+                   help="do not show a thinking model's reasoning (stdout gets only the answer either way)")
+    add_template_switches(g, " (with --chat)")
     add_sampling(g, " (default: greedy)")
     g.add_argument("--draft", default=None, metavar="mtp|MODEL",
                    help="speculative decoding: the model's own MTP module, or a small draft model (folder or Hub id)")
@@ -140,7 +183,7 @@ def add_generate(sub):
 
 def cmd_chat(args):
     from app import model_arg
-    from app.chat_store import Chat, ChatStore, Sampling
+    from app.chat_store import TEMPLATE_KWARGS, Chat, ChatStore, Sampling
 
     store = ChatStore()
     chat = store.load(args.open) if args.open else None
@@ -153,7 +196,9 @@ def cmd_chat(args):
     sampling = Sampling.from_dict({**sampling_of(args, model_arg.sampling_defaults(folder)),
                                    "max_tokens": args.max_tokens})
     if chat is None:
-        chat = Chat(model=model_arg.display_name(args.model), system=args.system or "", settings=sampling.to_dict())
+        switches = template_kwargs_of(args)
+        chat = Chat(model=model_arg.display_name(args.model), system=args.system or "",
+                    settings={**sampling.to_dict(), **({TEMPLATE_KWARGS: switches} if switches else {})})
     from app.tui import ChatApp, crash_report
 
     app = ChatApp(model, tokenizer, model_name=model_arg.display_name(args.model), context_limit=limit, store=store,
@@ -168,7 +213,9 @@ def add_chat(sub):
     c = sub.add_parser("chat", help="chat with a model in the terminal (Textual)",
                        description="Chat with a model in the terminal. Enter sends, Shift+Enter or Ctrl+J adds a "
                                    "line, Esc stops a reply, Ctrl+R regenerates, Ctrl+E edits your last message, "
-                                   "Ctrl+N starts a new chat, Ctrl+O opens a saved one, Ctrl+T opens the settings. "
+                                   "Ctrl+N starts a new chat, Ctrl+O opens a saved one, Ctrl+T opens the settings "
+                                   "(thinking on/off among them). A thinking model's reasoning shows above its "
+                                   "reply, collapsed once the answer begins (click it to expand). "
                                    "Chats are saved in the user data folder ($MLXM_DATA_DIR overrides it).",
                        epilog=EPILOG_MODEL)
     add_model(c)
@@ -177,6 +224,7 @@ def add_chat(sub):
     c.add_argument("--context", type=positive_int, default=None, metavar="TOKENS",
                    help="context limit in tokens (default: the model's maximum); the oldest turns are dropped past it")
     c.add_argument("--open", default=None, metavar="CHAT_ID", help="reopen a saved chat")
+    add_template_switches(c, " (for a new chat; a reopened chat keeps its own, Ctrl+T changes them)")
     add_sampling(c, " (default: the model's generation_config.json, else greedy)")
     c.set_defaults(func=cmd_chat)
 
@@ -245,8 +293,16 @@ def _main(argv):
     if args.command is None:
         p.print_help(sys.stderr)
         return 2
+    if sys.stdout is None or sys.stdout.closed:  # `mlxm ... >&-`: there is nowhere to put the answer
+        print("mlxm: error: stdout is closed; give the command somewhere to write (a file, a pipe, a terminal)",
+              file=sys.stderr)
+        return 1
+    from mlxmodels import kernel_cache
     from mlxmodels.config import ModelError
 
+    if kernel_cache.PROBLEM:
+        print(f"mlxm: error: {kernel_cache.PROBLEM}", file=sys.stderr)
+        return 1
     try:
         args.func(args)
     except BrokenPipeError:  # `mlxm generate ... | head`: the reader left; stay quiet
@@ -255,16 +311,24 @@ def _main(argv):
     except (ModelError, ValueError, OSError) as e:
         print(f"mlxm: error: {_one_line(e)}", file=sys.stderr)
         return 1
+    except RuntimeError as e:  # MLX found a damaged library in its compiled-kernel cache; anything else is our bug
+        if "shared library" not in str(e) and "load compiled function" not in str(e):
+            raise
+        print(f"mlxm: error: MLX's compiled-kernel cache holds a damaged file ({_one_line(e)[:160]}); delete the "
+              f"folder {kernel_cache.cache_dir()} and run again", file=sys.stderr)
+        return 1
     return 0
 
 
 def _one_line(e: BaseException) -> str:
     if isinstance(e, FileNotFoundError) and e.filename:
-        return f"{e.filename}: no such file or folder"
+        e = OSError(f"{e.filename}: no such file or folder")
     if isinstance(e, OSError) and e.strerror and e.filename:
-        return f"{e.filename}: {e.strerror}"
+        e = OSError(f"{e.filename}: {e.strerror}")
     text = str(e) or e.__class__.__name__
-    return " ".join(text.split())
+    from app.chat_store import printable  # a crafted file name or template message must not drive the terminal
+
+    return printable(" ".join(text.split()))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ entry point that imports them.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 
@@ -56,3 +57,15 @@ def seed_int(text):
 def at_least(low: int):
     """A whole number >= low (e.g. `at_least(2)` for a window that must score a token)."""
     return lambda text: number(int, text, lambda v: v >= low, f"a whole number >= {low}")
+
+
+def template_kwargs_json(text):
+    """--template-kwargs: a JSON object of chat template switches, checked as a saved chat's are."""
+    from app.chat_store import check_template_kwargs  # here, not at import: the entry point imports this first
+
+    try:
+        return check_template_kwargs(json.loads(text))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; nesting too deep a RecursionError
+        what = str(e) if not isinstance(e, (json.JSONDecodeError, RecursionError)) else "not JSON"
+        raise argparse.ArgumentTypeError(f"invalid value {text[:80]!r} ({what}; expected a JSON object such as "
+                                         '\'{"enable_thinking": false}\')') from None

@@ -3,8 +3,10 @@
 The app is a thin shell over `ChatSession` (model-side state, KV cache reuse, context trimming) and `ChatStore`
 (atomic JSON files). Replies run in the app's one MLX thread, which does all the MLX work and posts messages back
 (TurnStarted, Piece per token, Failed, Finished); the UI thread only renders. Esc asks the session to stop after
-the current token; the partial reply is kept. An error in a turn is shown in the conversation and the app keeps
-running; an unexpected exception anywhere else ends the app with `crash` set (the CLI reports it in one line).
+the current token; the partial reply is kept. A thinking model's reasoning streams into a ThinkingSection above
+the reply (which shows "thinking…" meanwhile) and collapses when the answer begins. An error in a turn is shown in
+the conversation and the app keeps running; an unexpected exception anywhere else ends the app with `crash` set
+(the CLI reports it in one line).
 
 Leaving (Ctrl+Q, Ctrl+C twice, SIGHUP or a vanished terminal, SIGTERM, SIGINT) always takes one path,
 `shut_down`: stop the reply, wait for it to end, save, exit; whatever ends the app, unmounting then lets the MLX
@@ -34,7 +36,8 @@ from app.chat_session import ChatSession, Turn
 from app.chat_store import Chat, ChatStore, data_dir, printable
 from app.tui_screens import ChatListScreen, SettingsScreen
 from app.tui_terminal import HangupSafeDriver
-from app.tui_widgets import AssistantMessage, ChatInput, Notice, StatusBar, UserMessage
+from app.tui_widgets import (EMPTY, NO_ANSWER, THINKING, WAITING, AssistantMessage, ChatInput, Notice, StatusBar,
+                             ThinkingSection, UserMessage)
 
 HELP = ("Enter sends · Shift+Enter or Ctrl+J: new line · Esc stops a reply · Ctrl+R regenerates · Ctrl+E edits "
         "your last message (↑ in an empty input too; again: the one before) · Ctrl+N new chat · Ctrl+O saved chats · "
@@ -49,6 +52,11 @@ CSS = """
 .assistant { border: round $success; padding: 0 1; }
 .assistant.stopped { border: round $warning; }
 .assistant > *:last-child { margin-bottom: 0; }
+.assistant .placeholder { color: $text-muted; text-style: italic; }
+.thinking { margin: 0; padding: 0 0 0 1; background: transparent; border-top: none; color: $text-muted; }
+.thinking > Contents { padding: 0 0 0 2; }
+.thinking CollapsibleTitle { color: $text-muted; padding: 0; }
+.thinking .reasoning { color: $text-muted; }
 .message.dropped { opacity: 50%; }
 .message.editing { border: double $warning; }
 .notice { color: $text-muted; margin: 0 0 1 0; padding: 0 1; }
@@ -66,6 +74,7 @@ ModalScreen { align: center middle; }
 #dialog #chats { height: auto; max-height: 16; }
 #dialog #system { height: 5; margin-bottom: 1; }
 #dialog #fields { grid-size: 2; grid-columns: 1fr 16; grid-rows: 1; grid-gutter: 0 1; height: auto; }
+#dialog #fields Select { width: 16; }
 #dialog #error { color: $error; height: auto; }
 #dialog #buttons { height: auto; margin-top: 1; }
 #dialog .hint { color: $text-muted; margin-top: 1; }
@@ -100,9 +109,14 @@ class ChatApp(App):
             self.turn = turn
 
     class Piece(Message):
-        def __init__(self, text: str, tps: float, tokens: int):
+        """One token's text, split: what it adds to the reasoning and to the answer; `thinking`: the reply is inside
+        its reasoning (which has taken `reasoning_tokens` so far)."""
+
+        def __init__(self, reasoning: str, answer: str, thinking: bool, reasoning_tokens: int, tps: float,
+                     tokens: int):
             super().__init__()
-            self.text, self.tps, self.tokens = text, tps, tokens
+            self.reasoning, self.answer, self.thinking = reasoning, answer, thinking
+            self.reasoning_tokens, self.tps, self.tokens = reasoning_tokens, tps, tokens
 
     class Failed(Message):
         def __init__(self, error: str):
@@ -126,6 +140,7 @@ class ChatApp(App):
         self.turns = 0  # replies finished in this app (tests wait on it)
         self._turn: Optional[Turn] = None
         self._reply: Optional[AssistantMessage] = None
+        self._thinking: Optional[ThinkingSection] = None  # the streaming reply's reasoning, once it has some
         self._stream = None
         self._last_draw = 0.0
         self._tokens = 0
@@ -179,9 +194,14 @@ class ChatApp(App):
         if self.session.chat.system.strip():
             widgets.append(Notice(f"System prompt: {self.session.chat.system.strip()}", "info"))
         for i, m in enumerate(self.session.messages):
-            w = UserMessage(m["content"], i) if m["role"] == "user" else AssistantMessage(
-                m["content"], i, stopped=m.get("stopped", False))
-            widgets.append(w)
+            if m["role"] == "user":
+                widgets.append(UserMessage(m["content"], i))
+                continue
+            reasoning = m.get("reasoning_content") or ""
+            if reasoning or m.get("reasoning_tokens"):
+                widgets.append(ThinkingSection(reasoning, m.get("reasoning_tokens", 0), i))
+            empty = None if m["content"] else NO_ANSWER if reasoning else EMPTY
+            widgets.append(AssistantMessage(m["content"], i, stopped=m.get("stopped", False), placeholder=empty))
         await log.mount_all(widgets)
         self.mark_dropped()
         log.scroll_end(animate=False)
@@ -252,7 +272,8 @@ class ChatApp(App):
             turn = self.session.prepare()
             self.post_message(self.TurnStarted(turn))
             for r in self.session.reply(turn):
-                self.post_message(self.Piece(r.text, r.generation_tps, r.generation_tokens))
+                self.post_message(self.Piece(r.reasoning, r.answer, r.thinking, r.reasoning_tokens, r.generation_tps,
+                                             r.generation_tokens))
         except Exception as e:  # shown in the UI; the app keeps running
             self.post_message(self.Failed(_describe(e)))
         finally:
@@ -266,14 +287,24 @@ class ChatApp(App):
                 f"Context full ({self.session.context_limit} tokens): the oldest {n} message{'s' * (n != 1)} "
                 "no longer reach the model (still shown and saved, dimmed).", "warning"))
             self.mark_dropped()
-        self._reply = AssistantMessage(index=len(self.session.messages))
+        self._reply = AssistantMessage(index=len(self.session.messages), placeholder=WAITING)
         await self.log_view.mount(self._reply)
-        self._stream = Markdown.get_stream(self._reply)
         self.update_status()
 
     async def on_chat_app_piece(self, event: Piece) -> None:
-        if event.text and self._stream is not None:
-            await self._stream.write(printable(event.text))
+        reply = self._reply
+        if reply is not None and (event.thinking or event.reasoning) and self._thinking is None:
+            self._thinking = ThinkingSection(index=reply.index, streaming=True)
+            await self.log_view.mount(self._thinking, before=reply)
+            reply.show_placeholder(THINKING)
+        if self._thinking is not None:
+            self._thinking.add(event.reasoning, event.reasoning_tokens)
+            if not event.thinking:
+                self._thinking.done()
+        if event.answer and reply is not None:
+            if self._stream is None:
+                self._stream = Markdown.get_stream(reply)
+            await self._stream.write(printable(event.answer))
         self._tokens = event.tokens
         if event.tokens > 1:
             self.tps = event.tps
@@ -291,16 +322,21 @@ class ChatApp(App):
     async def on_chat_app_finished(self, event: Finished) -> None:
         if self._stream is not None:
             await self._stream.stop()
+        if self._thinking is not None:
+            self._thinking.done()
         msgs = self.session.messages
         if self._reply is not None:
-            if msgs and msgs[-1]["role"] == "assistant" and msgs[-1].get("stopped"):
+            replied = bool(msgs) and msgs[-1]["role"] == "assistant"
+            if replied and msgs[-1].get("stopped"):
                 self._reply.mark_stopped()
-            elif not (msgs and msgs[-1]["role"] == "assistant"):  # nothing was generated
+            if not replied:  # nothing was generated
                 await self._reply.remove()
+            elif self._stream is None:  # tokens, but no answer: all of it was reasoning (or nothing at all)
+                self._reply.show_placeholder(NO_ANSWER if self._thinking is not None else EMPTY)
         if self.tps is not None:
             self.tps_history.append(self.tps)
             self.query_one(Sparkline).data = list(self.tps_history)
-        self._stream = self._reply = self._turn = None
+        self._stream = self._reply = self._thinking = self._turn = None
         self.generating = False
         self.turns += 1
         self.update_status()
@@ -410,14 +446,16 @@ class ChatApp(App):
 
     async def action_settings(self) -> None:
         if await self._idle():
-            self.push_screen(SettingsScreen(self.session.chat.system, self.session.sampling), self.apply_settings)
+            self.push_screen(SettingsScreen(self.session.chat.system, self.session.sampling, self.session.thinking),
+                             self.apply_settings)
 
     async def apply_settings(self, result) -> None:
         if result is None:
             return
-        system, sampling = result
+        system, sampling, thinking = result
         self.session.chat.system = system
         self.session.set_sampling(sampling)
+        self.session.set_thinking(thinking)
         await self.render_log()
         await self.save()
 

@@ -1,4 +1,4 @@
-"""Modal screens of the chat app: saved chats, settings (system prompt and sampling)."""
+"""Modal screens of the chat app: saved chats, settings (system prompt, sampling, thinking)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
+from textual.widgets import Button, Input, Label, OptionList, Select, Static, TextArea
 from textual.widgets.option_list import Option
 
 from app.chat_store import ChatInfo, ChatStore, Sampling, printable
@@ -85,14 +85,20 @@ FIELDS = [  # (attribute, label, input type)
 ]
 
 
-class SettingsScreen(ModalScreen[Optional[Tuple[str, Sampling]]]):
-    """System prompt and sampling settings of the current chat. Ctrl+S saves, Esc cancels."""
+# Thinking: the chat template's enable_thinking (Qwen3, SmolLM3, ...), or unset: the template's own default
+THINKING = [("default", "default"), ("on", "on"), ("off", "off")]
+THINKING_VALUE = {"default": None, "on": True, "off": False}
+
+
+class SettingsScreen(ModalScreen[Optional[Tuple[str, Sampling, Optional[bool]]]]):
+    """System prompt, sampling settings and thinking (on, off, the model's default) of the current chat. Ctrl+S
+    saves, Esc cancels."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Save")]
 
-    def __init__(self, system: str, sampling: Sampling):
+    def __init__(self, system: str, sampling: Sampling, thinking: Optional[bool] = None):
         super().__init__()
-        self.system, self.sampling = system, sampling
+        self.system, self.sampling, self.thinking = system, sampling, thinking
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
@@ -104,6 +110,9 @@ class SettingsScreen(ModalScreen[Optional[Tuple[str, Sampling]]]):
                     value = getattr(self.sampling, name)
                     yield Label(label)
                     yield Input("" if value is None else str(value), type=kind, id=name, compact=True)
+                yield Label("Thinking (default: as the model's template says)")
+                current = {True: "on", False: "off"}.get(self.thinking, "default")
+                yield Select(THINKING, value=current, allow_blank=False, id="thinking", compact=True)
             yield Static("", id="error", markup=False)
             with Horizontal(id="buttons"):
                 yield Button("Save (Ctrl+S)", id="save", variant="primary")
@@ -136,7 +145,8 @@ class SettingsScreen(ModalScreen[Optional[Tuple[str, Sampling]]]):
         except ValueError as e:
             self.query_one("#error", Static).update(str(e))
             return
-        self.dismiss((self.query_one("#system", TextArea).text, sampling))
+        thinking = THINKING_VALUE[self.query_one("#thinking", Select).value]
+        self.dismiss((self.query_one("#system", TextArea).text, sampling, thinking))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -1,4 +1,5 @@
-"""Widgets of the chat screen: messages, the multi-line input, the status bar.
+"""Widgets of the chat screen: messages (a reply's reasoning in a collapsible section above it), the multi-line
+input, the status bar.
 
 Text shown here comes from chat files and from the model: control characters in it are replaced (`printable`),
 since Textual passes an escape sequence through to the terminal as it is.
@@ -6,11 +7,12 @@ since Textual passes an escape sequence through to the terminal as it is.
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 from textual import events
 from textual.message import Message
-from textual.widgets import Markdown, Static, TextArea
+from textual.widgets import Collapsible, Markdown, Static, TextArea
 
 from app.chat_store import printable
 
@@ -24,19 +26,86 @@ class UserMessage(Static):
         self.border_title = "You"
 
 
-class AssistantMessage(Markdown):
-    """A reply, rendered as markdown while it streams."""
+WAITING, THINKING = "…", "thinking…"  # what an empty reply box shows: before the first token, while it reasons
+NO_ANSWER, EMPTY = "no answer: the reply ended while thinking", "empty reply"
 
-    def __init__(self, text: str = "", index: Optional[int] = None, stopped: bool = False):
+
+class AssistantMessage(Markdown):
+    """A reply, rendered as markdown while it streams. While it has no text it shows a dimmed placeholder instead of
+    an empty box: before the first token, while the model thinks, for a reply that ended inside its reasoning.
+
+    The placeholder is a child of its own, shown or hidden, never markdown source: the answer's MarkdownStream
+    appends to the source, and an update() replacing it (still parsing) would race with those appends."""
+
+    def __init__(self, text: str = "", index: Optional[int] = None, stopped: bool = False,
+                 placeholder: Optional[str] = None):
         super().__init__(printable(text), classes="message assistant")
         self.index = index
         self.border_title = "Assistant"
+        self._placeholder = Static(placeholder or "", markup=False, classes="placeholder")
+        self._placeholder.display = placeholder is not None
         if stopped:
             self.mark_stopped()
+
+    def compose(self):
+        yield self._placeholder
+
+    @property
+    def placeholder(self) -> Optional[str]:
+        """The placeholder shown, None when hidden."""
+        return str(self._placeholder.render()) if self._placeholder.display else None
 
     def mark_stopped(self) -> None:
         self.add_class("stopped")
         self.border_subtitle = "stopped"
+
+    def show_placeholder(self, text: str) -> None:
+        self._placeholder.update(text)
+        self._placeholder.display = True
+
+    def append(self, markdown: str):
+        """The answer's stream appends here: its first text takes the placeholder's place."""
+        if markdown:
+            self._placeholder.display = False
+        return super().append(markdown)
+
+
+class ThinkingSection(Collapsible):
+    """A reply's reasoning, dimmed, above the reply, titled with its token count. It streams open while the model
+    thinks and collapses when the answer begins; its title (click, or Tab then Enter) expands it again. The text is
+    redrawn at most REDRAW times a second while it streams (a long reasoning is thousands of tokens)."""
+
+    REDRAW = 10
+
+    def __init__(self, text: str = "", tokens: int = 0, index: Optional[int] = None, streaming: bool = False):
+        self.body = Static(printable(text), markup=False, classes="reasoning")
+        self.text, self.tokens, self.streaming = text, tokens, streaming
+        super().__init__(self.body, title=self._heading(), collapsed=not streaming, classes="message thinking")
+        self.index = index
+        self._drawn = 0.0
+
+    def _heading(self) -> str:
+        count = f" ({self.tokens} token{'s' * (self.tokens != 1)})" if self.tokens else ""
+        return ("Thinking…" if self.streaming else "Thinking") + count
+
+    def add(self, text: str, tokens: int) -> None:
+        self.text += text
+        self.tokens = tokens
+        now = time.monotonic()
+        if now - self._drawn >= 1 / self.REDRAW:
+            self._drawn = now
+            self._draw()
+
+    def done(self) -> None:
+        """The answer began or the reply ended: show all of it, collapsed."""
+        if self.streaming:
+            self.streaming = False
+            self.collapsed = True
+        self._draw()
+
+    def _draw(self) -> None:
+        self.body.update(printable(self.text))
+        self.title = self._heading()
 
 
 class Notice(Static):

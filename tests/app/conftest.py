@@ -31,3 +31,14 @@ def data_dir(tmp_path, monkeypatch):
     folder = tmp_path / "data"
     monkeypatch.setenv("MLXM_DATA_DIR", str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def thinker(tiny, tmp_path_factory):
+    """The tiny model with a Qwen3-style thinking template (THINK_TEMPLATE): (model, tokenizer)."""
+    from mlxmodels.tokenizer import load_tokenizer
+    from tests.app.tiny import THINK_TEMPLATE, save_ascii_tokenizer
+
+    folder = tmp_path_factory.mktemp("thinker")
+    save_ascii_tokenizer(folder, THINK_TEMPLATE)
+    return tiny[0], load_tokenizer(folder)

@@ -31,6 +31,28 @@ class SlowModel:
         return getattr(self.model, name)
 
 
+class ScriptedModel(SlowModel):
+    """The tiny model made to reply `text` (then EOS) to any prompt: each call still runs the real model (so the
+    cache stays true), but its logits pick the script's next token. A call whose input is the token it last picked
+    is a decoding step; any other input is a new prompt and restarts the script (so the script must not begin with
+    the prompt's last token)."""
+
+    def __init__(self, tiny, text: str, delay: float = 0.0):
+        super().__init__(tiny[0], delay)
+        tokenizer = tiny[1]
+        self.script = tokenizer.encode(text, add_special_tokens=False) + [min(tokenizer.eos_token_ids)]
+        self.k, self.picked = 0, None
+
+    def __call__(self, x, cache=None):
+        import mlx.core as mx
+
+        logits = super().__call__(x, cache=cache)
+        step = x.size == 1 and x.reshape(-1).tolist() == [self.picked]
+        self.k = min(self.k + 1, len(self.script) - 1) if step else 0
+        self.picked = self.script[self.k]
+        return mx.where(mx.arange(logits.shape[-1]) == self.picked, 0.0, -1e9) + mx.zeros_like(logits)
+
+
 def make_app(tiny, limit=256, max_tokens=24, chat=None, model=None, **sampling):
     model = model if model is not None else tiny[0]
     chat = chat or Chat(model="tiny", settings=Sampling(max_tokens=max_tokens, **sampling).to_dict())

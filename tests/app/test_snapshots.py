@@ -77,6 +77,20 @@ def test_settings(snap_compare, tiny):
     assert shot(snap_compare, make_app(tiny, chat=saved_chat()), press=["ctrl+t"])
 
 
+def test_thinking_replies(snap_compare, tiny):
+    """Reasoning above each reply, dimmed: the first expanded (Tab to its title, Enter), the second collapsed; a
+    reply stopped while thinking says it has no answer."""
+    chat = Chat(id="20250101-120000-cccccc", model="tiny", settings=Sampling().to_dict(), messages=[
+        {"role": "user", "content": "What is 17 * 3?"},
+        {"role": "assistant", "content": "17 × 3 = **51**.", "reasoning_content": "17 * 3 = 10 * 3 + 7 * 3 = 51.",
+         "reasoning_tokens": 24},
+        {"role": "user", "content": "And 51 / 3?"},
+        {"role": "assistant", "content": "", "reasoning_content": "Back to 17.\nSo the answer is",
+         "reasoning_tokens": 19, "stopped": True},
+    ])
+    assert shot(snap_compare, make_app(tiny, chat=chat), press=["tab", "tab", "enter"])
+
+
 def test_saved_chats(snap_compare, tiny, utc, data_dir):
     store = ChatStore()
     store.folder.mkdir(parents=True)

@@ -12,6 +12,16 @@ NO_SYSTEM_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'system' %}"
                       "{{ raise_exception('System role not supported') }}{% endif %}"
                       "<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
                       "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+# Qwen3's way of thinking, shortened: an earlier reply's reasoning is rendered back between <think> markers, and
+# enable_thinking=False closes an empty reasoning block in the generation prompt so the reply is the answer
+THINK_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>"
+                  "{% if m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}"
+                  "{{ m['content'] }}</s>{% endfor %}"
+                  "{% if add_generation_prompt %}<|assistant|>"
+                  "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+                  "{% endif %}")
+# DeepSeek-R1-0528's way: the generation prompt opens the reasoning, so the reply starts inside it
+INSIDE_TEMPLATE = TEMPLATE.replace("<|assistant|>{% endif %}", "<|assistant|><think>\n{% endif %}")
 SPECIALS = ["<pad>", "<s>", "</s>"]
 
 
