@@ -314,8 +314,8 @@ def _main(argv):
     except RuntimeError as e:  # MLX found a damaged library in its compiled-kernel cache; anything else is our bug
         if "shared library" not in str(e) and "load compiled function" not in str(e):
             raise
-        print(f"mlxm: error: MLX's compiled-kernel cache holds a damaged file ({_one_line(e)[:160]}); delete the "
-              f"folder {kernel_cache.cache_dir()} and run again", file=sys.stderr)
+        print(f"mlxm: error: MLX's compiled-kernel cache holds a damaged library; delete the folder "
+              f"{kernel_cache.cache_dir()} and run again", file=sys.stderr)
         return 1
     return 0
 

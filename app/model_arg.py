@@ -13,6 +13,8 @@ NO_DEFAULT = "no model given and no default model installed; pass -m"
 
 def model_source(arg: Optional[str]) -> str:
     """What to load: `arg` as given, or the embedded default model's folder when `arg` is empty."""
+    if arg == "":  # `-m "$UNSET"`: quietly running the built-in model would hide the mistake
+        raise ModelError("-m is empty; give a model folder or Hub id, or leave -m out for the built-in model")
     if arg:
         return arg
     try:

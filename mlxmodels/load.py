@@ -33,7 +33,10 @@ def resolve(path_or_hub_id: Union[str, Path], before_weights=None) -> Path:
     """A local folder as is; otherwise a Hub repo id fetched (or found in the HF cache) with huggingface_hub:
     metadata first, then only the shards its index lists. `before_weights(repo, patterns)` runs in between
     (convert checks the disk space there)."""
-    path = Path(path_or_hub_id).expanduser()
+    try:
+        path = Path(path_or_hub_id).expanduser()
+    except RuntimeError:  # ~someone with no such user
+        raise ModelError(f"{path_or_hub_id} is not a model folder (no such user's home folder)") from None
     if path.is_dir():
         return path
     name = str(path_or_hub_id)

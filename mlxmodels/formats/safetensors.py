@@ -32,6 +32,7 @@ from . import folder as files
 from .folder import open_regular
 
 MAX_HEADER = 100 << 20  # the reference implementation's limit
+MAX_DIM, MAX_DIMS = (1 << 31) - 1, 8  # MLX keeps each dimension in an int32; weights have at most 4 dims
 INDEX = "model.safetensors.index.json"
 PAGE = mmap.PAGESIZE
 CHUNK = 64 << 20  # bytes copied out of the mapping between page releases
@@ -111,7 +112,10 @@ def _entry(name: str, entry, data_len: int, where: str) -> TensorInfo:
         raise SafetensorsError(f"{what} has unknown dtype {dtype!r} (known: {', '.join(DTYPES)}); "
                                "convert the checkpoint to one of them first")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise SafetensorsError(f"{what} has shape {shape!r}, not a list of non-negative integers; {REDOWNLOAD}")
+        raise SafetensorsError(f"{what} has shape {str(shape)[:80]}, not a list of non-negative integers; {REDOWNLOAD}")
+    if len(shape) > MAX_DIMS or any(d > MAX_DIM for d in shape):  # MLX's shapes are int32, whatever the bytes
+        raise SafetensorsError(f"{what} has shape {str(shape)[:80]}: more than {MAX_DIMS} dimensions or one over "
+                               f"{MAX_DIM}, which MLX cannot hold; {REDOWNLOAD}")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
         raise SafetensorsError(f"{what} has data_offsets {offsets!r}, not [begin, end]; {REDOWNLOAD}")
     begin, end = offsets

@@ -298,3 +298,52 @@ def test_seeds_mlx_cannot_take_are_a_clear_error(pristine, seed):
     m, tok = mlxmodels.load(pristine)
     with pytest.raises(ValueError, match="seed must be a whole number from 0 to 2\\*\\*64 - 1"):
         mlxmodels.generate(m, tok, "hi", max_tokens=2, temperature=1.0, seed=seed)
+
+
+def add_header_entry(folder: Path, name: str, entry: dict) -> None:
+    """Rewrite model.safetensors with one more header entry (the data unchanged)."""
+    import struct
+
+    raw = (folder / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    header[name] = entry
+    text = json.dumps(header).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+
+@pytest.mark.parametrize("shape", [[0, 2**63], [0, 2**31], [1] * 9])
+def test_shapes_mlx_cannot_hold(model, shape):
+    add_header_entry(model, "junk", {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]})
+    for args in (["info", "-m", model], ["generate", "-m", model, "-p", "hi"]):
+        refused(mlxm(args), "model.safetensors", "'junk'", "which MLX cannot hold")
+
+
+def test_escape_sequences_in_names_never_reach_the_terminal(model):
+    add_header_entry(model, "evil\x1b]0;pwned\x07\x1b[2J", {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]})
+    line = refused(mlxm(["generate", "-m", model, "-p", "hi"]), "unexpected tensor")
+    assert "\x1b" not in line and "\x07" not in line
+    run = mlxm(["info", "-m", f"/tmp/no\x1b]0;pwned\x07such"])
+    assert "\x1b" not in refused(run, "not a model folder")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["info", "-m", "~nosuchuser-mlxm/model"], "no such user's home folder"),
+    (["info", "-m", ""], "-m is empty"),
+])
+def test_model_argument_edges(args, needle):
+    refused(mlxm(args), needle)
+
+
+def test_closed_stdout_is_one_line_not_silence(pristine):
+    import shlex
+    import subprocess
+    import sys
+
+    for args in (["info", "-m", str(pristine)], ["generate", "-m", str(pristine), "-p", "hi"]):
+        command = " ".join(map(shlex.quote, [sys.executable, "-m", "app.cli", *args])) + " >&-"
+        p = subprocess.run(["bash", "-c", command], stderr=subprocess.PIPE, timeout=60,
+                           cwd=Path(__file__).resolve().parents[2])
+        assert p.returncode == 1
+        assert p.stderr.decode().strip() == ("mlxm: error: stdout is closed; give the command somewhere to write "
+                                             "(a file, a pipe, a terminal)")
