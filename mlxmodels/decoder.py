@@ -9,6 +9,7 @@ from typing import Callable, Optional
 import mlx.core as mx
 import mlx.nn as nn
 
+from .errors import ContextError
 from .parts.attention import Attention
 from .parts.block import DecoderBlock
 from .parts.cache import make_layer_cache
@@ -49,9 +50,18 @@ class Body(nn.Module):
             # Multiply in the activation dtype: transformers rounds the scale to it too.
             h = h * mx.array(self._embed_scale, dtype=mx.float32).astype(h.dtype)
         if "embed_positions" in self:
-            # offset: an int, or one position per sequence (B,) from a batched paged cache
-            start = offset[:, None] if isinstance(offset, mx.array) else offset
-            h = h + self.embed_positions(start + mx.arange(input_ids.shape[1]))
+            # offset: an int, or one position per sequence (B,) from a batched paged cache. A position past the
+            # table would be an out-of-bounds gather (MLX does not check): refused, or clamped where checking would
+            # mean waiting on the device (the batch generator stops sequences at the context).
+            n = self.embed_positions.weight.shape[0]
+            if isinstance(offset, mx.array):
+                positions = mx.minimum(offset[:, None] + mx.arange(input_ids.shape[1]), n - 1)
+            elif offset + input_ids.shape[1] > n:
+                raise ContextError(f"position {offset + input_ids.shape[1] - 1} is past the model's {n} learned "
+                                   "positions (its whole context); start a new conversation or shorten the prompt")
+            else:
+                positions = offset + mx.arange(input_ids.shape[1])
+            h = h + self.embed_positions(positions)
         return h
 
     def __call__(self, input_ids, cache):

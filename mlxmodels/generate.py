@@ -11,6 +11,7 @@ Python reads token n, so the device never waits on the Python loop.
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence, Tuple, Union
@@ -19,7 +20,8 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from .decoder import Decoder
-from .vocab import check_ids, vocab_size
+from .errors import ContextError
+from .vocab import VocabError, check_ids, vocab_size
 from .sample import LogitsProcessor, Sampler, greedy, make_logits_processors, make_sampler
 
 if TYPE_CHECKING:  # duck-typed at run time
@@ -58,6 +60,14 @@ class GenerationResponse:
 
 
 def _as_tokens(tokens: Union[Sequence[int], mx.array]) -> mx.array:
+    if isinstance(tokens, mx.array):
+        if not mx.issubdtype(tokens.dtype, mx.integer):  # floats would be truncated, bools taken for ids 0/1
+            raise ValueError(f"token ids must be integers, got an array of {tokens.dtype}")
+    else:
+        bad = next((t for t in tokens if isinstance(t, bool) or not isinstance(t, numbers.Integral)
+                    or not -(1 << 31) <= t < 1 << 31), None)
+        if bad is not None:  # checked before MLX casts them to int32 (truncating floats, failing on big ints)
+            raise VocabError(f"token id {bad!r} is not a whole number in the model's vocabulary")
     tokens = mx.array(tokens, dtype=mx.int32)
     if tokens.ndim != 1 or tokens.size == 0:
         raise ValueError(f"the prompt must be a non-empty 1-D list of token ids, got shape {tokens.shape}")
@@ -71,6 +81,24 @@ def random_key(seed: Optional[int]) -> Optional[mx.array]:
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 64:
         raise ValueError(f"seed must be a whole number from 0 to 2**64 - 1, got {seed!r}")
     return mx.random.key(seed)
+
+
+def _fit_positions(model: Any, cache: List[Any], prompt: int, max_tokens: int) -> int:
+    """A model with learned positions (GPT-2) has no row past its table: stop there (-1 included)."""
+    table = getattr(getattr(model, "spec", None), "learned_positions", None)
+    if not table:
+        return max_tokens
+    room = table - cache[0].offset - prompt
+    if room < 1:
+        raise ContextError(f"the prompt needs {cache[0].offset + prompt + 1} positions but the model has {table}; "
+                           "shorten it")
+    return room if max_tokens == -1 else min(max_tokens, room)
+
+
+def _check_max_tokens(max_tokens) -> None:
+    # the loops count up to it: 2.5, NaN or -2 would never be reached
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens == 0 or max_tokens < -1:
+        raise ValueError(f"max_tokens must be a whole number >= 1 (or -1 for no limit), got {max_tokens!r}")
 
 
 def _cache_arrays(cache: List[Any]) -> List[mx.array]:
@@ -148,6 +176,7 @@ def generate_step(
 
     `key` (from `mx.random.key(seed)`) makes sampling reproducible: it is split once per token.
     """
+    _check_max_tokens(max_tokens)
     sampler = sampler or greedy
     processors = list(logits_processors or [])
     tokens = _as_tokens(prompt_tokens)
@@ -265,11 +294,11 @@ def stream_generate(
     drafts per step (fewer while drafts are rejected, unless `adaptive_draft=False`); greedy output is unchanged,
     sampled output keeps the same distribution.
     """
-    if max_tokens == 0 or max_tokens < -1:
-        raise ValueError(f"max_tokens must be >= 1 (or -1 for no limit), got {max_tokens}")
+    _check_max_tokens(max_tokens)
     tokens = _encode(tokenizer, prompt)
     if cache is None:
         cache = model.make_cache(rollback=num_draft) if draft is not None else model.make_cache()
+    max_tokens = _fit_positions(model, cache, tokens.size, max_tokens)
     if sampler is None:
         sampler = make_sampler(temperature, top_k, top_p, min_p)
     if logits_processors is None:

@@ -347,3 +347,36 @@ def test_closed_stdout_is_one_line_not_silence(pristine):
         assert p.returncode == 1
         assert p.stderr.decode().strip() == ("mlxm: error: stdout is closed; give the command somewhere to write "
                                              "(a file, a pipe, a terminal)")
+
+
+@pytest.mark.parametrize("max_tokens", [2.5, float("nan"), float("inf"), True, 0, -2])
+def test_max_tokens_that_would_never_be_reached(pristine, max_tokens):
+    m, tok = mlxmodels.load(pristine)
+    with pytest.raises(ValueError, match="max_tokens must be a whole number"):
+        mlxmodels.generate(m, tok, "hi", max_tokens=max_tokens)
+
+
+@pytest.mark.parametrize("ids", [[1.7, 2.9], [True, False], [3, 2**31 + 5], [2**63]])
+def test_prompt_ids_that_are_not_ids(pristine, ids):
+    m, tok = mlxmodels.load(pristine)
+    with pytest.raises(ModelError, match="is not a whole number in the model's vocabulary"):
+        mlxmodels.generate(m, tok, ids, max_tokens=2)
+
+
+def test_learned_positions_end_generation_instead_of_reading_past_the_table():
+    from mlxmodels.config import HFConfig
+    from mlxmodels.decoder import Decoder
+    from mlxmodels.families import build_spec
+
+    _, spec = build_spec(HFConfig(model_type="gpt2", n_embd=32, n_layer=1, n_head=2, n_positions=16, vocab_size=50))
+    model = Decoder(spec)
+    out = list(mlxmodels.stream_generate(model, None, [1, 2, 3, 4], max_tokens=-1))
+    assert len(out) == 12  # 16 positions - 4 for the prompt
+    with pytest.raises(ModelError, match="needs 17 positions but the model has 16"):
+        list(mlxmodels.stream_generate(model, None, list(range(16)), max_tokens=4))
+    import mlx.core as mx
+
+    from mlxmodels.errors import ContextError
+
+    with pytest.raises(ContextError, match="past the model's 16 learned positions"):
+        model(mx.zeros((1, 17), dtype=mx.int32), cache=model.make_cache())
