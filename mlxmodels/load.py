@@ -17,6 +17,7 @@ from .config import HFConfig, ModelError, read_config
 from .decoder import Decoder
 from .families import build_spec
 from .formats.safetensors import DTYPES, Checkpoint, read_index
+from .parts.quantized import take_dequantized
 from .vocab import check_tokenizer
 
 # What a model needs besides its weights; the weights follow, only the shards the index lists. Tokenizers come as
@@ -107,11 +108,7 @@ def quantize_like(model: nn.Module, cfg: HFConfig, weights: dict):
     for path, module in model.named_modules():
         if "scales" in module or f"{path}.scales" not in weights:  # quantized here too, or stored float
             continue
-        o = q.get(path) if isinstance(q.get(path), dict) else {}
-        scales, biases = weights.pop(f"{path}.scales"), weights.pop(f"{path}.biases", None)
-        weights[f"{path}.weight"] = mx.dequantize(
-            weights[f"{path}.weight"], scales, biases, group_size=o.get("group_size", q.get("group_size", 64)),
-            bits=o.get("bits", q["bits"]), mode=o.get("mode", q.get("mode", "affine")))
+        weights[f"{path}.weight"] = take_dequantized(weights, path, cfg)
 
 
 def check_weights(model: nn.Module, weights: dict, folder: Path):

@@ -140,11 +140,18 @@ class Converter:
         self.expected = {k: tuple(v.shape) for k, v in tree_flatten(self.model.parameters())}
         self.has_fp8 = any(self.ckpt.info(n).dtype == "F8_E4M3" for n in self.ckpt.where)
         self.dtype = self._dtype()
-        self.qplan = {}
+        self.qplan, self.joined = {}, {}
         if options.quantize:
-            fused = getattr(self.adapter, "FUSED_ON_EXPORT", ())
+            joined = getattr(self.adapter, "JOINED_ON_EXPORT", {})
+            fused = getattr(self.adapter, "FUSED_ON_EXPORT", ()) + tuple(joined.values())
             self.qplan = recipes.plan(self.model, options.setting, self.spec.num_layers, self.spec.tie_embeddings,
                                       fused)
+            # Modules the adapter joins into one on export stay float until then, and the joined one is quantized
+            # as a plain Linear, from the float weights, with their (fused, so equal) params.
+            for path in list(self.qplan):
+                parent, _, leaf = path.rpartition(".")
+                for name in (name for name, parts in joined.items() if leaf in parts):
+                    self.joined[f"{parent}.{name}"] = self.qplan.pop(path)
         groups = {}
         for name in self.ckpt.where:
             groups.setdefault(group_key(name), []).append(name)
@@ -196,6 +203,8 @@ class Converter:
             out.update(self._quantize(path, local))
         if hasattr(self.adapter, "export_weights"):
             out = self.adapter.export_weights(out, self.cfg)
+        for path in [p for p in self.joined if f"{p}.weight" in out]:
+            out.update(self._quantize_linear(path, out.pop(f"{path}.weight")))
         return dict(sorted(out.items()))
 
     def _check(self, tensors: dict):
@@ -226,6 +235,11 @@ class Converter:
         finally:
             module.update(saved)
         return {f"{path}.{k}": v for k, v in tree_flatten(q.parameters())}
+
+    def _quantize_linear(self, path: str, weight: mx.array) -> dict:
+        """A joined weight, quantized as nn.QuantizedLinear quantizes its Linear (the module mlx-lm builds)."""
+        q, scales, *biases = mx.quantize(weight, **self.joined[path])
+        return {f"{path}.weight": q, f"{path}.scales": scales, **({f"{path}.biases": biases[0]} if biases else {})}
 
     def _placeholders(self, names):
         out, dtypes = {}, {}

@@ -4,7 +4,10 @@ group-limited greedy) scaled by `routed_scaling_factor`, plus always-on shared e
 
 from dataclasses import replace
 
-from ..config import HFConfig
+import mlx.core as mx
+
+from ..config import HFConfig, ModelError
+from ..parts.quantized import take_dequantized
 from ..parts.rope import yarn_mscale
 from ..spec import LayerSpec, MLASpec, MoESpec
 from . import llama
@@ -63,17 +66,41 @@ def spec(cfg: HFConfig, moe_spec=None):
 
 
 def split_kv_b(weights: dict, cfg: HFConfig) -> dict:
-    """kv_b_proj (H * (nope + v), kv_lora) -> embed_q (H, kv_lora, nope) and unembed_out (H, v, kv_lora)."""
+    """kv_b_proj (H * (nope + v), kv_lora) -> embed_q (H, kv_lora, nope) and unembed_out (H, v, kv_lora).
+
+    A kv_b_proj stored quantized (mlx-lm's and mlx-community's deepseek_v2 folders, and ours) is dequantized with
+    the folder's params and its halves stay float: its groups run along kv_lora, so embed_q (grouped along nope)
+    could only be quantized again with a second rounding, and float halves are exactly the values mlx-lm's
+    deepseek_v2 multiplies by. Memory: 1% more than a 4-bit DeepSeek-V2 or V2-Lite with the halves in 16 bits,
+    2% in float32 (the CPU's compute dtype for quantized models)."""
     H, nope, v = cfg["num_attention_heads"], cfg["qk_nope_head_dim"], cfg["v_head_dim"]
-    out = {}
-    for name, w in weights.items():
-        if not name.endswith("self_attn.kv_b_proj.weight"):
-            out[name] = w
-            continue
+    out = dict(weights)
+    for name in [n for n in weights if n.endswith("self_attn.kv_b_proj.weight")]:
+        path = name[: -len(".weight")]
+        w = take_dequantized(out, path, cfg) if f"{path}.scales" in weights else out.pop(name)
+        if w.ndim != 2 or w.shape[0] != H * (nope + v):
+            raise ModelError(f"tensor {name} has shape {tuple(w.shape)} but config.json implies {H * (nope + v)} "
+                             "rows (num_attention_heads x (qk_nope_head_dim + v_head_dim)); the config and the "
+                             "weights disagree")
         w = w.reshape(H, nope + v, -1)
-        prefix = name[: -len("kv_b_proj.weight")]
+        prefix = path[: -len("kv_b_proj")]
         out[prefix + "embed_q.weight"] = w[:, :nope, :].swapaxes(-1, -2)
         out[prefix + "unembed_out.weight"] = w[:, nope:, :]
+    return out
+
+
+# mlx-lm's deepseek_v2 reads kv_b_proj whole (its deepseek_v3 reads our halves): convert joins the halves back on
+# export and quantizes the joined matrix as the plain Linear mlx-lm builds (quantize/convert.py)
+JOINED_ON_EXPORT = {"kv_b_proj": ("embed_q", "unembed_out")}
+
+
+def export_weights(weights: dict, cfg: HFConfig) -> dict:
+    """Float embed_q and unembed_out -> kv_b_proj (H * (nope + v), kv_lora): split_kv_b undone, exactly."""
+    out = dict(weights)
+    for name in [n for n in weights if n.endswith("self_attn.embed_q.weight")]:
+        prefix = name[: -len("embed_q.weight")]
+        w = mx.concatenate([out.pop(name).swapaxes(-1, -2), out.pop(prefix + "unembed_out.weight")], axis=1)
+        out[prefix + "kv_b_proj.weight"] = w.reshape(-1, w.shape[-1])
     return out
 
 

@@ -5,22 +5,27 @@ read: it silently takes its own defaults. Each case is a tiny random transformer
 both run, with the settings those keys carry made non-default (llama3 / yarn / linear scaling, Gemma 3's two bases
 and its local:global layout, RoPE bases mlx-lm does not assume) so that a missing key changes mlx-lm's logits.
 Each converted folder must give transformers' logits in ours and ours in mlx-lm, and without any one of the keys
-convert added mlx-lm must fail to load it or compute another model (else that key's case proves nothing). The reverse direction (mlx-lm's folders in
-ours) is test_roundtrip's.
+convert added mlx-lm must fail to load it or compute another model (else that key's case proves nothing). The reverse
+direction (mlx-lm's folders in ours) is test_roundtrip's, and DeepSeek-V2's is here: mlx-lm stores its MLA
+`kv_b_proj` whole, which we keep split per head.
 """
 
 import json
+import shutil
 
+import mlx.core as mx
 import numpy as np
 import pytest
 from transformers import AutoConfig
 
+from mlxmodels.config import ModelError
 from quantize.convert import Options, convert
 from quantize.legacy_keys import add_legacy_keys, pattern
 from quantize.recipes import Setting
 from tests.families.test_families import BASE, MLA  # the tiny shapes every family case starts from
-from tests.oracle import build_hf, hf_logits
-from tests.quantize.test_roundtrip import IDS, ours, theirs
+from tests.dialects import legacy
+from tests.oracle import build_hf, edit_config, hf_logits, save_byte_tokenizer
+from tests.quantize.test_roundtrip import IDS, VOCAB, ours, theirs
 
 TOL = 1e-4  # relative to the largest logit
 LLAMA3 = dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
@@ -61,18 +66,18 @@ CASES = {
                                     shared_expert_intermediate_size=64, rope_parameters=plain(5e4))),
     "qwen3_moe": ("qwen3_moe", dict(BASE, num_local_experts=8, num_experts_per_tok=3, moe_intermediate_size=32,
                                     norm_topk_prob=True, rope_parameters=plain(5e4))),
-    "deepseek_v2-yarn": ("deepseek_v2", dict(MLA, q_lora_rank=None, rope_parameters=dict(  # as V2-Lite's config
-        rope_type="yarn", rope_theta=10000.0, factor=4.0, mscale=0.707, mscale_all_dim=0.707,
+    # kv_lora and nope a multiple of 64, so 4-bit quantizes MLA's kv_b_proj; the byte tokenizer's vocabulary, which
+    # mlx_lm.convert needs (test_mlx_lm_deepseek_v2_folder_loads_in_ours)
+    "deepseek_v2-yarn": ("deepseek_v2", dict(MLA, q_lora_rank=None, kv_lora_rank=64, qk_nope_head_dim=64,
+                                             vocab_size=VOCAB, rope_parameters=dict(  # V2-Lite's, but the base
+        rope_type="yarn", rope_theta=50000.0, factor=4.0, mscale=0.707, mscale_all_dim=0.707,
         original_max_position_embeddings=16, beta_fast=32, beta_slow=1))),
     "deepseek_v3-yarn": ("deepseek_v3", dict(MLA, n_group=4, topk_group=2, routed_scaling_factor=2.5,
                                              rope_parameters=dict(YARN, mscale=1.0, mscale_all_dim=0.8))),
 }
 # mlx-lm reads these families' transformers-5 keys itself: taking ours away changes nothing there.
 READS_V5 = {"qwen3-yarn"}
-# Folders mlx-lm cannot load for a reason other than config keys -> what it says. deepseek_v2: we write MLA's
-# kv_b_proj split per head (embed_q / unembed_out, mlx-lm's deepseek_v3 layout); mlx-lm's deepseek_v2 wants it whole.
-GAPS = {"deepseek_v2-yarn": "parameters not in model"}
-QUANTIZED = ["llama3", "gemma3", "qwen3_moe"]
+QUANTIZED = ["llama3", "gemma3", "qwen3_moe", "deepseek_v2-yarn"]
 
 
 def close(got, want, scale):
@@ -109,13 +114,6 @@ def test_float_folder_gives_our_logits_in_mlx_lm(sources, tmp_path, name):
     # transformers 5 prefers rope_scaling + rope_theta over rope_parameters when both are there: they must agree
     want, got = AutoConfig.from_pretrained(src["folder"]), AutoConfig.from_pretrained(out)
     assert rope_of(got) == rope_of(want) and getattr(got, "layer_types", None) == getattr(want, "layer_types", None)
-    if name in GAPS:
-        try:
-            theirs(out)
-        except ValueError as e:
-            assert GAPS[name] in str(e)
-            return
-        pytest.fail(f"mlx-lm now loads our {name} folders; drop its gap note and compare logits")
     close(theirs(out), mine, src["scale"])
     if name not in READS_V5:
         assert_each_added_key_matters(out, src, mine)
@@ -131,7 +129,8 @@ def assert_each_added_key_matters(out, src, mine):
         (out / "config.json").write_text(json.dumps({k: v for k, v in written.items() if k != key}))
         try:
             err = np.abs(theirs(out) - mine).max()
-        except (TypeError, ValueError, IndexError):  # a required key missing, or a layout it cannot index
+        # a required key missing, a layout it cannot index, or (deepseek_v2) rope_scaling read without a check
+        except (TypeError, ValueError, IndexError, AttributeError):
             continue
         assert err > 100 * TOL * src["scale"], f"mlx-lm did not need {key} ({written[key]!r}) here"
 
@@ -151,6 +150,56 @@ def test_quantized_folder_gives_our_logits_in_mlx_lm(sources, tmp_path, name):
     convert(src["folder"], out, Options(dtype="float32", quantize=True, setting=Setting(bits=4, group_size=64)))
     assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == 4
     close(theirs(out), ours(out), src["scale"])
+
+
+# ------------------------------------------------------------------------------------------ DeepSeek-V2's kv_b_proj
+
+
+KV_B = "model.layers.{}.self_attn.kv_b_proj"
+
+
+def test_deepseek_v2_keeps_mixed_bits_under_kv_b_proj(sources, tmp_path):
+    """A recipe's extra bits for MLA's value half (unembed_out, first and last layer) go to the whole kv_b_proj,
+    under its name only, and both loaders dequantize it with them (4 bits would not fit its shape)."""
+    src = sources("deepseek_v2-yarn")
+    out = tmp_path / "mixed"
+    convert(src["folder"], out, Options(dtype="float32", quantize=True, setting=Setting(recipe="edges_4_6")))
+    q = json.loads((out / "config.json").read_text())["quantization"]
+    assert {k for k in q if ".self_attn." in k} == {KV_B.format(0), KV_B.format(2)} and q[KV_B.format(0)]["bits"] == 6
+    w = mx.load(str(out / "model.safetensors"))
+    assert w[f"{KV_B.format(0)}.weight"].shape == (4 * (64 + 12), 64 * 6 // 32)  # H * (nope + v), kv_lora at 6 bits
+    assert not [k for k in w if ".embed_q." in k or ".unembed_out." in k]
+    close(theirs(out), ours(out), src["scale"])
+
+
+def test_mlx_lm_deepseek_v2_folder_loads_in_ours(sources, tmp_path):
+    """mlx_lm.convert's 4-bit deepseek_v2 folder (kv_b_proj whole and quantized, as mlx-community publishes them)
+    gives mlx-lm's logits in ours, and our convert of the same source writes the same tensors, bit for bit."""
+    from mlx_lm.convert import convert as mlx_lm_convert
+
+    src = tmp_path / "legacy"
+    shutil.copytree(sources("deepseek_v2-yarn")["folder"], src)
+    edit_config(src, legacy)  # the older dialect mlx-lm reads
+    save_byte_tokenizer(src)  # mlx_lm.convert needs a tokenizer
+    theirs_out, ours_out = tmp_path / "mlx-lm", tmp_path / "ours"
+    mlx_lm_convert(str(src), str(theirs_out), quantize=True, q_group_size=64, q_bits=4, dtype="float32")
+    a = mx.load(str(theirs_out / "model.safetensors"))
+    assert a[f"{KV_B.format(1)}.scales"].shape == (4 * (64 + 12), 1)
+    want = theirs(theirs_out)
+    close(ours(theirs_out), want, float(np.abs(want).max()))
+    convert(src, ours_out, Options(dtype="float32", quantize=True))
+    b = mx.load(str(ours_out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and mx.array_equal(a[k], b[k]).item(), k
+
+
+def test_a_kv_b_proj_that_does_not_fit_its_quantization_entry_is_one_clear_error(sources, tmp_path):
+    out = tmp_path / "q4"
+    convert(sources("deepseek_v2-yarn")["folder"], out, Options(dtype="float32", quantize=True))
+    edit_config(out, lambda c: c["quantization"].update({KV_B.format(1): {"bits": 8, "group_size": 64}}))
+    with pytest.raises(ModelError, match=rf"{KV_B.format(1)}: the stored weight .* 8 bits, group size 64\)"):
+        ours(out)
 
 
 # ------------------------------------------------------------------------------------------ the translation
