@@ -11,8 +11,8 @@ import argparse
 import os
 import sys
 
-from app.flags import (min_p_float, non_negative_float, non_negative_int, penalty_float, positive_int, seed_int,
-                       template_kwargs_json, unit_float)
+from app.flags import (min_p_float, non_empty, non_negative_float, non_negative_int, penalty_float, positive_int,
+                       seed_int, template_kwargs_json, unit_float)
 
 EPILOG_MODEL = ("-m takes a local model folder (Hugging Face or mlx-lm layout) or a Hugging Face Hub id such as "
                 "Qwen/Qwen3-0.6B (downloaded once into the Hugging Face cache). Without -m the small default model "
@@ -166,7 +166,8 @@ def add_generate(sub):
     g.add_argument("--truncate-prompt", action="store_true",
                    help="a prompt too long for the model's context keeps its last tokens (as many as leave room "
                         "for --max-tokens, at least half the context) instead of being refused")
-    g.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop at TEXT (repeatable)")
+    g.add_argument("--stop", action="append", type=non_empty, default=None, metavar="TEXT",
+                   help="stop at TEXT (repeatable)")
     g.add_argument("--hide-thinking", action="store_true",
                    help="do not show a thinking model's reasoning (stdout gets only the answer either way)")
     add_template_switches(g, " (with --chat)")
@@ -186,12 +187,14 @@ def cmd_chat(args):
     from app.chat_store import TEMPLATE_KWARGS, Chat, ChatStore, Sampling
 
     store = ChatStore()
-    chat = store.load(args.open) if args.open else None
+    chat = store.load(args.open) if args.open is not None else None  # --open "" is a mistake, not "no chat"
     if sys.stderr.isatty():  # progress for a person; in a pipe, stderr keeps to errors
         print(f"loading {model_arg.display_name(args.model)} ...", file=sys.stderr)
     model, tokenizer, folder = model_arg.load(args.model, args.dtype)
     limit = model_arg.context_length(folder)
     if args.context:
+        if args.context > limit:  # positions past what the model was built for: garbage, or past GPT-2's table
+            raise ValueError(f"--context {args.context} is above the model's maximum of {limit} tokens")
         limit = args.context
     sampling = Sampling.from_dict({**sampling_of(args, model_arg.sampling_defaults(folder)),
                                    "max_tokens": args.max_tokens})

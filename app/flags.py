@@ -69,3 +69,10 @@ def template_kwargs_json(text):
         what = str(e) if not isinstance(e, (json.JSONDecodeError, RecursionError)) else "not JSON"
         raise argparse.ArgumentTypeError(f"invalid value {text[:80]!r} ({what}; expected a JSON object such as "
                                          '\'{"enable_thinking": false}\')') from None
+
+
+def non_empty(text):
+    """Text that must say something (`--stop ""` would stop nowhere, silently)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty value does nothing here; give some text")
+    return text

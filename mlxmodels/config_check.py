@@ -185,6 +185,8 @@ def check_quantization(q, where: str, key: str) -> None:
     for name, v in q.items():
         if isinstance(v, dict):
             _check_params({"mode": q.get("mode", "affine"), "group_size": 64, **v}, where, f"{key}.{name}")
+        elif "." in name and not isinstance(v, bool):  # a module path: MLX takes an override object or a bool
+            fail(where, f"{key}.{name}", v, "an object of bits/group_size/mode, or true/false")
 
 
 def _check_params(q: dict, where: str, key: str) -> None:

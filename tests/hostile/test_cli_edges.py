@@ -185,3 +185,12 @@ def test_bench_worker_that_fails(model, tmp_path):
 def test_bench_past_the_context(capsys, tiny):
     rc, _, line = in_process(capsys, "bench", "-m", tiny, "-p", "60", "-g", "8", "-n", "1")
     assert rc == 1 and line == "mlxm: error: -p 60 and -g 8 make 68 tokens, past the model's context of 64: ask for fewer"
+
+
+@pytest.mark.parametrize("args, needle, rc", [
+    (["generate", "-p", "hi", "--stop", ""], "argument --stop: an empty value does nothing here", 2),
+    (["chat", "--open", ""], "'' is not a chat id", 1),
+    (["chat", "--context", "100000000"], "--context 100000000 is above the model's maximum of", 1),
+])
+def test_values_that_would_be_ignored_silently(tmp_path, args, needle, rc):
+    refused(mlxm(args, env={"MLXM_DATA_DIR": str(tmp_path)}), needle, rc=rc)

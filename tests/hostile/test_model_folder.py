@@ -148,6 +148,8 @@ def test_hub_cache_snapshot_links_into_blobs_load(model, tmp_path):
     ("quantization", {"bits": 4, "group_size": 100}, "quantization.group_size is 100"),
     ("quantization", {"bits": 4, "group_size": 64, "model.layers.0.mlp.up_proj": {"bits": 9}},
      "quantization.model.layers.0.mlp.up_proj.bits is 9"),
+    ("quantization", {"bits": 4, "group_size": 64, "model.layers.0.mlp.up_proj": "yes"},
+     "quantization.model.layers.0.mlp.up_proj is 'yes'; expected an object of bits/group_size/mode, or true/false"),
     ("layer_types", ["full_attention"], "layer_types is 1 entries; expected one per layer (2)"),
     ("layer_types", ["full_attention", "mamba"], "layer_types"),
     ("tie_word_embeddings", "yes", "tie_word_embeddings is 'yes'; expected true or false"),
