@@ -12,16 +12,19 @@ DESCRIPTION = """Convert a Hugging Face checkpoint (a local folder or a Hub id s
 folder in mlx-lm's layout, one layer at a time. FP8 block-scaled checkpoints are dequantized. With -q (or any
 quantization option) Linear and Embedding weights are quantized; norms, biases and MoE routers stay float.
 The output appears only when complete; an existing OUT is replaced only with --force."""
+MAX_REPORT_TOKENS = 1 << 20  # --report-tokens and --report-context: a million tokens already takes hours to score
 
 
 def add_parser(subparsers):
-    from app.flags import at_least, number, positive_int
+    from app.flags import number
     from quantize import recipes
 
     def gib(text):  # finite and at least one byte: inf, nan, 0 and negatives are refused before any work
         return number(float, text, lambda v: math.isfinite(v) and v * (1 << 30) >= 1, "a number of GiB > 0")
 
-    context = at_least(2)  # a window scores len - 1 tokens: one token scores none
+    def tokens(low):  # --report's token counts, bounded (the text is read up to 64 bytes a token)
+        return lambda text: number(int, text, lambda v: low <= v <= MAX_REPORT_TOKENS,
+                                   f"a whole number from {low} to {MAX_REPORT_TOKENS}")
 
     p = subparsers.add_parser("convert", help="import (and quantize) a Hugging Face checkpoint",
                               description=DESCRIPTION)
@@ -44,15 +47,16 @@ def add_parser(subparsers):
     q.add_argument("--no-quantize-head", dest="head", action="store_false", help="keep the output head float")
     p.add_argument("--shard-size", type=gib, default=5.0, metavar="GIB",
                    help="largest output shard, in GiB (default 5, as mlx-lm)")
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists (once the new one is complete)")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT if it exists (once the new one is complete) and holds only what convert writes")
     r = p.add_argument_group("report")
     r.add_argument("--report", metavar="TEXTFILE", default=None,
                    help="after converting, print perplexity on TEXTFILE and mean KL from the float model")
     r.add_argument("--report-settings", default="", metavar="LIST",
                    help="more settings to compare in memory, e.g. 8,4,3g32,mxfp4,edges_4_6")
-    r.add_argument("--report-tokens", type=positive_int, default=2048, metavar="N",
+    r.add_argument("--report-tokens", type=tokens(1), default=2048, metavar="N",
                    help="most tokens of TEXTFILE to score (default 2048)")
-    r.add_argument("--report-context", type=context, default=512, metavar="N",
+    r.add_argument("--report-context", type=tokens(2), default=512, metavar="N",
                    help="tokens per scored window (default 512)")
     p.set_defaults(func=run)
     return p
@@ -76,17 +80,20 @@ def run(args):
     from quantize.convert import Options, convert
 
     quantize, setting = setting_from(args)
-    text, extra = None, []
-    if args.report:
-        text = report.read_text(Path(args.report), args.report_tokens)  # fail before converting
+    text, extra, ids = None, [], []
+    if args.report:  # every mistake in the report's text or settings stops the run before anything is written
+        text = report.read_text(Path(args.report), args.report_tokens)
         extra = report.parse_settings(args.report_settings, setting)
-        if Path(args.src).is_dir():
-            report.check_source(Path(args.src))
+
+    def check_source(folder):  # the report's reference (the source) and its tokens, once the source is there
+        if text is not None:
+            ids.extend(report.token_ids(folder, text, args.report, args.report_tokens))
+
     options = Options(dtype=args.dtype, quantize=quantize, setting=setting, force=args.force,
                       shard_bytes=int(args.shard_size * (1 << 30)))
     previous = {s: signal.signal(s, _interrupt) for s in SIGNALS}  # a kill or a closed terminal cleans up as Ctrl-C
     try:
-        result = convert(args.src, args.out, options, progress=_bar, log=print)
+        result = convert(args.src, args.out, options, progress=_bar, log=print, check_source=check_source)
     except KeyboardInterrupt as e:
         # convert's cleanup has run by now: the work folder and the claim are gone, an existing OUT is as it was
         # (or, if the signal came in the last instant, the new OUT is complete)
@@ -102,8 +109,8 @@ def run(args):
           f"{result.shards} shard(s), {result.seconds:.1f} s")
     if text is not None:
         label = f"{setting.label} (OUT)" if quantize else "float (OUT)"
-        rows, tokens = report.report(text, result.source, result.folder, extra, _dtype(result.folder),
-                                     args.report_context, args.report_tokens, label)
+        rows, tokens = report.report(ids, result.source, result.folder, extra, _dtype(result.folder),
+                                     args.report_context, label)
         print(report.table(rows, tokens))
 
 

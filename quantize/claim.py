@@ -17,12 +17,15 @@ to remove it). Whoever holds the claim sweeps what dead runs left: every new/par
 one only while it holds the claim, or is about to fail to take it), and an OUT set aside by a run killed between
 its two renames is put back, or removed if its replacement made it in. The result replaces OUT only if the claim
 still carries this run's token, and OUT is then either absent (created by this run with an exclusive mkdir, so a
-folder someone made meanwhile is left alone) or, with --force, a real folder that is a model folder or empty.
+folder someone made meanwhile is left alone) or, with --force, a real folder that is empty or a model folder holding
+only files a convert writes (WRITTEN): a note, an adapter or a folder the user keeps there stops the run instead of
+being removed with the old model. That is checked again on the old OUT once it is set aside, where no one adds to it.
 """
 
 from __future__ import annotations
 
 import errno
+import fnmatch
 import hashlib
 import json
 import os
@@ -35,9 +38,15 @@ from pathlib import Path
 from typing import Optional
 
 from mlxmodels.errors import ModelError
+from mlxmodels.formats.safetensors import INDEX
 
 LEFTOVER = re.compile(r"(new|partial|old|trash)-([0-9a-f]{12})")
 TAKEN = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)  # rename onto a claim that is there
+TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
+                   "merges.txt", "*.tiktoken", "chat_template*", "generation_config.json"]  # what convert copies
+# Every name a convert writes into OUT, from any source: only regular files with these names may be replaced.
+# .DS_Store is macOS Finder's view settings, written into any folder it shows and written again when it is shown.
+WRITTEN = ["config.json", "model*.safetensors", INDEX, *TOKENIZER_FILES, ".DS_Store"]
 
 
 class ClaimError(ModelError):
@@ -68,6 +77,17 @@ def check_out(out: Path, force: bool):
     if names and not ("config.json" in names and any(n.endswith(".safetensors") for n in names)):
         raise ClaimError(f"{out} is not a model folder (no config.json and *.safetensors); --force replaces only a "
                          "model folder, so empty it yourself or choose another OUT")
+    check_only_written(out, out)
+
+
+def check_only_written(folder: Path, out: Path):
+    """`folder` (OUT, or OUT set aside) holds only regular files named as a convert names what it writes."""
+    theirs = sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in folder.iterdir()
+                    if p.is_symlink() or not p.is_file() or not any(fnmatch.fnmatchcase(p.name, w) for w in WRITTEN))
+    if theirs:
+        more = f" (and {len(theirs) - 1} more)" if len(theirs) > 1 else ""
+        raise ClaimError(f"{out} holds {theirs[0]}{more}, which convert does not write; --force replaces only what "
+                         "convert wrote, so move it out of that folder or choose another OUT")
 
 
 def _prefix(out: Path) -> str:
@@ -227,6 +247,7 @@ class Claim:
         old = self._name("old")
         try:
             os.rename(self.out, old)
+            check_only_written(old, self.out)  # what was added since check_out; put back below
             os.rename(self.work, self.out)
         except BaseException:
             if os.path.lexists(old) and not os.path.lexists(self.out):

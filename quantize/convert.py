@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -41,13 +42,11 @@ from mlxmodels.load import resolve
 
 from . import fp8, recipes
 from .legacy_keys import add_legacy_keys
-from .claim import Claim, check_out, output_path
+from .claim import TOKENIZER_FILES, Claim, check_out, output_path
 from mlxmodels.formats.safetensors import DTYPES, Checkpoint, ShardWriter, dtype_name, nbytes
 
 SHARD_BYTES = 5 << 30  # mlx-lm's shard size
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
-TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
-                   "merges.txt", "*.tiktoken", "chat_template*", "generation_config.json"]
 GB = 1e9
 
 
@@ -346,22 +345,37 @@ def tokenizer_files(folder: Path) -> list:
     return [files.member(folder, name) for name in sorted(names)]
 
 
-def convert(src, out, options: Optional[Options] = None, progress=None, log: Callable[[str], None] = lambda s: None
-            ) -> Result:
+def check_apart(out: Path, source: Path):
+    """OUT is not the source, does not hold it and is not inside it (symlinks resolved): --force would replace
+    the source, and a model written inside it would become part of it."""
+    o, s = out.resolve(), source.resolve()
+    if s.is_relative_to(o):
+        raise ConvertError(f"{out} is (or holds) the source folder; choose another OUT")
+    if o.is_relative_to(s):
+        raise ConvertError(f"{out} is inside the source folder {source}; choose an OUT outside it")
+
+
+def convert(src, out, options: Optional[Options] = None, progress=None, log: Callable[[str], None] = lambda s: None,
+            check_source: Optional[Callable[[Path], None]] = None) -> Result:
     """Convert SRC into OUT; returns what was written. Raises ModelError subclasses for user mistakes.
 
-    `progress(total_bytes)`, if given, makes a progress bar (`update(n)`, `close()`) over the source bytes."""
+    `progress(total_bytes)`, if given, makes a progress bar (`update(n)`, `close()`) over the source bytes.
+    `check_source(folder)`, if given, runs on the source folder (downloaded, if a Hub id) before anything is read
+    from it or written: convert --report checks its text there."""
     options = options or Options()
     start = time.perf_counter()
     out = output_path(out)
+    if os.path.isdir(os.path.expanduser(src)):  # before the claim is made beside OUT (which may be inside SRC)
+        check_apart(out, Path(os.path.expanduser(src)))
     check_out(out, options.force)  # before any work, and again once the claim is held
     claim = Claim.take(out)
     try:
         claim.sweep()
         check_out(out, options.force)  # the sweep may have put back an OUT that a killed --force run set aside
         folder = resolve(src, before_weights=check_download_space).absolute()
-        if out.resolve() == folder.resolve() or (out.exists() and folder.resolve().is_relative_to(out.resolve())):
-            raise ConvertError(f"{out} is (or holds) the source folder; choose another OUT")
+        check_apart(out, folder)  # again for a Hub id's folder, and for a folder that was replaced meanwhile
+        if check_source is not None:
+            check_source(folder)
         conv = Converter(folder, options)
         try:
             entries = conv.plan()

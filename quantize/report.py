@@ -10,6 +10,7 @@ float32 size plus each setting's.
 
 from __future__ import annotations
 
+import codecs
 import math
 import re
 from dataclasses import dataclass
@@ -101,14 +102,34 @@ def check_source(source: Path):
 
 def read_text(path: Path, max_tokens: int) -> str:
     """--report's text, read before converting: only a regular file, opened without blocking (a FIFO or a device
-    would block or never end), and only as much as `max_tokens` can use (64 bytes a token is far more than any
-    tokenizer needs)."""
+    would block or never end), only as much as `max_tokens` can use (64 bytes a token is far more than any
+    tokenizer needs), and only UTF-8 (a character cut at that limit is dropped)."""
     try:
         f = open_regular(path)
     except FolderError as e:
         raise ConvertError(f"--report: {e}") from None
+    limit = 64 * (max_tokens + 1)
     with f:
-        return f.read(64 * (max_tokens + 1)).decode("utf-8", errors="replace")
+        data = f.read(limit + 1)
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(data[:limit], final=len(data) <= limit)
+    except UnicodeDecodeError as e:
+        raise ConvertError(f"--report: {path} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} "
+                           f"({e.reason}); convert it first, e.g. iconv -f latin1 -t utf-8") from None
+
+
+def token_ids(source: Path, text: str, path, max_tokens: int) -> list:
+    """The ids the report scores, checked before converting: the source must be a float model with a tokenizer,
+    and the text (from `path`) must give at least two tokens (a window scores each token after its first)."""
+    check_source(source)
+    tokenizer = load_tokenizer(source)
+    if tokenizer is None:
+        raise ConvertError(f"--report needs tokenizer files in {source}")
+    ids = tokenizer.encode(text)[: max_tokens + 1]
+    if len(ids) < 2:
+        raise ConvertError(f"--report: {path} is too short: it gives {len(ids)} token(s) and the report needs at "
+                           "least two; give a longer text")
+    return ids
 
 
 def windows(ids: list, context: int) -> list:
@@ -133,14 +154,9 @@ def evaluate(reference: nn.Module, models: list, ids: list, context: int) -> tup
     return ref_nll / count, [(n / count, k / count) for n, k in sums], count
 
 
-def report(text: str, source: Path, out: Optional[Path], settings: list = (), dtype=None, context: int = 512,
-           max_tokens: int = 2048, out_label: str = "converted") -> tuple:
-    """-> (rows, tokens evaluated). `out`: a converted folder to evaluate (None to skip)."""
-    check_source(source)
-    tokenizer = load_tokenizer(source)
-    if tokenizer is None:
-        raise ConvertError(f"--report needs tokenizer files in {source}")
-    ids = tokenizer.encode(text)[: max_tokens + 1]
+def report(ids: list, source: Path, out: Optional[Path], settings: list = (), dtype=None, context: int = 512,
+           out_label: str = "converted") -> tuple:
+    """-> (rows, tokens evaluated). `ids`: from token_ids; `out`: a converted folder to evaluate (None to skip)."""
     reference, _ = mlxmodels.load(source, dtype="float32")
     labels, models, bits = [], [], []
     if out is not None:

@@ -23,7 +23,9 @@ import mlx.core as mx
 import pytest
 
 from app.cli import main
-from mlxmodels.formats.safetensors import ShardWriter, save_file
+from mlxmodels.formats.safetensors import INDEX, ShardWriter, save_file
+from quantize.convert import Converter
+from quantize.report import read_text
 from tests.hostile.cli import ROOT, Run, refused
 from tests.oracle import build_tiny_llama
 
@@ -70,7 +72,8 @@ def tiny(tmp_path_factory):
 
 
 def fingerprint(folder: Path) -> dict:
-    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+    """Every path under `folder` (links not followed) with its size and time: what a run must leave as it was."""
+    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 def here(capsys, *args) -> Run:
@@ -320,6 +323,80 @@ def test_someone_acts_mid_run(capsys, monkeypatch, tiny, tmp_path, case):
         assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_a_file_saved_into_out_as_force_sets_it_aside_stops_the_run(capsys, monkeypatch, tiny, tmp_path):
+    """After the last check_out and before the old OUT is moved aside, the user saves a note into it: the set-aside
+    folder is checked again, and put back with the note, never removed."""
+    out = tmp_path / "out"
+    succeeds(capsys, tiny, out)
+    before, rename = fingerprint(out), os.rename
+
+    def late(src, dst, **kw):
+        if Path(src) == out and Path(dst).name.startswith(".out.mlxm-old-"):
+            (out / "notes.txt").write_text("mine")
+        return rename(src, dst, **kw)
+
+    monkeypatch.setattr(os, "rename", late)
+    refused(here(capsys, tiny, out, "--force", "-q"), f"{out} holds notes.txt, which convert does not write")
+    assert (out / "notes.txt").read_text() == "mine" and sorted(tmp_path.iterdir()) == [out]
+    assert {k: v for k, v in fingerprint(out).items() if k != "notes.txt"} == before  # the old model, as it was
+
+
+@pytest.mark.parametrize("theirs,named", [
+    (["notes.txt"], "notes.txt"),
+    (["adapters/adapter.safetensors"], "adapters/"),  # a LoRA adapter kept beside the model it was trained on
+    (["notes.txt", "README.md"], "README.md (and 1 more)"),
+    (["tokenizer.json@"], "tokenizer.json"),  # a link (to a file of theirs) where convert writes a file
+], ids=["note", "folder", "two", "link"])
+def test_force_never_removes_what_convert_did_not_write(capsys, tiny, tmp_path, theirs, named):
+    out = tmp_path / "out"
+    succeeds(capsys, tiny, out)
+    for name in theirs:
+        path = out / name.rstrip("@")
+        if name.endswith("@"):
+            (tmp_path / "theirs.json").write_text("mine")
+            path.unlink()
+            path.symlink_to(tmp_path / "theirs.json")
+        else:
+            path.parent.mkdir(exist_ok=True)
+            path.write_text("mine")
+    before = fingerprint(tmp_path)
+    refused(here(capsys, tiny, out, "--force", "-q"), f"{out} holds {named}, which convert does not write",
+            "move it out of that folder or choose another OUT", within=5)
+    assert fingerprint(tmp_path) == before
+
+
+def test_force_replaces_a_folder_of_only_what_convert_writes(capsys, tiny, tmp_path):
+    """Every name convert writes, from any source (other shard counts, other tokenizers' files), is replaced."""
+    out = tmp_path / "out"
+    folder_with(out, "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+                "qwen.tiktoken", "chat_template.jinja", "chat_template.json", "generation_config.json", ".DS_Store")
+    succeeds(capsys, tiny, out, "--force")
+    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in tiny.iterdir()] + [INDEX])
+
+
+@pytest.mark.parametrize("src,out", [
+    ("src", "src/mlx"),
+    ("src", "src/a/b/mlx"),  # and its parents are not made
+    ("src", "link/mlx"),  # through a link to the source
+    ("link", "src/mlx"),  # the source through a link
+], ids=["child", "grandchild", "link-out", "link-src"])
+def test_an_out_inside_the_source_is_refused_before_any_work(capsys, tiny, tmp_path, src, out):
+    shutil.copytree(tiny, tmp_path / "src")
+    (tmp_path / "link").symlink_to(tmp_path / "src")
+    before = fingerprint(tmp_path)
+    refused(here(capsys, tmp_path / src, tmp_path / out), f"{tmp_path / out} is inside the source folder "
+            f"{tmp_path / src}; choose an OUT outside it", within=5)
+    assert fingerprint(tmp_path) == before
+
+
+def test_an_out_beside_the_source_whose_name_extends_it_is_not_inside(capsys, tiny, tmp_path):
+    shutil.copytree(tiny, tmp_path / "src")
+    run = here(capsys, tmp_path / "src", tmp_path / "src-mlx")
+    assert run.rc == 0 and run.stderr == "", run.stderr
+
+
 @pytest.mark.parametrize("case", ["file", "symlink", "not-a-model", "dot", "dotdot"])
 def test_force_replaces_only_a_model_folder(capsys, tiny, tmp_path, case):
     target = tmp_path / "out"
@@ -357,6 +434,10 @@ def test_force_replaces_an_empty_folder(capsys, tiny, tmp_path):
     (["--report-context", "1"], "argument --report-context: invalid value '1'"),
     (["--report-tokens", "0"], "argument --report-tokens: invalid value '0'"),
     (["--report-tokens", "-3"], "argument --report-tokens: invalid value '-3'"),
+    (["--report-tokens", str(10 ** 30)], f"argument --report-tokens: invalid value '{10 ** 30}' (expected a whole "
+                                         "number from 1 to 1048576)"),  # was an OverflowError from the read
+    (["--report-tokens", "1048577"], "argument --report-tokens: invalid value '1048577'"),
+    (["--report-context", str(10 ** 30)], "argument --report-context: invalid value"),
     (["--bits", "-4"], "argument --bits: invalid choice"),
     (["--group-size", "-64"], "argument --group-size: invalid choice"),
     (["--report", "{tmp}"], "is a folder, not a regular file"),
@@ -388,3 +469,25 @@ def test_a_failed_run_removes_the_parents_it_made(capsys, tmp_path):
     src.mkdir()  # a folder without config.json: the run fails after claiming OUT
     refused(here(capsys, src, tmp_path / "a" / "b" / "out"), "config.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize("data,words", [
+    (b"\xff\xfe\x00\x81garbage", "is not UTF-8 text: byte 0xff at offset 0 (invalid start byte)"),  # UTF-16
+    ("caf\u00e9 au lait".encode("latin-1"), "is not UTF-8 text: byte 0xe9 at offset 3"),
+    (b"ok \xc3(", "is not UTF-8 text: byte 0xc3 at offset 3"),
+    (b"", "is too short: it gives 0 token(s) and the report needs at least two"),
+    (b"a", "is too short: it gives 1 token(s)"),  # the byte tokenizer: one token, and a window scores none
+], ids=["utf16", "latin1", "cut", "empty", "one-token"])
+def test_a_bad_report_text_is_refused_before_any_work(capsys, monkeypatch, tiny, tmp_path, data, words):
+    text = tmp_path / "text.txt"
+    text.write_bytes(data)
+    planned, plan = [], Converter.plan
+    monkeypatch.setattr(Converter, "plan", lambda self: planned.append(self) or plan(self))
+    refused(here(capsys, tiny, tmp_path / "new" / "out", "--report", text), f"--report: {text} {words}", within=5)
+    assert planned == [] and sorted(tmp_path.iterdir()) == [text]  # not a tensor planned, not a folder made
+
+
+def test_a_character_cut_at_the_report_read_limit_is_dropped_not_refused(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("a" * 127 + "\u00e9" * 10)  # --report-tokens 1 reads 128 bytes: the first é is cut in two
+    assert read_text(text, 1) == "a" * 127

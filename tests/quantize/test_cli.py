@@ -227,8 +227,12 @@ def test_existing_out_is_refused_then_replaced_with_force(capsys, tiny, tmp_path
     code, _, err = run_cli(capsys, tiny, out)
     assert code == 1 and err == [f"mlxm: error: {out} already exists; pass --force to replace it"]
     assert (out / "keep.txt").read_text() == "mine"
+    code, _, err = run_cli(capsys, tiny, out, "--force", "-q")  # --force never removes what convert did not write
+    assert code == 1 and len(err) == 1 and f"{out} holds keep.txt, which convert does not write" in err[0]
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
     code, stdout, _ = run_cli(capsys, tiny, out, "--force", "-q")
-    assert code == 0 and "4-bit, group 64" in stdout and not (out / "keep.txt").exists()
+    assert code == 0 and "4-bit, group 64" in stdout
     assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == 4
     assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # like a mkdir, not mkdtemp's 0700
     assert_no_temp(tmp_path)
