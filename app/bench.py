@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from app import signals
+
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
 METRICS = ("prompt_tps", "generation_tps", "ttft_s", "peak_memory_gb")
 # Tokens per CPU-second of the whole worker process (all its threads): much less sensitive than wall time to
@@ -247,14 +249,24 @@ class Worker:
                 str(prompt_tokens), str(gen_tokens), str(prefill_step_size)]
         self.tool, self.log = tool, log
         stderr = open(log, "wb") if log is not None else None
+        self.proc = None
         try:
-            self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                                         text=True, env=env, cwd=cwd or str(Path(__file__).resolve().parents[1]))
-        finally:
-            if stderr is not None:
-                stderr.close()
-        self.info = self._read()
-        os.kill(self.proc.pid, signal.SIGSTOP)
+            # signals held while the process starts: one arriving before self.proc is set would leave a worker
+            # nobody stops
+            with signals.held():
+                try:
+                    self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                                 text=True, env=env,
+                                                 cwd=cwd or str(Path(__file__).resolve().parents[1]))
+                finally:
+                    if stderr is not None:
+                        stderr.close()
+            self.info = self._read()  # loading and warming up: minutes on a large model
+            os.kill(self.proc.pid, signal.SIGSTOP)
+        except BaseException:  # a failure or a signal: the worker must not outlive this
+            if self.proc is not None:
+                self.stop()
+            raise
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -288,14 +300,35 @@ class Worker:
         os.kill(self.proc.pid, signal.SIGSTOP)
         return answer
 
-    def close(self) -> None:
-        os.kill(self.proc.pid, signal.SIGCONT)
+    def close(self, grace: float = 10.0) -> None:
+        """Ask the worker to quit; one still there after `grace` seconds is stopped."""
+        self.proc.send_signal(signal.SIGCONT)
         try:
             self.proc.stdin.write("quit\n")
             self.proc.stdin.close()
-        except BrokenPipeError:
+        except OSError:  # it is gone
             pass
-        self.proc.wait()
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+        self.stop()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """End the worker now, mid-trial or not (the run was interrupted, or failed): SIGTERM, then SIGKILL if it
+        is still there after `grace` seconds. Nobody waits for a trial to finish: it may take minutes."""
+        self.proc.terminate()  # no-ops once the process is reaped, so a pid reused since is never signalled
+        self.proc.send_signal(signal.SIGCONT)  # a stopped worker acts on the SIGTERM only once continued
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()
+            except OSError:  # a quit line it never read
+                pass
 
 
 def run_interleaved(a: Worker, b: Worker, trials: int, own_stats: bool = False) -> Tuple[List[dict], List[dict]]:
@@ -365,6 +398,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(load_tool(argv[1], argv[2], None)[2])
         return 0
     if argv and argv[0] == "worker":
+        # A process group of our own: Ctrl-C (sent to the terminal's foreground group) reaches only the driver,
+        # which alone decides when a worker ends (Worker.stop), so an interrupted run reports the interruption,
+        # never a worker that died of it. And if the driver is killed outright (SIGKILL) while we sit stopped
+        # (SIGSTOP, between trials), our group is left orphaned with a stopped member, which the kernel ends
+        # with SIGHUP (POSIX); in the driver's own group we would stay stopped for good.
+        os.setpgid(0, 0)
         tool, folder, dtype, p, g, step = argv[1:7]
         worker(tool, folder, None if dtype == "default" else dtype, int(p), int(g), int(step))
         return 0

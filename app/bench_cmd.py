@@ -7,14 +7,18 @@ with --compare the two workers take turns (ABBA) so drift on a shared machine hi
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
 import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from app import signals
 from mlxmodels.config import ModelError
 
 DESCRIPTION = """Measure prompt processing and generation speed (tokens per second), time to first token and peak
@@ -43,12 +47,27 @@ def add_parser(sub, add_model):
 
 
 def run(args) -> None:
+    previous = signals.catch()  # a kill or a closed terminal stops the workers and removes the logs, as Ctrl-C
+    try:
+        report = _bench(args)
+    except KeyboardInterrupt as e:  # _bench has cleaned up by now
+        print(f"mlxm: interrupted by {signals.name(e)}: the benchmark stopped, its worker processes were ended and "
+              "its temporary files removed", file=sys.stderr)
+        sys.exit(signals.exit_status(e))
+    finally:
+        signals.restore(previous)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
+def _bench(args) -> dict:
     from app import model_arg
     from mlxmodels.config import read_config
     from mlxmodels.families import get_adapter
 
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise ValueError(f"--plot writes a PNG; give a file name ending in .png, not {args.plot!r}")
+    if args.plot:
+        if not args.plot.lower().endswith(".png"):
+            raise ValueError(f"--plot writes a PNG; give a file name ending in .png, not {args.plot!r}")
+        _check_plot_path(Path(args.plot))  # before the minutes of work, not after
     folder = model_arg.resolve_folder(args.model).absolute()  # the workers run in another folder
     get_adapter(read_config(folder).get("model_type"))  # a folder we cannot load fails here, in one line
     context = model_arg.context_length(folder)
@@ -61,18 +80,24 @@ def run(args) -> None:
             raise ModelError("--compare mlx-lm needs mlx-lm installed: pip install mlx-lm")
         tools.append("mlx-lm")
     progress = _Progress(sys.stderr.isatty() and not args.json)
-    logs = Path(tempfile.mkdtemp(prefix="mlxm-bench-"))  # the workers' stderr; kept if one fails, for its error
+    logs, keep = None, False
     try:
+        with signals.held():  # the folder's name is recorded before a signal can stop us
+            logs = Path(tempfile.mkdtemp(prefix="mlxm-bench-"))  # the workers' stderr: kept if one fails
         report = measure(str(folder), tools, args.prompt_tokens, args.gen_tokens, args.trials, args.dtype,
                          args.prefill_step, progress, logs)
         report["model"] = model_arg.display_name(args.model)
         if args.plot:
             report["plot"] = plot(report, args.plot, str(folder), tools, args.dtype, args.prefill_step, progress,
                                   logs)
+    except BenchmarkFailed:
+        keep = True  # its error names its log
+        raise
     finally:
         progress.done()  # a failure's line must not follow a progress line
-    shutil.rmtree(logs, ignore_errors=True)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+        if logs is not None and not keep:
+            shutil.rmtree(logs, ignore_errors=True)
+    return report
 
 
 class _Progress:
@@ -87,37 +112,39 @@ class _Progress:
         self("")
 
 
-def _workers(folder: str, tools: List[str], p: int, g: int, dtype: Optional[str], step: int,
-             logs: Optional[Path]) -> list:
+class BenchmarkFailed(ModelError):
+    """A worker process died; the message names its log, which is kept."""
+
+
+@contextlib.contextmanager
+def _running(folder: str, tools: List[str], p: int, g: int, dtype: Optional[str], step: int,
+             logs: Optional[Path]):
+    """The workers of one setting (loaded and warmed up). Leaving normally they quit; leaving by an error or a
+    signal they are stopped at once, mid-trial or not."""
     from app import bench
 
-    workers = []
+    workers, stage = [], "could not start"
     try:
         for tool in tools:
             workers.append(bench.Worker(tool, folder, dtype, p, g, step, log=logs and logs / f"{tool}-p{p}.log"))
-    except RuntimeError as e:
-        _close(workers)
-        raise ModelError(f"the benchmark could not start: {e}") from None
-    return workers
-
-
-def _close(workers) -> None:
+        stage = "failed"
+        yield workers
+    except BaseException as e:
+        for w in workers:
+            w.stop()
+        if isinstance(e, bench.WorkerFailed):
+            raise BenchmarkFailed(f"the benchmark {stage}: {e}") from None
+        raise
     for w in workers:
-        try:
-            w.close()
-        except (OSError, ValueError):
-            pass
+        w.close()
 
 
 def _trials(workers, n: int) -> List[List[dict]]:
     from app import bench
 
-    try:
-        if len(workers) == 2:
-            return list(bench.run_interleaved(workers[0], workers[1], n))
-        return [[workers[0].ask("trial") for _ in range(n)]]
-    except RuntimeError as e:  # a worker died: bench.WorkerFailed names it and its log
-        raise ModelError(f"the benchmark failed: {e}") from None
+    if len(workers) == 2:
+        return list(bench.run_interleaved(workers[0], workers[1], n))
+    return [[workers[0].ask("trial") for _ in range(n)]]
 
 
 def measure(folder: str, tools: List[str], p: int, g: int, n: int, dtype: Optional[str], step: int,
@@ -125,12 +152,9 @@ def measure(folder: str, tools: List[str], p: int, g: int, n: int, dtype: Option
     from app import bench
 
     progress(f"loading {' and '.join(tools)} ...")
-    workers = _workers(folder, tools, p, g, dtype, step, logs)
-    try:
+    with _running(folder, tools, p, g, dtype, step, logs) as workers:
         progress(f"{n} trial(s) of a {p}-token prompt + {g} tokens ...")
         results = _trials(workers, n)
-    finally:
-        _close(workers)
     out: Dict[str, dict] = {}
     for tool, w, trials in zip(tools, workers, results):
         out[tool] = {
@@ -160,11 +184,8 @@ def plot(report: dict, path: str, folder: str, tools: List[str], dtype: Optional
             row = {t: {m: report["tools"][t][m]["median"] for m in ("prompt_tps", "generation_tps")} for t in tools}
         else:
             progress(f"plot: context {c} ...")
-            workers = _workers(folder, tools, c, g, dtype, step, logs)
-            try:
+            with _running(folder, tools, c, g, dtype, step, logs) as workers:
                 results = _trials(workers, 1)
-            finally:
-                _close(workers)
             row = {t: {m: r[0][m] for m in ("prompt_tps", "generation_tps")} for t, r in zip(tools, results)}
         points.append({"context": c, **row})
     dt = report["tools"]["ours"]["dtype"]
@@ -172,8 +193,54 @@ def plot(report: dict, path: str, folder: str, tools: List[str], dtype: Optional
         ("prompt tok/s", {t: [pt[t]["prompt_tps"] for pt in points] for t in tools}),
         ("generation tok/s", {t: [pt[t]["generation_tps"] for pt in points] for t in tools}),
     ], "context (tokens)")
-    Path(path).write_bytes(png)
+    _write_plot(Path(path), png)
     return {"file": str(path), "points": points}
+
+
+def _check_plot_path(path: Path) -> None:
+    """--plot names a new file or a regular one to replace, in a folder that exists. A symlink is refused, not
+    followed or replaced: we cannot tell whether the link or the file it points to was meant, and writing
+    through it could overwrite a file anywhere, while replacing it loses the link; refused, nothing is lost."""
+    from mlxmodels.formats.folder import _kind
+
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # absent: the folder is judged below
+        mode = None
+    if mode is not None and stat.S_ISLNK(mode):
+        raise ValueError(f"--plot {path} is a symbolic link; give the path of a new or regular file (the link is "
+                         "never followed, nor replaced)")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise ValueError(f"--plot {path} is a {_kind(mode)}, not a regular file; give the path of a new PNG file")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ValueError(f"--plot {path}: the folder {parent} does not exist; create it or give another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--plot {path}: cannot write in the folder {parent}; give another path")
+
+
+def _write_plot(path: Path, data: bytes) -> None:
+    """A temporary file beside `path`, renamed onto it: the plot appears whole or not at all, and the rename
+    replaces whatever entry is there (a link made meanwhile, not the file it points to), never writing
+    through it or into a FIFO."""
+    tmp = None
+    try:
+        with signals.held():  # its name is recorded before a signal can stop us
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)  # as a plain open() would make it, not mkstemp's 0600
+            f.write(data)
+        _check_plot_path(path)  # again: it may have changed during the run
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk, a read-only folder: name the plot, not the temporary file
+            raise OSError(f"--plot {path}: cannot write it: {e.strerror or e}") from None
+        raise
 
 
 def format_report(report: dict) -> str:
