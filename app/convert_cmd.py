@@ -4,9 +4,10 @@ folder that mlx-lm loads too. Self-contained: `add_parser(subparsers)` registers
 from __future__ import annotations
 
 import math
-import signal
 import sys
 from pathlib import Path
+
+from app import signals
 
 DESCRIPTION = """Convert a Hugging Face checkpoint (a local folder or a Hub id such as Qwen/Qwen3-0.6B) into an MLX
 folder in mlx-lm's layout, one layer at a time. FP8 block-scaled checkpoints are dequantized. With -q (or any
@@ -91,19 +92,17 @@ def run(args):
 
     options = Options(dtype=args.dtype, quantize=quantize, setting=setting, force=args.force,
                       shard_bytes=int(args.shard_size * (1 << 30)))
-    previous = {s: signal.signal(s, _interrupt) for s in SIGNALS}  # a kill or a closed terminal cleans up as Ctrl-C
+    previous = signals.catch()  # a kill or a closed terminal cleans up as Ctrl-C
     try:
         result = convert(args.src, args.out, options, progress=_bar, log=print, check_source=check_source)
     except KeyboardInterrupt as e:
         # convert's cleanup has run by now: the work folder and the claim are gone, an existing OUT is as it was
         # (or, if the signal came in the last instant, the new OUT is complete)
-        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        print(f"mlxm: interrupted by {signal.Signals(signum).name}: the conversion to {args.out} stopped and its "
+        print(f"mlxm: interrupted by {signals.name(e)}: the conversion to {args.out} stopped and its "
               "partial output was removed", file=sys.stderr)
-        sys.exit(128 + signum)  # the shell's convention: 130 for Ctrl-C, 143 for a kill (SIGTERM), 129 for SIGHUP
+        sys.exit(signals.exit_status(e))
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        signals.restore(previous)
     what = f"{setting.label}, {result.bits_per_weight:.2f} bits/weight" if quantize else "float"
     print(f"wrote {result.folder} ({what}): {result.tensors} tensors, {result.bytes / 1e9:.3f} GB in "
           f"{result.shards} shard(s), {result.seconds:.1f} s")
@@ -122,21 +121,6 @@ def _dtype(folder):
     cfg = json.loads((Path(folder) / "config.json").read_text())
     name = cfg.get("torch_dtype") or cfg.get("dtype")
     return getattr(mx, name) if name in ("float32", "bfloat16", "float16") else None
-
-
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class Interrupted(KeyboardInterrupt):
-    def __init__(self, signum):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _interrupt(signum, frame):
-    for s in SIGNALS:  # the first signal stops the run; more must not cut its cleanup short
-        signal.signal(s, signal.SIG_IGN)
-    raise Interrupted(signum)
 
 
 def _bar(total):
