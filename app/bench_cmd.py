@@ -201,7 +201,7 @@ def _check_plot_path(path: Path) -> None:
     """--plot names a new file or a regular one to replace, in a folder that exists. A symlink is refused, not
     followed or replaced: we cannot tell whether the link or the file it points to was meant, and writing
     through it could overwrite a file anywhere, while replacing it loses the link; refused, nothing is lost."""
-    from mlxmodels.formats.folder import _kind
+    from mlxmodels.formats.folder import kind_of
 
     try:
         mode = os.lstat(path).st_mode
@@ -211,7 +211,7 @@ def _check_plot_path(path: Path) -> None:
         raise ValueError(f"--plot {path} is a symbolic link; give the path of a new or regular file (the link is "
                          "never followed, nor replaced)")
     if mode is not None and not stat.S_ISREG(mode):
-        raise ValueError(f"--plot {path} is a {_kind(mode)}, not a regular file; give the path of a new PNG file")
+        raise ValueError(f"--plot {path} is a {kind_of(mode)}, not a regular file; give the path of a new PNG file")
     parent = path.parent
     if not parent.is_dir():
         raise ValueError(f"--plot {path}: the folder {parent} does not exist; create it or give another path")

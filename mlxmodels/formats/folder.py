@@ -57,7 +57,7 @@ def member(folder: Union[str, Path], name: str, what: str = "") -> Path:
     except OSError as e:
         raise FolderError(f"cannot read {path}: {e.strerror or e}") from None
     if not stat.S_ISREG(mode):
-        raise FolderError(f"{path}{by} is a {_kind(mode)}, not a regular file; replace it with the real file")
+        raise FolderError(f"{path}{by} is a {kind_of(mode)}, not a regular file; replace it with the real file")
     return path
 
 
@@ -71,7 +71,7 @@ def open_regular(path: Union[str, Path], fix: Optional[str] = None):
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise FolderError(f"{path} is a {_kind(mode)}, not a regular file; {fix or 'replace it with the real file'}")
+        raise FolderError(f"{path} is a {kind_of(mode)}, not a regular file; {fix or 'replace it with the real file'}")
     return os.fdopen(fd, "rb")
 
 
@@ -137,7 +137,7 @@ def _depth(value) -> int:
     return deepest
 
 
-def _kind(mode: int) -> str:
+def kind_of(mode: int) -> str:
     for test, name in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
                        (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
         if test(mode):
