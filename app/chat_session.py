@@ -196,6 +196,7 @@ class ChatSession:
         """Stream the reply (ReasoningResponse pieces: text split into reasoning and answer) and record it; a stopped
         reply is kept as it is."""
         import mlxmodels
+        from mlxmodels.generate import Interrupted
 
         s = self.sampling
         # MLX's global random state is per thread and starts the same in every new thread: without a seed of our
@@ -209,8 +210,8 @@ class ChatSession:
         stream = split_stream(mlxmodels.stream_generate(
             self.model, self.tokenizer, turn.feed, max_tokens=turn.max_tokens, temperature=s.temperature,
             top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, repetition_penalty=s.repetition_penalty, seed=seed,
-            stop=None if getattr(self.tokenizer, "has_chat_template", False) else PLAIN_STOP, cache=self.cache),
-            splitter)
+            stop=None if getattr(self.tokenizer, "has_chat_template", False) else PLAIN_STOP, cache=self.cache,
+            interrupt=self._stop.is_set), splitter)
         try:
             for r in stream:
                 tokens.append(r.token)
@@ -221,6 +222,9 @@ class ChatSession:
         except GeneratorExit:  # the caller stopped iterating: a stop like any other
             stopped = True
             raise
+        except Interrupted:  # stopped while the prompt was being fed: no reply, and a cache holding part of it
+            self.cache, self.cache_tokens = None, []
+            stopped = True
         except BaseException:
             self.cache, self.cache_tokens = None, []  # its state is unknown: rebuild it next turn
             stopped = True

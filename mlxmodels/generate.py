@@ -14,7 +14,7 @@ from __future__ import annotations
 import numbers
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
@@ -95,6 +95,10 @@ def _fit_positions(model: Any, cache: List[Any], prompt: int, max_tokens: int) -
     return room if max_tokens == -1 else min(max_tokens, room)
 
 
+class Interrupted(Exception):
+    """The caller's `interrupt()` asked to stop while a prompt was being fed (see prefill_hidden)."""
+
+
 def _check_max_tokens(max_tokens) -> None:
     # the loops count up to it: 2.5, NaN or -2 would never be reached
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens == 0 or max_tokens < -1:
@@ -113,17 +117,20 @@ def _clear_cache() -> None:
 
 
 def prefill_hidden(model: Decoder, tokens: Union[Sequence[int], mx.array], cache: List[Any], step_size: int = 512,
-                   keep_all: bool = False) -> mx.array:
+                   keep_all: bool = False, interrupt: Optional[Callable[[], bool]] = None) -> mx.array:
     """Feed `tokens` through the body after what `cache` holds, in chunks of `step_size`; -> the final hidden
     states of every position (1, P, D) with `keep_all`, else of the last (1, 1, D). Each chunk but the last is
     evaluated (through the cache state only, unless its states are kept), so memory stays bounded by one chunk;
-    the last stays lazy."""
+    the last stays lazy. `interrupt()` is asked between chunks: True raises Interrupted (the cache then holds part
+    of the prompt), so a long prompt can be abandoned within one chunk's time."""
     if step_size < 1:
         raise ValueError(f"prefill step size must be >= 1, got {step_size}")
     tokens = _as_tokens(tokens)
     check_ids(tokens, model)
     kept = []
     for start in range(0, tokens.size, step_size):
+        if interrupt is not None and start and interrupt():
+            raise Interrupted(f"stopped after {start} of {tokens.size} prompt tokens")
         h = model.model(tokens[None, start: start + step_size], cache)
         if start + step_size < tokens.size:
             mx.eval(h if keep_all else (_cache_arrays(cache) or h))
@@ -132,7 +139,8 @@ def prefill_hidden(model: Decoder, tokens: Union[Sequence[int], mx.array], cache
     return mx.concatenate(kept, axis=1) if keep_all else kept[-1]
 
 
-def prefill(model: Any, tokens: Union[Sequence[int], mx.array], cache: List[Any], step_size: int = 512) -> mx.array:
+def prefill(model: Any, tokens: Union[Sequence[int], mx.array], cache: List[Any], step_size: int = 512,
+            interrupt: Optional[Callable[[], bool]] = None) -> mx.array:
     """Feed `tokens` after what `cache` holds; return the last position's logits (1, V), unevaluated.
 
     Our Decoder takes the prompt in one pass (`prefill_hidden`) and runs the output head on the last position only.
@@ -142,11 +150,13 @@ def prefill(model: Any, tokens: Union[Sequence[int], mx.array], cache: List[Any]
     if step_size < 1:
         raise ValueError(f"prefill step size must be >= 1, got {step_size}")
     if isinstance(model, Decoder):
-        return model.head(prefill_hidden(model, tokens, cache, step_size))[:, -1, :]
+        return model.head(prefill_hidden(model, tokens, cache, step_size, interrupt=interrupt))[:, -1, :]
     tokens = _as_tokens(tokens)
     check_ids(tokens, model)
     n, start = tokens.size, 0
     while n - start > 1:
+        if interrupt is not None and start and interrupt():
+            raise Interrupted(f"stopped after {start} of {n} prompt tokens")
         end = min(start + step_size, n - 1)
         logits = model(tokens[None, start:end], cache=cache)  # (1, T, V), only evaluated as a fallback
         mx.eval(_cache_arrays(cache) or logits)
@@ -171,6 +181,7 @@ def generate_step(
     max_tokens: int = 256,
     prefill_step_size: int = 512,
     key: Optional[mx.array] = None,
+    interrupt: Optional[Callable[[], bool]] = None,
 ) -> Iterator[Tuple[int, mx.array]]:
     """Yield (token, logprobs (V,)) for up to `max_tokens` tokens (-1: no limit); the caller decides on EOS.
 
@@ -201,7 +212,7 @@ def generate_step(
                 history = history[-keep:]
         return sample(model(y[None], cache=cache)[:, -1, :])
 
-    y, logprobs = sample(prefill(model, tokens, cache, prefill_step_size))
+    y, logprobs = sample(prefill(model, tokens, cache, prefill_step_size, interrupt))
     mx.async_eval(y, logprobs)
     n = 0
     while n != max_tokens:
@@ -284,12 +295,15 @@ def stream_generate(
     draft: Any = None,
     num_draft: int = 3,
     adaptive_draft: bool = True,
+    interrupt: Optional[Callable[[], bool]] = None,
 ) -> Iterator[GenerationResponse]:
     """Stream text pieces. Stops on any EOS id or stop string (neither is emitted) or after `max_tokens`.
 
     `prompt` is text (encoded here) or token ids; with a reused `cache`, pass only the tokens it lacks.
     `tokenizer=None` streams token ids only (text is "", no EOS); it needs an id prompt and no stop strings.
     `sampler`/`logits_processors` override the ones built from the sampling arguments.
+    `interrupt()`, asked between prompt chunks, can abandon a long prompt: Interrupted is raised (start again with a
+    new cache: this one holds part of the prompt).
     `draft="mtp"` (the model's MTP modules) or a draft model turns on speculative decoding with up to `num_draft`
     drafts per step (fewer while drafts are rejected, unless `adaptive_draft=False`); greedy output is unchanged,
     sampled output keeps the same distribution.
@@ -345,7 +359,7 @@ def stream_generate(
     if draft is None:
         steps = generate_step(
             model, tokens, cache, sampler, logits_processors,
-            max_tokens=max_tokens, prefill_step_size=prefill_step_size, key=key,
+            max_tokens=max_tokens, prefill_step_size=prefill_step_size, key=key, interrupt=interrupt,
         )
     else:
         from .speculative import DraftStats, ModelDrafter, MTPDrafter, Sampling, speculative_generate_step
@@ -357,6 +371,7 @@ def stream_generate(
         steps = speculative_generate_step(
             model, tokens.tolist(), cache, drafter, num_draft, Sampling(temperature, top_k, top_p, min_p),
             key=key, max_tokens=max_tokens, prefill_step_size=prefill_step_size, stats=stats, adaptive=adaptive_draft,
+            interrupt=interrupt,
         )
     try:  # closing the step generator lets it leave the cache holding exactly the tokens yielded
         for n, (token, logprobs) in enumerate(steps, start=1):

@@ -192,6 +192,7 @@ def speculative_generate_step(
     prefill_step_size: int = 512,
     stats: Optional[DraftStats] = None,
     adaptive: bool = True,
+    interrupt=None,
 ) -> Iterator[Tuple[int, mx.array]]:
     """Yield (token, target log-probs (V,)). Each round drafts `num_draft` tokens, or with `adaptive` a number
     that follows the acceptance (`next_draft_length`, at most num_draft). When the caller stops, the cache holds
@@ -210,7 +211,7 @@ def speculative_generate_step(
         return mx.argmax(logits).item() if sampling.temperature == 0 else rng.categorical(sampling.logprobs(logits))
 
     try:
-        h = prefill_hidden(model, tokens, cache, prefill_step_size, drafter.needs_hidden)
+        h = prefill_hidden(model, tokens, cache, prefill_step_size, drafter.needs_hidden, interrupt)
         logits = model.head(h[:, -1:])[0, -1]
         y = first_token(logits)
         drafter.begin(tokens, h, y, rollback=num_draft)

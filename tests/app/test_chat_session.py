@@ -1,6 +1,8 @@
 """ChatSession: the KV cache is reused across turns, rewound on regenerate/edit, rebuilt when it cannot rewind;
 the oldest turns are dropped when the context overflows."""
 
+import threading
+
 import pytest
 
 import mlxmodels
@@ -134,3 +136,39 @@ def test_sampling_checks():
             Sampling.from_dict(bad)
     assert Sampling.from_dict({"top_k": 50.0}).top_k == 50  # as generation_config.json may write it
     assert Sampling.from_dict({"temperature": 0.5, "junk": 1}).temperature == 0.5
+
+
+def test_stop_while_a_long_prompt_is_fed_ends_the_turn_within_a_chunk(tiny):
+    """Esc or quitting during a long prompt's prefill must not wait for the whole prompt: the session asks
+    between 512-token chunks, ends the turn with no reply, and rebuilds its cache next turn."""
+    s = session(tiny, limit=4096)
+    s.add_user("x" * 1500)
+    asked = []
+
+    class StopPressedDuringPrefill:  # the prompt is fed first: the first time anyone asks, Esc has been pressed
+        def clear(self):
+            asked.clear()
+
+        def is_set(self):
+            asked.append(1)
+            return True
+
+    s._stop = StopPressedDuringPrefill()
+    t = s.prepare()
+    assert list(s.reply(t)) == [] and len(asked) == 1  # asked once, before chunk 2 of 3: nothing generated
+    assert s.cache is None and s.messages[-1]["role"] == "user"
+    s._stop = threading.Event()  # the next turn runs from a fresh cache
+    t2, r2 = turn(s)
+    assert t2.reused == 0 and r2
+
+
+def test_interrupt_reaches_every_prefill_path(tiny):
+    from mlxmodels.generate import Interrupted
+
+    model, tok = tiny
+    ids = list(range(3, 40))
+    with pytest.raises(Interrupted, match="stopped after 8 of 37 prompt tokens"):
+        list(mlxmodels.stream_generate(model, tok, ids, prefill_step_size=8, interrupt=lambda: True))
+    with pytest.raises(Interrupted, match="stopped after 8 of 37 prompt tokens"):
+        list(mlxmodels.stream_generate(model, tok, ids, prefill_step_size=8, interrupt=lambda: True,
+                                       draft=model, num_draft=2))
