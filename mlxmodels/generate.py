@@ -84,13 +84,23 @@ def random_key(seed: Optional[int]) -> Optional[mx.array]:
 
 
 def _fit_positions(model: Any, cache: List[Any], prompt: int, max_tokens: int) -> int:
-    """A model with learned positions (GPT-2) has no row past its table: stop there (-1 included)."""
-    table = getattr(getattr(model, "spec", None), "learned_positions", None)
-    if not table:
+    """Where generation must end. A model with learned positions (GPT-2) has no row past its table: it stops there
+    whatever max_tokens says. -1 ("no limit") means until the model's context is full: past it a RoPE model only
+    degrades, but an endless stream would grow the cache until memory runs out."""
+    spec = getattr(model, "spec", None)
+    table = getattr(spec, "learned_positions", None)
+    if table:
+        context = table
+    elif max_tokens == -1:
+        context = next((l.attn.rope.max_position_embeddings for l in getattr(spec, "layers", ())
+                        if getattr(l.attn, "rope", None) is not None), None)
+    else:
         return max_tokens
-    room = table - cache[0].offset - prompt
+    if context is None:
+        return max_tokens
+    room = context - cache[0].offset - prompt
     if room < 1:
-        raise ContextError(f"the prompt needs {cache[0].offset + prompt + 1} positions but the model has {table}; "
+        raise ContextError(f"the prompt needs {cache[0].offset + prompt + 1} positions but the model has {context}; "
                            "shorten it")
     return room if max_tokens == -1 else min(max_tokens, room)
 

@@ -382,3 +382,11 @@ def test_learned_positions_end_generation_instead_of_reading_past_the_table():
 
     with pytest.raises(ContextError, match="past the model's 16 learned positions"):
         model(mx.zeros((1, 17), dtype=mx.int32), cache=model.make_cache())
+
+
+def test_no_limit_means_until_the_context_is_full(tmp_path):
+    m, tok = mlxmodels.load(build_tiny(tmp_path / "m", max_position_embeddings=48))
+    import itertools
+
+    out = list(itertools.islice(mlxmodels.stream_generate(m, tok, [5] * 8, max_tokens=-1), 100))  # bounded if not
+    assert len(out) <= 40 and (len(out) == 40 or out[-1].finish_reason == "stop")
