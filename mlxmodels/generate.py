@@ -112,7 +112,8 @@ class Interrupted(Exception):
 def _check_max_tokens(max_tokens) -> None:
     # the loops count up to it: 2.5, NaN or -2 would never be reached
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens == 0 or max_tokens < -1:
-        raise ValueError(f"max_tokens must be a whole number >= 1 (or -1: no limit; stream_generate stops when the context is full), got {max_tokens!r}")
+        raise ValueError(f"max_tokens must be a whole number >= 1 (or -1: until the context is full), "
+                         f"got {max_tokens!r}")
 
 
 def _cache_arrays(cache: List[Any]) -> List[mx.array]:
