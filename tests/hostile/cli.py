@@ -32,7 +32,7 @@ def mlxm(args: Sequence[str], env: Optional[dict] = None, timeout: float = 60, s
                time.monotonic() - tic)
 
 
-def refused(run: Run, *needles: str, rc: int = 1, within: float = 30) -> str:
+def assert_refused(run: Run, *needles: str, rc: int = 1, within: float = 30) -> str:
     """The run failed with status `rc` (not a signal), printing exactly one line on stderr, no traceback, that
     names every needle; -> that line."""
     lines = [line for line in run.stderr.splitlines() if line.strip()]

@@ -23,7 +23,7 @@ import pytest
 
 from app import bench_cmd, cli, signals
 from tests.app.tiny import build_tiny
-from tests.hostile.cli import ROOT, Run, mlxm, refused
+from tests.hostile.cli import ROOT, Run, mlxm, assert_refused
 
 RUN = ["-p", "32", "-g", "16", "-n", "100000"]  # trials of a few ms each, far more than any test waits for
 BOUND = 60  # seconds anything here may take: loading the workers, a cleanup
@@ -109,7 +109,7 @@ def end(workers: list) -> None:
 def assert_cleaned_up(proc: subprocess.Popen, workers: list, tmpdir_env: Path, sig: signal.Signals):
     run = finish(proc)
     try:
-        line = refused(run, f"mlxm: interrupted by {sig.name}: the benchmark stopped", rc=128 + sig)
+        line = assert_refused(run, f"mlxm: interrupted by {sig.name}: the benchmark stopped", rc=128 + sig)
         assert "worker processes were ended" in line
         assert run.stdout == ""
         # bench waits for its workers before it exits: they are gone by now, not soon
@@ -190,7 +190,7 @@ def test_plot_into_a_fifo_is_refused_without_blocking(tiny, tmp_path):
     fifo = tmp_path / "p.png"
     os.mkfifo(fifo)
     run = mlxm(["bench", "-m", tiny, "-p", "16", "-g", "4", "-n", "1", "--plot", fifo], timeout=BOUND)
-    refused(run, f"--plot {fifo} is a FIFO, not a regular file", within=BOUND)
+    assert_refused(run, f"--plot {fifo} is a FIFO, not a regular file", within=BOUND)
     assert fifo.is_fifo() and sorted(tmp_path.iterdir()) == [fifo]
 
 

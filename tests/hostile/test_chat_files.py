@@ -20,7 +20,7 @@ import pytest
 
 from app import cli
 from app.chat_store import Chat, ChatFileError, ChatStore
-from tests.hostile.cli import mlxm, refused
+from tests.hostile.cli import mlxm, assert_refused
 
 GOOD_ID = "20240101-000000-aaaaaa"
 
@@ -178,7 +178,7 @@ def test_open_of_a_file_that_never_ends_is_refused_at_once(name, data_dir, tmp_p
     folder.mkdir(parents=True)
     expected = make_special_files(folder, tmp_path)
     run = mlxm(["chat", "--open", name], timeout=60)
-    refused(run, f"{name}.json", expected[f"{name}.json"], within=15)
+    assert_refused(run, f"{name}.json", expected[f"{name}.json"], within=15)
 
 
 def test_ids_that_name_other_files_are_refused(data_dir, capsys):

@@ -17,7 +17,7 @@ from app import cli
 from app.prompt import fit_context
 from mlxmodels.sample import make_logits_processors, make_sampler
 from tests.app.tiny import build_tiny
-from tests.hostile.cli import mlxm, refused
+from tests.hostile.cli import mlxm, assert_refused
 
 CONTEXT = 64  # the tiny model's max_position_embeddings: prompts of a few dozen characters pass it
 
@@ -98,15 +98,15 @@ def test_nan_in_generation_config(capsys, model):
 
 def test_stdin_not_utf8():
     run = mlxm(["generate", "-p", "-", "--max-tokens", "2"], stdin="héllo".encode("latin-1") + b" world")
-    line = refused(run, "stdin is not UTF-8 text: byte 0xe9 at offset 1", "iconv")
+    line = assert_refused(run, "stdin is not UTF-8 text: byte 0xe9 at offset 1", "iconv")
     assert run.stdout == "" and line.startswith("mlxm: error: ")
 
 
 def test_argv_not_utf8():
     run = mlxm(["generate", "-p", "caf\udce9", "--max-tokens", "2"])  # sent as the bytes caf\xe9
-    refused(run, "the prompt (-p) is not UTF-8 text: byte 0xe9 at character 3")
+    assert_refused(run, "the prompt (-p) is not UTF-8 text: byte 0xe9 at character 3")
     run = mlxm(["generate", "-p", "hi", "--chat", "--system", "\udcff"])
-    refused(run, "--system is not UTF-8 text")
+    assert_refused(run, "--system is not UTF-8 text")
 
 
 def test_stdin_closed_empty_or_endless(capsys, tiny, monkeypatch):
@@ -176,7 +176,7 @@ def test_bench_worker_that_fails(model, tmp_path):
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     run = mlxm(["bench", "-m", model, "-p", "16", "-g", "4", "-n", "1"], env={"TMPDIR": str(tmp_path)})
-    line = refused(run, "the benchmark could not start: the ours worker exited with status 1",
+    line = assert_refused(run, "the benchmark could not start: the ours worker exited with status 1",
                    "model.safetensors", "(its log: ")
     log = Path(line.split("(its log: ")[1].rstrip(")"))
     assert log.parent.parent == tmp_path and "Traceback" in log.read_text()
@@ -193,4 +193,4 @@ def test_bench_past_the_context(capsys, tiny):
     (["chat", "--context", "100000000"], "--context 100000000 is above the model's maximum of", 1),
 ])
 def test_values_that_would_be_ignored_silently(tmp_path, args, needle, rc):
-    refused(mlxm(args, env={"MLXM_DATA_DIR": str(tmp_path)}), needle, rc=rc)
+    assert_refused(mlxm(args, env={"MLXM_DATA_DIR": str(tmp_path)}), needle, rc=rc)

@@ -26,7 +26,7 @@ from app.cli import main
 from mlxmodels.formats.safetensors import INDEX, ShardWriter, save_file
 from quantize.convert import Converter
 from quantize.report import read_text
-from tests.hostile.cli import ROOT, Run, refused
+from tests.hostile.cli import ROOT, Run, assert_refused
 from tests.oracle import build_tiny_llama
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -87,7 +87,7 @@ def here(capsys, *args) -> Run:
     return Run(code, out, err, time.monotonic() - tic)
 
 
-def succeeds(capsys, src, out, *args):
+def assert_succeeds(capsys, src, out, *args):
     """The next run on OUT works, and leaves OUT alone beside it: every leftover was swept."""
     run = here(capsys, src, out, *args)
     assert run.rc == 0 and run.stderr == "", run.stderr
@@ -145,10 +145,10 @@ def test_signal_mid_write(capsys, big, tmp_path, sig):
         assert not out.exists()
         not_a_model(tmp_path)
     else:
-        refused(run, f"interrupted by {sig.name}", "partial output was removed", rc=SIGNAL_EXIT[sig])
+        assert_refused(run, f"interrupted by {sig.name}", "partial output was removed", rc=SIGNAL_EXIT[sig])
         assert list(tmp_path.iterdir()) == []
     assert fingerprint(big) == before
-    succeeds(capsys, big, out, "-q", "--bits", "8")
+    assert_succeeds(capsys, big, out, "-q", "--bits", "8")
 
 
 def test_file_size_limit_mid_write(capsys, big, tmp_path):
@@ -159,9 +159,9 @@ def test_file_size_limit_mid_write(capsys, big, tmp_path):
 
     before, out = fingerprint(big), tmp_path / "out"
     run = finish(start(big, out, "-q", "--bits", "8", preexec_fn=limit), time.monotonic())
-    refused(run, f"could not write out in {tmp_path}", "File too large", "free some space")
+    assert_refused(run, f"could not write out in {tmp_path}", "File too large", "free some space")
     assert list(tmp_path.iterdir()) == [] and fingerprint(big) == before
-    succeeds(capsys, big, out, "-q", "--bits", "8")
+    assert_succeeds(capsys, big, out, "-q", "--bits", "8")
 
 
 @pytest.fixture
@@ -189,10 +189,10 @@ def test_disk_fills_up_mid_write(capsys, big, small_disk):
         except OSError:
             pass
     proc.send_signal(signal.SIGCONT)
-    refused(finish(proc, tic), "No space left on device", "free some space")
+    assert_refused(finish(proc, tic), "No space left on device", "free some space")
     assert sorted(p.name for p in small_disk.iterdir()) == [filler.name] and fingerprint(big) == before
     filler.unlink()
-    succeeds(capsys, big, out, "-q", "--bits", "8")
+    assert_succeeds(capsys, big, out, "-q", "--bits", "8")
 
 
 def test_second_convert_to_the_same_out_fails_at_once(capsys, big, tiny, tmp_path):
@@ -201,7 +201,7 @@ def test_second_convert_to_the_same_out_fails_at_once(capsys, big, tiny, tmp_pat
     first = start(big, out, "-q", "--bits", "8")
     stop_when(first, lambda: (tmp_path / ".out.mlxm-claim").is_dir())  # claimed, and held while frozen
     for force in ([], ["--force"]):
-        refused(here(capsys, tiny, out, *force), f"{out} is being written by another convert (pid {first.pid}",
+        assert_refused(here(capsys, tiny, out, *force), f"{out} is being written by another convert (pid {first.pid}",
                 within=5)
     first.send_signal(signal.SIGCONT)
     run = finish(first, tic)
@@ -249,7 +249,7 @@ def test_what_dead_runs_left_is_swept_and_nothing_else(capsys, tiny, tmp_path):
 ], ids=["other-host", "live", "unreadable"])
 def test_a_claim_that_may_be_alive_is_never_removed(capsys, tiny, tmp_path, owner, words):
     claim = leave(tmp_path, "claim", owner, files=())
-    refused(here(capsys, tiny, tmp_path / "out"), words, "remove", within=5)
+    assert_refused(here(capsys, tiny, tmp_path / "out"), words, "remove", within=5)
     assert sorted(tmp_path.iterdir()) == [claim] and (claim / "owner.json").is_file()
 
 
@@ -262,7 +262,7 @@ def test_a_model_set_aside_by_a_killed_force_run_comes_back(capsys, tiny, tmp_pa
     leave(tmp_path, "claim", dead, files=())
     leave(tmp_path, "partial", dead)
     os.rename(out, tmp_path / ".out.mlxm-old-00000000000a")
-    refused(here(capsys, tiny, out), f"{out} already exists; pass --force")
+    assert_refused(here(capsys, tiny, out), f"{out} already exists; pass --force")
     assert fingerprint(out) == before and sorted(tmp_path.iterdir()) == [out]
 
 
@@ -277,7 +277,7 @@ def test_an_interrupt_between_the_renames_of_force_puts_the_old_out_back(capsys,
         return rename(src, dst, **kw)
 
     monkeypatch.setattr(os, "rename", interrupted)
-    refused(here(capsys, tiny, out, "--force", "-q"), "interrupted by SIGINT", rc=130)
+    assert_refused(here(capsys, tiny, out, "--force", "-q"), "interrupted by SIGINT", rc=130)
     assert fingerprint(out) == before and sorted(tmp_path.iterdir()) == [out]
 
 
@@ -317,7 +317,7 @@ def test_someone_acts_mid_run(capsys, monkeypatch, tiny, tmp_path, case):
         words = "is not a model folder" if case == "created-force" else "was created by someone else"
         kept = [out]
     meanwhile(monkeypatch, action)
-    refused(here(capsys, tiny, out, *(["--force"] if case == "created-force" else [])), str(out), words)
+    assert_refused(here(capsys, tiny, out, *(["--force"] if case == "created-force" else [])), str(out), words)
     assert sorted(tmp_path.iterdir()) == kept  # the work folder and this run's claim are gone, theirs stay
     if out in kept and case != "empty-created":
         assert (out / "notes.txt").read_text() == "mine"
@@ -327,7 +327,7 @@ def test_a_file_saved_into_out_as_force_sets_it_aside_stops_the_run(capsys, monk
     """After the last check_out and before the old OUT is moved aside, the user saves a note into it: the set-aside
     folder is checked again, and put back with the note, never removed."""
     out = tmp_path / "out"
-    succeeds(capsys, tiny, out)
+    assert_succeeds(capsys, tiny, out)
     before, rename = fingerprint(out), os.rename
 
     def late(src, dst, **kw):
@@ -336,7 +336,7 @@ def test_a_file_saved_into_out_as_force_sets_it_aside_stops_the_run(capsys, monk
         return rename(src, dst, **kw)
 
     monkeypatch.setattr(os, "rename", late)
-    refused(here(capsys, tiny, out, "--force", "-q"), f"{out} holds notes.txt, which convert does not write")
+    assert_refused(here(capsys, tiny, out, "--force", "-q"), f"{out} holds notes.txt, which convert does not write")
     assert (out / "notes.txt").read_text() == "mine" and sorted(tmp_path.iterdir()) == [out]
     assert {k: v for k, v in fingerprint(out).items() if k != "notes.txt"} == before  # the old model, as it was
 
@@ -349,7 +349,7 @@ def test_a_file_saved_into_out_as_force_sets_it_aside_stops_the_run(capsys, monk
 ], ids=["note", "folder", "two", "link"])
 def test_force_never_removes_what_convert_did_not_write(capsys, tiny, tmp_path, theirs, named):
     out = tmp_path / "out"
-    succeeds(capsys, tiny, out)
+    assert_succeeds(capsys, tiny, out)
     for name in theirs:
         path = out / name.rstrip("@")
         if name.endswith("@"):
@@ -360,7 +360,7 @@ def test_force_never_removes_what_convert_did_not_write(capsys, tiny, tmp_path, 
             path.parent.mkdir(exist_ok=True)
             path.write_text("mine")
     before = fingerprint(tmp_path)
-    refused(here(capsys, tiny, out, "--force", "-q"), f"{out} holds {named}, which convert does not write",
+    assert_refused(here(capsys, tiny, out, "--force", "-q"), f"{out} holds {named}, which convert does not write",
             "move it out of that folder or choose another OUT", within=5)
     assert fingerprint(tmp_path) == before
 
@@ -372,7 +372,7 @@ def test_force_replaces_a_folder_of_only_what_convert_writes(capsys, tiny, tmp_p
                 "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                 "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
                 "qwen.tiktoken", "chat_template.jinja", "chat_template.json", "generation_config.json", ".DS_Store")
-    succeeds(capsys, tiny, out, "--force")
+    assert_succeeds(capsys, tiny, out, "--force")
     assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in tiny.iterdir()] + [INDEX])
 
 
@@ -386,7 +386,7 @@ def test_an_out_inside_the_source_is_refused_before_any_work(capsys, tiny, tmp_p
     shutil.copytree(tiny, tmp_path / "src")
     (tmp_path / "link").symlink_to(tmp_path / "src")
     before = fingerprint(tmp_path)
-    refused(here(capsys, tmp_path / src, tmp_path / out), f"{tmp_path / out} is inside the source folder "
+    assert_refused(here(capsys, tmp_path / src, tmp_path / out), f"{tmp_path / out} is inside the source folder "
             f"{tmp_path / src}; choose an OUT outside it", within=5)
     assert fingerprint(tmp_path) == before
 
@@ -403,7 +403,7 @@ def test_force_replaces_only_a_model_folder(capsys, tiny, tmp_path, case):
     if case == "file":
         target.write_text("mine")
     elif case == "symlink":
-        succeeds(capsys, tiny, tmp_path / "model")
+        assert_succeeds(capsys, tiny, tmp_path / "model")
         target.symlink_to(tmp_path / "model")
     elif case == "not-a-model":
         folder_with(target, "config.json", "thesis.tex")  # config.json but no weights: someone's project
@@ -411,13 +411,13 @@ def test_force_replaces_only_a_model_folder(capsys, tiny, tmp_path, case):
     given = {"dot": ".", "dotdot": f"{tmp_path}/sub/.."}.get(case, target)  # Path() would drop a trailing "."
     words = {"file": "is not a folder", "symlink": "is a symbolic link", "not-a-model": "is not a model folder",
              "dot": "does not name a new folder", "dotdot": "does not name a new folder"}[case]
-    refused(here(capsys, tiny, given, "--force"), words, "OUT")
+    assert_refused(here(capsys, tiny, given, "--force"), words, "OUT")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 def test_force_replaces_an_empty_folder(capsys, tiny, tmp_path):
     (tmp_path / "out").mkdir()
-    succeeds(capsys, tiny, tmp_path / "out", "--force")
+    assert_succeeds(capsys, tiny, tmp_path / "out", "--force")
 
 
 # ------------------------------------------------------------------------------------------ flags
@@ -447,12 +447,12 @@ def test_bad_numbers_and_files_are_refused_before_any_work(capsys, tiny, tmp_pat
     os.mkfifo(tmp_path / "fifo")
     out = tmp_path / "new" / "out"
     args = [a.format(tmp=tmp_path) for a in args]
-    refused(here(capsys, tiny, out, *args), words, rc=2 if "argument" in words else 1, within=5)
+    assert_refused(here(capsys, tiny, out, *args), words, rc=2 if "argument" in words else 1, within=5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]  # not even OUT's parent was made
 
 
 def test_an_out_name_at_the_length_limit(capsys, tiny, tmp_path):
-    succeeds(capsys, tiny, tmp_path / ("m" * 255))  # the names beside it are shortened to fit
+    assert_succeeds(capsys, tiny, tmp_path / ("m" * 255))  # the names beside it are shortened to fit
 
 
 def test_a_place_it_cannot_write(capsys, monkeypatch, tiny, tmp_path):
@@ -460,14 +460,14 @@ def test_a_place_it_cannot_write(capsys, monkeypatch, tiny, tmp_path):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
     monkeypatch.setattr(os, "mkdir", mkdir)
-    refused(here(capsys, tiny, tmp_path / "out"), f"cannot write in {tmp_path} (Permission denied)")
+    assert_refused(here(capsys, tiny, tmp_path / "out"), f"cannot write in {tmp_path} (Permission denied)")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_run_removes_the_parents_it_made(capsys, tmp_path):
     src = tmp_path / "src"
     src.mkdir()  # a folder without config.json: the run fails after claiming OUT
-    refused(here(capsys, src, tmp_path / "a" / "b" / "out"), "config.json")
+    assert_refused(here(capsys, src, tmp_path / "a" / "b" / "out"), "config.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
@@ -483,7 +483,7 @@ def test_a_bad_report_text_is_refused_before_any_work(capsys, monkeypatch, tiny,
     text.write_bytes(data)
     planned, plan = [], Converter.plan
     monkeypatch.setattr(Converter, "plan", lambda self: planned.append(self) or plan(self))
-    refused(here(capsys, tiny, tmp_path / "new" / "out", "--report", text), f"--report: {text} {words}", within=5)
+    assert_refused(here(capsys, tiny, tmp_path / "new" / "out", "--report", text), f"--report: {text} {words}", within=5)
     assert planned == [] and sorted(tmp_path.iterdir()) == [text]  # not a tensor planned, not a folder made
 
 

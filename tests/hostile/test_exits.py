@@ -22,7 +22,7 @@ import pytest
 
 from app import cli
 from app.chat_store import Chat, ChatStore
-from tests.hostile.cli import ROOT, mlxm, refused
+from tests.hostile.cli import ROOT, mlxm, assert_refused
 from tests.hostile.terminal import CTRL_C, CTRL_Q, Terminal
 
 NOISE = ["--temp", "5", "--seed", "2", "--max-tokens", "5000"]  # ~1000 sampled tokens: seconds of streaming
@@ -45,7 +45,7 @@ def saved_replies(data_dir: Path) -> list:
             for m in json.loads(f.read_text())["messages"] if m["role"] == "assistant"]
 
 
-def left_cleanly(t: Terminal) -> None:
+def assert_left_cleanly(t: Terminal) -> None:
     rc = t.wait(30)
     assert "terminate called" not in t.screen and "Traceback" not in t.screen, t.screen[-2000:]
     assert rc == 0, f"exit status {rc}; the screen:\n{t.screen[-2000:]}"
@@ -81,7 +81,7 @@ LEAVE = {
 def test_leaving_while_idle(how, attempt, data_dir):
     with chat_in_terminal() as t:
         LEAVE[how](t)
-        left_cleanly(t)
+        assert_left_cleanly(t)
 
 
 # every way out twice, the commonest three times (the abort struck most of a dozen tries)
@@ -93,7 +93,7 @@ def test_leaving_mid_reply_saves_it_stopped(how, attempt, data_dir):
     with chat_in_terminal(*NOISE) as t:
         mid_reply(t)
         LEAVE[how](t)
-        left_cleanly(t)
+        assert_left_cleanly(t)
     replies = saved_replies(data_dir)
     assert len(replies) == 1 and replies[0].get("stopped") is True and replies[0]["content"]
 
@@ -107,13 +107,13 @@ def test_leaving_right_after_a_reply(attempt, data_dir):
             assert time.monotonic() < deadline, t.screen[-2000:]
             time.sleep(0.01)
         quit_keys(t)
-        left_cleanly(t)
+        assert_left_cleanly(t)
     replies = saved_replies(data_dir)
     assert len(replies) == 1 and "stopped" not in replies[0]
 
 
 def test_chat_refuses_to_run_without_a_terminal(data_dir):
-    refused(mlxm(["chat"], stdin=b"hello\n"), "needs a terminal", within=20)
+    assert_refused(mlxm(["chat"], stdin=b"hello\n"), "needs a terminal", within=20)
 
 
 # ---------------------------------------------------------------- interrupted while starting

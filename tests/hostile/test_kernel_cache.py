@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from tests.hostile.cli import mlxm, refused
+from tests.hostile.cli import mlxm, assert_refused
 
 GENERATE = ["generate", "-p", "hi", "--max-tokens", "2"]
 
@@ -14,7 +14,7 @@ GENERATE = ["generate", "-p", "hi", "--max-tokens", "2"]
 def test_temp_dir_that_is_not_a_folder(tmp_path):
     (tmp_path / "file").write_text("x")
     for tmpdir in (tmp_path / "missing", tmp_path / "file"):
-        refused(mlxm(GENERATE, env={"TMPDIR": str(tmpdir)}), f"TMPDIR={tmpdir} is not a folder")
+        assert_refused(mlxm(GENERATE, env={"TMPDIR": str(tmpdir)}), f"TMPDIR={tmpdir} is not a folder")
 
 
 def test_a_cache_others_can_write_is_never_loaded_and_damage_is_one_line(tmp_path):
@@ -33,5 +33,5 @@ def test_a_cache_others_can_write_is_never_loaded_and_damage_is_one_line(tmp_pat
 
     for lib in libraries:  # a cache damaged by a full disk or a killed compile
         lib.write_bytes(b"not a library")
-    refused(mlxm(GENERATE, env=env, timeout=300), "compiled-kernel cache holds a damaged library", str(own))
+    assert_refused(mlxm(GENERATE, env=env, timeout=300), "compiled-kernel cache holds a damaged library", str(own))
     os.chmod(planted, 0o700)

@@ -16,7 +16,7 @@ import pytest
 import mlxmodels
 from mlxmodels.errors import ModelError
 from tests.app.tiny import build_tiny
-from tests.hostile.cli import mlxm, refused
+from tests.hostile.cli import mlxm, assert_refused
 
 INDEX = "model.safetensors.index.json"
 
@@ -47,12 +47,12 @@ def split_into_index(folder: Path, shard: str) -> None:
     (folder / INDEX).write_text(json.dumps({"weight_map": {n: shard for n in names}}))
 
 
-def every_reader(folder: Path, *needles: str) -> None:
+def assert_every_reader_refuses(folder: Path, *needles: str) -> None:
     """`mlxm info`, `mlxm generate` and `mlxm convert` all refuse the folder with the same kind of line."""
-    refused(mlxm(["info", "-m", folder]), *needles)
-    refused(mlxm(["generate", "-m", folder, "-p", "hi", "--max-tokens", "2"]), *needles)
+    assert_refused(mlxm(["info", "-m", folder]), *needles)
+    assert_refused(mlxm(["generate", "-m", folder, "-p", "hi", "--max-tokens", "2"]), *needles)
     out = folder.parent / "out"
-    refused(mlxm(["convert", folder, out]), *needles)
+    assert_refused(mlxm(["convert", folder, out]), *needles)
     assert not out.exists()
 
 
@@ -65,7 +65,7 @@ def test_index_names_outside_the_folder(model, shard):
     outside = model.parent / "outside.safetensors"
     shutil.copy(model / "model.safetensors", outside)  # a valid file there: following the name would "work"
     split_into_index(model, shard)
-    line = refused(mlxm(["info", "-m", model]), INDEX)
+    line = assert_refused(mlxm(["info", "-m", model]), INDEX)
     assert "not a shard file name" in line
     with pytest.raises(ModelError, match="not a shard file name"):
         mlxmodels.load(model)
@@ -75,14 +75,14 @@ def test_symlinked_shard_pointing_outside(model):
     outside = model.parent / "secret.safetensors"
     (model / "model.safetensors").rename(outside)
     (model / "model.safetensors").symlink_to(outside)
-    every_reader(model, "model.safetensors", "points outside the model folder")
+    assert_every_reader_refuses(model, "model.safetensors", "points outside the model folder")
 
 
 def test_symlinked_config_pointing_outside(model):
     outside = model.parent / "config.json"
     (model / "config.json").rename(outside)
     (model / "config.json").symlink_to(outside)
-    every_reader(model, "config.json", "points outside the model folder")
+    assert_every_reader_refuses(model, "config.json", "points outside the model folder")
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"])
@@ -90,26 +90,26 @@ def test_fifo_named_like_a_model_file(model, name):
     (model / name).unlink()
     os.mkfifo(model / name)  # opening it for reading would block forever
     run = mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"], timeout=30)
-    refused(run, name, "FIFO, not a regular file", within=20)
+    assert_refused(run, name, "FIFO, not a regular file", within=20)
 
 
 def test_folder_named_like_a_shard(model):
     (model / "model.safetensors").unlink()
     (model / "model.safetensors").mkdir()
-    every_reader(model, "model.safetensors", "is a folder, not a regular file")
+    assert_every_reader_refuses(model, "model.safetensors", "is a folder, not a regular file")
 
 
 def test_device_behind_a_symlink(model):
     (model / "model.safetensors").unlink()
     (model / "model.safetensors").symlink_to("/dev/zero")
-    refused(mlxm(["info", "-m", model]), "model.safetensors", "points outside the model folder")
+    assert_refused(mlxm(["info", "-m", model]), "model.safetensors", "points outside the model folder")
 
 
 @pytest.mark.parametrize("index", ['{"weight_map": ["a", "b"]}', "[1, 2]", '{"weight_map": {"w": 3}}',
                                    "{" * 5000, '{"weight_map": {"w": "model.safetensors"}, "x": NaN}'])
 def test_malformed_index(model, index):
     (model / INDEX).write_text(index)
-    refused(mlxm(["info", "-m", model]), INDEX)
+    assert_refused(mlxm(["info", "-m", model]), INDEX)
     with pytest.raises(ModelError, match=INDEX):
         mlxmodels.load(model)
 
@@ -160,14 +160,14 @@ def test_hub_cache_snapshot_links_into_blobs_load(model, tmp_path):
 def test_config_values_refused_before_anything_is_built(model, key, value, needle):
     edit(model, "config.json", **{key: value})
     for run in (mlxm(["info", "-m", model]), mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"])):
-        refused(run, "config.json", needle, within=10)
+        assert_refused(run, "config.json", needle, within=10)
 
 
 def test_nested_text_config_is_checked_too(model):
     cfg = json.loads((model / "config.json").read_text())
     wrapped = {"model_type": "gemma3", "text_config": {**cfg, "num_hidden_layers": 10**6}}
     (model / "config.json").write_text(json.dumps(wrapped))
-    refused(mlxm(["info", "-m", model]), "config.json", "text_config.num_hidden_layers is 1000000")
+    assert_refused(mlxm(["info", "-m", model]), "config.json", "text_config.num_hidden_layers is 1000000")
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -181,7 +181,7 @@ def test_nested_text_config_is_checked_too(model):
 ])
 def test_config_files_that_json_would_half_accept(model, text, needle):
     (model / "config.json").write_bytes(text.encode("latin-1"))
-    refused(mlxm(["info", "-m", model]), "config.json", needle, within=10)
+    assert_refused(mlxm(["info", "-m", model]), "config.json", needle, within=10)
 
 
 def test_absurd_sizes_are_refused_in_milliseconds(model):
@@ -205,7 +205,7 @@ def test_side_configs_are_validated(model, name, changes, needle):
     if not (model / name).exists():
         (model / name).write_text("{}")
     edit(model, name, **changes)
-    refused(mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"]), name, needle)
+    assert_refused(mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"]), name, needle)
 
 
 # ---------------------------------------------------------------- 3. vocabularies agree
@@ -221,13 +221,13 @@ def test_tokenizer_larger_than_the_embedding(tmp_path):
     data["added_tokens"].append({"id": vocab, "content": "<far>", "single_word": False, "lstrip": False,
                                  "rstrip": False, "normalized": False, "special": True})
     (folder / "tokenizer.json").write_text(json.dumps(data))  # one token more than the model embeds
-    refused(mlxm(["generate", "-m", folder, "-p", "<far>", "--max-tokens", "2"]),
+    assert_refused(mlxm(["generate", "-m", folder, "-p", "<far>", "--max-tokens", "2"]),
             f"ids up to {vocab}", f"vocab_size is {vocab}")
 
 
 def test_eos_id_beyond_the_embedding(model):
     (model / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 4000]}))
-    refused(mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"]),
+    assert_refused(mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"]),
             "eos_token_id 4000 is outside the model's vocabulary (0..99)")
 
 
@@ -270,7 +270,7 @@ def test_non_finite_weights_are_refused_not_run(model, value):
         w["model.layers.1.mlp.down_proj.weight"][3, 5] = value
 
     rewrite_weights(model, poison)
-    refused(mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"]),
+    assert_refused(mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"]),
             "model.layers.1.mlp.down_proj.weight holds NaN or infinite values")
 
 
@@ -281,8 +281,8 @@ def test_integer_weights_where_floats_belong(model):
         w["model.norm.weight"] = w["model.norm.weight"].astype(mx.int32)
 
     rewrite_weights(model, as_int)
-    refused(mlxm(["info", "-m", model]), "model.norm.weight")  # info reads headers only: shapes fit, it describes
-    refused(mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"]),
+    assert_refused(mlxm(["info", "-m", model]), "model.norm.weight")  # info reads headers only: shapes fit, it describes
+    assert_refused(mlxm(["generate", "-m", model, "-p", "hi", "--max-tokens", "2"]),
             "model.norm.weight is stored as int32 but the model needs float32")
 
 
@@ -291,7 +291,7 @@ def test_convert_never_copies_a_tokenizer_file_from_outside(model):
     secret.write_text("not yours")
     (model / "tokenizer_extra.json").symlink_to(secret)
     out = model.parent / "out"
-    refused(mlxm(["convert", model, out]), "tokenizer_extra.json", "points outside the model folder")
+    assert_refused(mlxm(["convert", model, out]), "tokenizer_extra.json", "points outside the model folder")
     assert not out.exists()
 
 
@@ -318,15 +318,15 @@ def add_header_entry(folder: Path, name: str, entry: dict) -> None:
 def test_shapes_mlx_cannot_hold(model, shape):
     add_header_entry(model, "junk", {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]})
     for args in (["info", "-m", model], ["generate", "-m", model, "-p", "hi"]):
-        refused(mlxm(args), "model.safetensors", "'junk'", "which MLX cannot hold")
+        assert_refused(mlxm(args), "model.safetensors", "'junk'", "which MLX cannot hold")
 
 
 def test_escape_sequences_in_names_never_reach_the_terminal(model):
     add_header_entry(model, "evil\x1b]0;pwned\x07\x1b[2J", {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]})
-    line = refused(mlxm(["generate", "-m", model, "-p", "hi"]), "unexpected tensor")
+    line = assert_refused(mlxm(["generate", "-m", model, "-p", "hi"]), "unexpected tensor")
     assert "\x1b" not in line and "\x07" not in line
     run = mlxm(["info", "-m", f"/tmp/no\x1b]0;pwned\x07such"])
-    assert "\x1b" not in refused(run, "not a model folder")
+    assert "\x1b" not in assert_refused(run, "not a model folder")
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -334,7 +334,7 @@ def test_escape_sequences_in_names_never_reach_the_terminal(model):
     (["info", "-m", ""], "-m is empty"),
 ])
 def test_model_argument_edges(args, needle):
-    refused(mlxm(args), needle)
+    assert_refused(mlxm(args), needle)
 
 
 def test_closed_stdout_is_one_line_not_silence(pristine):

@@ -20,7 +20,7 @@ from mlxmodels import chat_template
 from mlxmodels.template_budget import MAX_SIZE, TIME_LIMIT_S
 from mlxmodels.tokenizer import TokenizerError, load_tokenizer
 from tests.app.tiny import TEMPLATE, build_tiny, save_ascii_tokenizer
-from tests.hostile.cli import ROOT, mlxm, refused
+from tests.hostile.cli import ROOT, mlxm, assert_refused
 
 BIG = "{% set s = 'x' * 1000000 %}"  # a million characters, within the limits; the attacks multiply it
 NEST = "".join(f"{{% set l{i + 1} = [l{i}, l{i}, l{i}, l{i}, l{i}, l{i}, l{i}, l{i}, l{i}, l{i}] %}}" for i in range(8))
@@ -225,6 +225,6 @@ def test_generate_with_a_hostile_template(tmp_path):
     folder = build_tiny(tmp_path / "model")
     (folder / "chat_template.jinja").write_text("{# a loop of 10^10 steps #}\n" + LOOPS)
     run = mlxm(["generate", "-m", folder, "--chat", "-p", "hi", "--max-tokens", "2"], timeout=60)
-    line = refused(run, f"{folder / 'chat_template.jinja'}: ", "stopped at line 2", "time limit", within=20)
+    line = assert_refused(run, f"{folder / 'chat_template.jinja'}: ", "stopped at line 2", "time limit", within=20)
     assert run.stdout == ""
     assert line.startswith("mlxm: error: ")
