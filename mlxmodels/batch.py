@@ -67,7 +67,7 @@ class BatchGenerator:
         prompt = [int(t) for t in prompt]
         if not prompt or max_tokens < 1:
             raise ValueError(f"need a non-empty prompt and max_tokens >= 1, got {len(prompt)} tokens, {max_tokens}")
-        check_ids(mx.array(prompt), self.model)  # here, not at its prefill: one bad prompt must not fail a step
+        check_ids(prompt, self.model)  # here, not at its prefill: one bad prompt must not fail a step
         need = self._blocks(len(prompt) + 1)  # the prompt and the first generated token
         if need > self.pool.num_blocks:
             raise ValueError(f"a prompt of {len(prompt)} tokens needs {need} blocks but the pool has "

@@ -136,8 +136,8 @@ def prefill_hidden(model: Decoder, tokens: Union[Sequence[int], mx.array], cache
     of the prompt), so a long prompt can be abandoned within one chunk's time."""
     if step_size < 1:
         raise ValueError(f"prefill step size must be >= 1, got {step_size}")
-    tokens = _as_tokens(tokens)
-    check_ids(tokens, model)
+    ids, tokens = tokens, _as_tokens(tokens)
+    check_ids(ids, model)  # a list is checked without waiting on the device
     kept = []
     for start in range(0, tokens.size, step_size):
         if interrupt is not None and start and interrupt():
@@ -162,8 +162,8 @@ def prefill(model: Any, tokens: Union[Sequence[int], mx.array], cache: List[Any]
         raise ValueError(f"prefill step size must be >= 1, got {step_size}")
     if isinstance(model, Decoder):
         return model.head(prefill_hidden(model, tokens, cache, step_size, interrupt=interrupt))[:, -1, :]
-    tokens = _as_tokens(tokens)
-    check_ids(tokens, model)
+    ids, tokens = tokens, _as_tokens(tokens)
+    check_ids(ids, model)
     n, start = tokens.size, 0
     while n - start > 1:
         if interrupt is not None and start and interrupt():

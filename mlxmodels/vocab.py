@@ -40,12 +40,16 @@ def check_tokenizer(tokenizer: Any, model: Any, where: str) -> None:
                              "generation_config.json/config.json or use the model's own tokenizer files")
 
 
-def check_ids(tokens: mx.array, model: Any) -> None:
-    """A prompt's ids (1-D) all lie in [0, vocab_size)."""
+def check_ids(tokens, model: Any) -> None:
+    """A prompt's ids (a list, or a 1-D array) all lie in [0, vocab_size). A list is checked in Python: no wait on
+    the device (the draft model's prefill runs every speculative round)."""
     v = vocab_size(model)
-    if v is None:
+    if v is None or len(tokens) == 0:
         return
-    lo, hi = mx.min(tokens).item(), mx.max(tokens).item()
+    if isinstance(tokens, mx.array):
+        lo, hi = mx.stack([mx.min(tokens), mx.max(tokens)]).tolist()
+    else:
+        lo, hi = min(tokens), max(tokens)
     if lo < 0 or hi >= v:
         bad = lo if lo < 0 else hi
         raise VocabError(f"token id {bad} is outside the model's vocabulary (0..{v - 1}); "
