@@ -42,7 +42,7 @@ from app.tui_widgets import (EMPTY, NO_ANSWER, THINKING, WAITING, AssistantMessa
 HELP = ("Enter sends · Shift+Enter or Ctrl+J: new line · Esc stops a reply · Ctrl+R regenerates · Ctrl+E edits "
         "your last message (↑ in an empty input too; again: the one before) · Ctrl+N new chat · Ctrl+O saved chats · "
         "Ctrl+T settings · Ctrl+Q quits")
-QUIT_WAIT = 60.0  # seconds leaving waits for a reply to stop (a long prompt's prefill cannot be cut short)
+QUIT_WAIT = 60.0  # seconds leaving waits for a reply to stop (a token, or one prompt chunk of a long prefill)
 INTERRUPT_AGAIN = 2.0  # a second Ctrl+C within this many seconds quits
 
 CSS = """
