@@ -47,7 +47,8 @@ MAX_KWARGS, MAX_KWARG_TEXT = 32, 1000
 
 FIX = "the chat was not opened: fix or delete the file"
 _NOFOLLOW, _CLOEXEC = getattr(os, "O_NOFOLLOW", 0), getattr(os, "O_CLOEXEC", 0)
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # escape sequences, bells: never sent to the terminal
+# escape sequences, bells, and the bidi overrides that make a name read as another: never sent to the terminal
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e]")
 
 
 class ChatFileError(ValueError):

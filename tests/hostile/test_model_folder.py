@@ -390,3 +390,9 @@ def test_no_limit_means_until_the_context_is_full(tmp_path):
 
     out = list(itertools.islice(mlxmodels.stream_generate(m, tok, [5] * 8, max_tokens=-1), 100))  # bounded if not
     assert len(out) <= 40 and (len(out) == 40 or out[-1].finish_reason == "stop")
+
+
+def test_bidi_overrides_in_names_are_shown_as_replacements(model):
+    add_header_entry(model, "model.\u202enorm.weight", {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]})
+    line = assert_refused(mlxm(["generate", "-m", model, "-p", "hi"]), "unexpected tensor")
+    assert "\u202e" not in line and "model.\ufffdnorm.weight" in line
