@@ -64,8 +64,7 @@ def resolve(path_or_hub_id: Union[str, Path], before_weights=None) -> Path:
 
 def placeholders(ckpt: Checkpoint) -> dict:
     """Lazy zeros shaped and typed as the headers say: never evaluated, so nothing is read or allocated."""
-    return {name: mx.zeros(info.shape, DTYPES[info.dtype][2]) for name, info in
-            ((n, ckpt.info(n)) for n in ckpt.where)}
+    return {n: mx.zeros(ckpt.info(n).shape, DTYPES[ckpt.info(n).dtype][2]) for n in ckpt.where}
 
 
 def read_weights(ckpt: Checkpoint) -> dict:
