@@ -11,6 +11,9 @@ if the template gets the same data. transformers (utils/chat_template_utils.py) 
 - copies a message's reasoning, given as `reasoning_content`, `thinking` or `reasoning`, to `reasoning_content`
   (what Qwen3, DeepSeek and SmolLM3 templates read) and `thinking` (what gpt-oss reads).
 
+Tools are JSON schema dicts, or Python functions (and bound methods), which become the schema transformers'
+get_json_schema writes for them (tool_schema.py); anything else is refused, as transformers refuses it.
+
 Tool calls and list-of-parts content pass through as they are: a tool call's `arguments` may be a dict or a JSON
 string, and each template decides how to print either (Qwen3 prints a string as is, Llama 3.1 encodes it again).
 """
@@ -20,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
+
+from . import tool_schema
 
 REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")  # the first is the one templates read
 MAX_DEPTH = 100  # nesting a conversation may have; deeper is a cycle or an attack, and would exhaust the stack
@@ -39,16 +44,26 @@ def prepare(messages, tools=None, documents=None, **variables) -> dict[str, Any]
             raise MessagesInvalid(f"message {n} is a {type(message).__name__}, not a dict with 'role' and 'content'")
         prepared.append(_alias_reasoning({k: v for k, v in message.items() if v is not None}))
     if tools is not None:
+        if isinstance(tools, (list, tuple)):
+            tools = [_tool_schema(n, t) if tool_schema.is_tool_function(t) else t for n, t in enumerate(tools)]
         tools = _plain(tools, 0)
         if not isinstance(tools, (list, tuple)) or not all(isinstance(t, dict) for t in tools):
             raise MessagesInvalid("tools must be a list of JSON schemas (dicts like {'type': 'function', "
-                                  "'function': {'name': ..., 'parameters': ...}}); Python functions are not converted")
+                                  "'function': {'name': ..., 'parameters': ...}}) or of Python functions with type "
+                                  "hints and a Google-style docstring")
         tools = list(tools)
     if documents is not None:
         documents = _plain(documents, 0)
         if not isinstance(documents, list) or not all(isinstance(d, dict) for d in documents):
             raise MessagesInvalid("documents must be a list of dicts with 'title' and 'text' keys")
     return {"messages": prepared, "tools": tools, "documents": documents, **_plain(variables, 0)}
+
+
+def _tool_schema(n: int, function) -> dict:
+    try:
+        return tool_schema.function_schema(function)
+    except tool_schema.ToolSchemaInvalid as e:
+        raise MessagesInvalid(f"tools[{n}]: {e}") from None
 
 
 def _alias_reasoning(message: dict) -> dict:
