@@ -114,11 +114,11 @@ def run(args):
 
 
 def _dtype(folder):
-    import json
-
     import mlx.core as mx
 
-    cfg = json.loads((Path(folder) / "config.json").read_text())
+    from mlxmodels.config import read_side_config
+
+    cfg = read_side_config(Path(folder), "config.json")
     name = cfg.get("torch_dtype") or cfg.get("dtype")
     return getattr(mx, name) if name in ("float32", "bfloat16", "float16") else None
 

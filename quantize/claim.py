@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Optional
 
 from mlxmodels.errors import ModelError
+from mlxmodels.formats import folder as files
 from mlxmodels.formats.safetensors import INDEX
 
 LEFTOVER = re.compile(r"(new|partial|old|trash)-([0-9a-f]{12})")
@@ -98,8 +99,8 @@ def _prefix(out: Path) -> str:
 
 
 def _owner(folder: Path) -> Optional[dict]:
-    try:
-        owner = json.loads((folder / "owner.json").read_text())
+    try:  # a claim lives in a parent others may write to: never block on, or read much of, what is there
+        owner = files.read_json(folder / "owner.json", limit=1 << 16)
         if isinstance(owner, dict) and isinstance(owner.get("pid"), int) and isinstance(owner.get("token"), str):
             return owner
     except (OSError, ValueError):

@@ -84,14 +84,6 @@ def read_bytes(path: Union[str, Path], limit: int, fix: Optional[str] = None) ->
     return data
 
 
-def is_file(folder: Path, name: str) -> bool:
-    """A present regular file (symlinks followed), without opening it: the test every optional file takes first."""
-    try:
-        return stat.S_ISREG(os.stat(Path(folder) / name).st_mode)
-    except OSError:
-        return False
-
-
 def exists(folder: Path, name: str) -> bool:
     return os.path.lexists(Path(folder) / name)
 
