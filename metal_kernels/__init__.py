@@ -19,9 +19,10 @@ import mlx.core as mx
 from . import reference
 from .launch import run_metal
 from .paged import attention_launch, mla_launch
+from . import quantized
 from .quantized import qmv_launch, qmv_swiglu_launch
 
-QMV_MAX_ROWS = 16  # beyond this many rows of x a matrix-matrix kernel (MLX's) reads the weights fewer times
+QMV_MAX_ROWS = quantized.MAX_ROWS
 
 _choice: Optional[bool] = None
 

@@ -1,10 +1,13 @@
 """A kernel launch as data, so the Metal GPU and the emulator run exactly the same thing.
 
 `KernelDef` names a body in this folder and its parameters; `Launch` is one call of it (inputs, template
-arguments, grid, threadgroup, outputs). `run_metal` hands a launch to `mx.fast.metal_kernel`; the emulator
-(`metal_kernels.emulator`) writes the same signature MLX writes and runs the same body on the CPU.
+arguments, grid, threadgroup, outputs). `kernel_name` is the name MLX compiles a launch under (template values,
+dtypes, which inputs go to the constant address space), so the dispatch keys its verdicts by it. `run_metal`
+hands a launch to `mx.fast.metal_kernel`; the emulator (`metal_kernels.emulator`) writes the same signature MLX
+writes and runs the same body on the CPU.
 """
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +17,14 @@ import mlx.core as mx
 
 HERE = Path(__file__).parent
 TemplateArg = Union[mx.Dtype, int, bool]
+
+MAX_CONSTANT_ARRAY_SIZE = 8  # inputs with fewer elements are passed in the constant address space
+
+TYPE_NAMES = {
+    mx.bool_: "bool", mx.int8: "int8_t", mx.int16: "int16_t", mx.int32: "int32_t", mx.int64: "int64_t",
+    mx.uint8: "uint8_t", mx.uint16: "uint16_t", mx.uint32: "uint32_t", mx.uint64: "uint64_t",
+    mx.float16: "float16_t", mx.bfloat16: "bfloat16_t", mx.float32: "float",
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,36 @@ class Launch:
     @property
     def body(self) -> str:
         return self.kernel.source if self.source is None else self.source
+
+
+def type_name(dtype) -> str:
+    if dtype not in TYPE_NAMES:
+        raise TypeError(f"no Metal kernel parameter type for {dtype}")
+    return TYPE_NAMES[dtype]
+
+
+def _template_value(arg) -> str:
+    if isinstance(arg, bool):  # before int: bool is an int in Python; C++ streams a bool as 1/0
+        return "1" if arg else "0"
+    if isinstance(arg, int):
+        return str(arg)
+    return type_name(arg)
+
+
+def kernel_name(launch: Launch) -> str:
+    name = "custom_kernel_" + launch.kernel.name
+    if launch.template:
+        # MLX turns "<", ">", ", " (and, since 0.3x, the "-" of a negative int) into "_" and drops the last one.
+        name += "_" + re.sub(r"<|>|, |-", "_", template_def(launch))[:-1]
+    for a in launch.inputs:
+        name += "_" + type_name(a.dtype) + ("s" if a.ndim == 0 else "c" if a.size < MAX_CONSTANT_ARRAY_SIZE else "")
+    for d in launch.output_dtypes:
+        name += "_" + type_name(d)
+    return name
+
+
+def template_def(launch: Launch) -> str:
+    return "<" + ", ".join(_template_value(v) for _, v in launch.template) + ">"
 
 
 @lru_cache(maxsize=None)

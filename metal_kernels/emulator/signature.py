@@ -15,15 +15,7 @@ from typing import List, Tuple
 
 import mlx.core as mx
 
-from ..launch import Launch, run_metal
-
-MAX_CONSTANT_ARRAY_SIZE = 8  # inputs with fewer elements are passed in the constant address space
-
-TYPE_NAMES = {
-    mx.bool_: "bool", mx.int8: "int8_t", mx.int16: "int16_t", mx.int32: "int32_t", mx.int64: "int64_t",
-    mx.uint8: "uint8_t", mx.uint16: "uint16_t", mx.uint32: "uint32_t", mx.uint64: "uint64_t",
-    mx.float16: "float16_t", mx.bfloat16: "bfloat16_t", mx.float32: "float",
-}
+from ..launch import MAX_CONSTANT_ARRAY_SIZE, Launch, kernel_name, run_metal, template_def, type_name
 
 # (attribute, Metal type), in the order MLX adds them.
 ATTRIBUTES = [
@@ -39,20 +31,6 @@ ATTRIBUTES = [
 ]
 
 
-def type_name(dtype) -> str:
-    if dtype not in TYPE_NAMES:
-        raise TypeError(f"no Metal kernel parameter type for {dtype}")
-    return TYPE_NAMES[dtype]
-
-
-def _template_value(arg) -> str:
-    if isinstance(arg, bool):  # before int: bool is an int in Python; C++ streams a bool as 1/0
-        return "1" if arg else "0"
-    if isinstance(arg, int):
-        return str(arg)
-    return type_name(arg)
-
-
 def _template_kind(arg) -> str:
     return "bool" if isinstance(arg, bool) else "int" if isinstance(arg, int) else "typename"
 
@@ -65,22 +43,6 @@ class Param:
     ctype: str  # element type (buffers) or Metal type (attributes)
     kind: str  # input | scalar | shape | strides | ndim | output | attribute
     buffer: int = -1
-
-
-def kernel_name(launch: Launch) -> str:
-    name = "custom_kernel_" + launch.kernel.name
-    if launch.template:
-        # MLX turns "<", ">", ", " (and, since 0.3x, the "-" of a negative int) into "_" and drops the last one.
-        name += "_" + re.sub(r"<|>|, |-", "_", template_def(launch))[:-1]
-    for a in launch.inputs:
-        name += "_" + type_name(a.dtype) + ("s" if a.ndim == 0 else "c" if a.size < MAX_CONSTANT_ARRAY_SIZE else "")
-    for d in launch.output_dtypes:
-        name += "_" + type_name(d)
-    return name
-
-
-def template_def(launch: Launch) -> str:
-    return "<" + ", ".join(_template_value(v) for _, v in launch.template) + ">"
 
 
 def params(launch: Launch) -> List[Param]:

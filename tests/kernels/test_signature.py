@@ -5,7 +5,7 @@ import mlx.core as mx
 import pytest
 
 from metal_kernels import emulator
-from metal_kernels.launch import KernelDef, Launch
+from metal_kernels.launch import TYPE_NAMES, KernelDef, Launch
 from metal_kernels.paged import attention_launch, mla_launch
 from metal_kernels.quantized import qmv_launch, qmv_swiglu_launch
 
@@ -55,7 +55,7 @@ def test_synthetic_kernels_match(body, template):
 
 
 def test_type_names_match_mlx():
-    dtypes = sorted(emulator.signature.TYPE_NAMES, key=str)
+    dtypes = sorted(TYPE_NAMES, key=str)
     k = KernelDef("types", "", tuple(f"in{i}" for i in range(len(dtypes))), ("out",))
     launch = Launch(k, [mx.zeros((9,), d) for d in dtypes], [], (1, 1, 1), (1, 1, 1), [(1,)], [mx.float32],
                     source="  out[0] = 0;")
