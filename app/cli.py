@@ -1,4 +1,4 @@
-"""`mlxm`: the command-line entry point (chat, generate, convert, bench, info).
+"""`mlxm`: the command-line entry point (chat, generate, convert, bench, info, doctor).
 
 User mistakes (a missing folder, an unknown model type, a bad flag value) print one line, `mlxm: error: ...`, and
 exit non-zero: 2 for a bad command line, 1 for anything wrong with the model or the files. Tracebacks are kept
@@ -276,6 +276,9 @@ def parser():
     convert_cmd.add_parser(sub)
     add_bench(sub)
     add_info(sub)
+    from app import doctor
+
+    doctor.add_parser(sub)
     return p
 
 

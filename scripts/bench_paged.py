@@ -2,7 +2,7 @@
 """Paged KV cache and kernel benchmark.
 
     python scripts/bench_paged.py [--trials 3] [--prompt-tokens 512] [--gen-tokens 64] [--batches 1,4,8,16]
-                                  [--openblas] [--small] [--json FILE]
+                                  [--openblas] [--small] [--kernels-only] [--quick-kernels] [--json FILE]
 
 1. Decode at batch 1, contiguous vs paged cache: the same random Llama-shaped model (hidden 1024, 8 layers,
    16 heads, 4 KV heads, head dim 64, intermediate 2816, vocab 32000, as scripts/bench_dense.py; --small: a
@@ -14,9 +14,13 @@
    --gen-tokens/2 to --gen-tokens, so sequences join and leave at different steps) through `BatchGenerator`.
    Aggregate tok/s = generated tokens / wall time (prefills included); decode tok/s counts only the steps in which
    nobody was admitted.
-3. On a Mac (Metal GPU) only: our kernels against MLX's built-ins: paged decode attention against
-   `mx.fast.scaled_dot_product_attention` over contiguous K/V of the same length (and against the gather
-   reference), qmv and the fused SwiGLU against `mx.quantized_matmul`; microseconds per call and the GB/s read.
+3. Our kernels against MLX's built-ins, the table `mlxm doctor` prints (app/kernel_table.py): per shape the
+   variant's self-test, microseconds per call and GB/s read for kernel and built-in (timed by the dispatch in this
+   process, as MLXMODELS_KERNELS=auto decides), and auto's pick: qmv and the fused SwiGLU at 1-16 rows of a
+   4096x14336 4-bit FFN, paged attention at 2k/8k/32k tokens at batch 1 and 8 (8 KV heads, GQA 4, head dim 128,
+   float16), MLA with 16 and 128 heads (R 512, P 64). On a Mac the real kernels; elsewhere the emulator on
+   reduced shapes (correctness only: its times mean nothing), as the output and the JSON say.
+    --kernels-only skips 1 and 2; --quick-kernels checks one shape per kernel.
 """
 
 from __future__ import annotations
@@ -118,56 +122,19 @@ def continuous(model, args, B: int) -> dict:
     return out
 
 
-def per_call(fn, iters: int = 50) -> float:
-    mx.eval(fn())
-    t = time.perf_counter()
-    for _ in range(iters):
-        mx.eval(fn())
-    return (time.perf_counter() - t) / iters
+def kernels(quick: bool) -> dict:
+    """Our kernels against MLX's built-ins, as `mlxm doctor` reports them (app/kernel_table.py): on a Metal GPU the
+    full shapes; elsewhere the emulator on reduced shapes, whose times mean nothing (correctness only)."""
+    from app import kernel_table
 
-
-def mac_kernels() -> dict:
-    from metal_kernels import reference
-    from metal_kernels.launch import run_metal
-    from metal_kernels.paged import attention_launch
-    from metal_kernels.quantized import qmv_launch, qmv_swiglu_launch
-
-    out = {}
-    for B, S in ((1, 2048), (8, 2048), (1, 8192)):
-        Hkv, G, D, BS = 8, 4, 128, 16
-        nb = B * S // BS
-        q = mx.random.normal((B, Hkv * G, D)).astype(mx.float16)
-        kp = mx.random.normal((nb, BS, Hkv, D)).astype(mx.float16)
-        vp = mx.random.normal((nb, BS, Hkv, D)).astype(mx.float16)
-        tables = mx.arange(nb, dtype=mx.int32).reshape(B, S // BS)
-        lens = mx.full((B,), S, mx.int32)
-        k = kp.reshape(B, S, Hkv, D).transpose(0, 2, 1, 3)
-        v = vp.reshape(B, S, Hkv, D).transpose(0, 2, 1, 3)
-        k, v = mx.contiguous(k), mx.contiguous(v)
-        launch = attention_launch(q, kp, vp, tables, lens, D**-0.5)
-        t_kernel = per_call(lambda: run_metal(launch)[0])
-        t_sdpa = per_call(lambda: mx.fast.scaled_dot_product_attention(q[:, :, None], k, v, scale=D**-0.5))
-        t_ref = per_call(lambda: reference.paged_attention(q, kp, vp, tables, lens, D**-0.5))
-        gb = 2 * B * S * Hkv * D * 2 / 1e9
-        out[f"attention B={B} S={S}"] = {"kernel_us": t_kernel * 1e6, "sdpa_contiguous_us": t_sdpa * 1e6,
-                                         "gather_reference_us": t_ref * 1e6, "kernel_GBps": gb / t_kernel,
-                                         "sdpa_GBps": gb / t_sdpa}
-    for N, K in ((4096, 4096), (14336, 4096)):
-        for bits in (4, 8):
-            x = mx.random.normal((1, K)).astype(mx.float16)
-            w, s, b = mx.quantize(mx.random.normal((N, K)).astype(mx.float16), group_size=64, bits=bits)
-            t_k = per_call(lambda: run_metal(qmv_launch(x, w, s, b, 64, bits))[0])
-            t_m = per_call(lambda: mx.quantized_matmul(x, w, s, b, transpose=True, group_size=64, bits=bits))
-            gb = (w.nbytes + s.nbytes + b.nbytes) / 1e9
-            out[f"qmv {N}x{K} {bits}-bit"] = {"kernel_us": t_k * 1e6, "mlx_us": t_m * 1e6, "kernel_GBps": gb / t_k,
-                                             "mlx_GBps": gb / t_m}
-            if N == 14336:
-                up = mx.quantize(mx.random.normal((N, K)).astype(mx.float16), group_size=64, bits=bits)
-                t_f = per_call(lambda: run_metal(qmv_swiglu_launch(x, (w, s, b), up, 64, bits))[0])
-                t_r = per_call(lambda: reference.qmv_swiglu(x, (w, s, b), up, 64, bits))
-                out[f"swiglu {N}x{K} {bits}-bit"] = {"kernel_us": t_f * 1e6, "mlx_us": t_r * 1e6}
-    for name, r in out.items():
-        print(f"{name:28s} " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()), flush=True)
+    out = kernel_table.measure(quick, emulate=True, progress=lambda line: print(line, flush=True))
+    if out["backend"] is None:
+        out["note"] = f"skipped: no Metal GPU here, and {out['emulator']}"
+    elif out["backend"] == "emulator":
+        out["note"] = f"no Metal GPU here: {kernel_table.EMULATED}"
+    print(f"kernel vs built-in ({out['backend'] or 'none'}): {out.get('note', 'Metal GPU')}", flush=True)
+    for line in filter(None, (out.get("error"), out.get("rows") and kernel_table.format_rows(out["rows"]))):
+        print(line, flush=True)
     return out
 
 
@@ -180,6 +147,8 @@ def main() -> None:
     p.add_argument("--openblas", action="store_true", help="preload Debian's OpenBLAS (Linux)")
     p.add_argument("--small", action="store_true", help="a quarter-size model, for a quick run")
     p.add_argument("--skip-decode", action="store_true")
+    p.add_argument("--kernels-only", action="store_true", help="only the kernel vs built-in table")
+    p.add_argument("--quick-kernels", action="store_true", help="one shape per kernel in the kernel table")
     p.add_argument("--json")
     args = p.parse_args()
     if args.openblas and OPENBLAS not in os.environ.get("LD_PRELOAD", ""):
@@ -187,15 +156,13 @@ def main() -> None:
         os.execv(sys.executable, [sys.executable] + sys.argv)
     print(f"mlx {mx.__version__} on {platform.platform()}, device {mx.default_device()}, "
           f"{'OpenBLAS' if args.openblas else 'reference BLAS'}", flush=True)
-    model = llama(args.small)
     result = {"args": vars(args), "mlx": mx.__version__, "platform": platform.platform()}
-    if not args.skip_decode:
-        result["batch1"] = decode_batch1(model, args)
-    result["continuous"] = {B: continuous(model, args, int(B)) for B in args.batches.split(",") if B}
-    if mx.metal.is_available():
-        result["kernels"] = mac_kernels()
-    else:
-        print("kernel vs built-in: skipped (no Metal GPU; run this script on a Mac)")
+    if not args.kernels_only:
+        model = llama(args.small)
+        if not args.skip_decode:
+            result["batch1"] = decode_batch1(model, args)
+        result["continuous"] = {B: continuous(model, args, int(B)) for B in args.batches.split(",") if B}
+    result["kernels"] = kernels(args.quick_kernels)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -1,0 +1,191 @@
+"""Representative shapes for each kernel entry point, the dispatch's check of each, and the table of results:
+what `mlxm doctor` and `scripts/bench_paged.py` both report.
+
+The dispatch does the measuring (`Dispatch.check`): the variant's self-test against the reference, then the
+kernel and the built-in timed in this process on random inputs of the shape class (the entry's `E_timing`), which
+is exactly what `MLXMODELS_KERNELS=auto` decides by. The arguments given here are unevaluated zeros: the checks read
+only their shapes and dtypes and make their own random inputs, so a 32k-token pool costs nothing until timed.
+GB/s is the bytes a call must read at least (the weights, or the visible K/V or latent rows) over its time.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from typing import Callable, Iterable, List
+
+import mlx.core as mx
+
+ROWS = (1, 2, 4, 8, 16)  # qmv rows (decode batch), capped at the kernel's row limit
+CONTEXTS = (2048, 8192, 32768)
+BATCHES = (1, 8)
+MLA_HEADS = (16, 128)  # DeepSeek-V2-Lite's and DeepSeek-V3's
+
+
+@dataclass(frozen=True)
+class Shape:
+    entry: str  # qmv, qmv_swiglu, paged_attention, paged_mla
+    label: str
+    args: Callable[[], tuple]  # the entry point's arguments
+    bytes_read: int
+
+
+def qmv(M: int, N: int, K: int, bits: int = 4, group: int = 64, dtype=mx.float16) -> Shape:
+    def args():
+        x = mx.zeros((M, K), dtype)  # (M, K)
+        w = mx.zeros((N, K * bits // 32), mx.uint32)  # (N, K * bits / 32)
+        s = mx.zeros((N, K // group), dtype)  # (N, K / group)
+        return x, w, s, s, group, bits
+
+    return Shape("qmv", f"M={M} {N}x{K} {bits}-bit g{group}", args, N * K * bits // 8 + 2 * N * K // group * dtype.size)
+
+
+def qmv_swiglu(M: int, N: int, K: int, bits: int = 4, group: int = 64, dtype=mx.float16) -> Shape:
+    one = qmv(M, N, K, bits, group, dtype)
+
+    def args():
+        x, w, s, b, _, _ = one.args()
+        return x, (w, s, b), (w, s, b), group, bits
+
+    return Shape("qmv_swiglu", f"M={M} 2x {N}x{K} {bits}-bit g{group}", args, 2 * one.bytes_read)
+
+
+def attention(B: int, ctx: int, Hkv: int = 8, G: int = 4, D: int = 128, BS: int = 16, dtype=mx.float16) -> Shape:
+    blocks = -(-ctx // BS)
+
+    def args():
+        pool = mx.zeros((B * blocks, BS, Hkv, D), dtype)  # (num_blocks, BS, Hkv, D)
+        return (mx.zeros((B, Hkv * G, D), dtype), pool, pool, mx.zeros((B, blocks), mx.int32),
+                mx.full((B,), ctx, mx.int32), D**-0.5)
+
+    return Shape("paged_attention", f"B={B} ctx={ctx} {Hkv}x{G} heads d{D}", args, 2 * B * ctx * Hkv * D * dtype.size)
+
+
+def mla(B: int, ctx: int, H: int, R: int = 512, P: int = 64, BS: int = 16, dtype=mx.float16) -> Shape:
+    blocks = -(-ctx // BS)
+
+    def args():
+        return (mx.zeros((B, H, R), dtype), mx.zeros((B, H, P), dtype), mx.zeros((B * blocks, BS, R + P), dtype),
+                mx.zeros((B, blocks), mx.int32), mx.full((B,), ctx, mx.int32), (R + P) ** -0.5)
+
+    return Shape("paged_mla", f"B={B} ctx={ctx} {H} heads R{R}+{P}", args, B * ctx * (R + P) * dtype.size)
+
+
+def _rows() -> List[int]:
+    from metal_kernels.quantized import MAX_ROWS
+
+    return [m for m in ROWS if m <= MAX_ROWS]
+
+
+def mac_shapes(quick: bool = False) -> List[Shape]:
+    """A Llama-8B-like FFN (4096 x 14336, 4-bit, groups of 64) at 1-16 rows, Llama-style paged attention (8 KV heads,
+    GQA 4, head dim 128, float16) at 2k/8k/32k tokens, batch 1 and 8, and MLA with 16 and 128 heads."""
+    if quick:
+        return [qmv(1, 4096, 14336), qmv_swiglu(1, 14336, 4096), attention(1, 8192), mla(1, 8192, 128)]
+    rows = _rows()
+    return ([qmv(m, 4096, 14336) for m in rows] + [qmv_swiglu(m, 14336, 4096) for m in rows]
+            + [attention(b, c) for c in CONTEXTS for b in BATCHES]
+            + [mla(b, 8192, h) for h in MLA_HEADS for b in BATCHES])
+
+
+def emulator_shapes(quick: bool = False) -> List[Shape]:
+    """The same axes, small enough for the emulator (one fiber per GPU thread): 64x512 weights, 64 and 256 tokens
+    over 2 KV heads, 32 latent rows; the template values (head dim 128, R 512, P 64, 4-bit g64) stay the Mac's."""
+    if quick:
+        return [qmv(1, 64, 512), qmv_swiglu(1, 64, 512), attention(1, 64, Hkv=2), mla(1, 32, 16)]
+    rows = _rows()
+    return ([qmv(m, 64, 512) for m in rows] + [qmv_swiglu(m, 64, 512) for m in rows]
+            + [attention(b, c, Hkv=2) for c in (64, 256) for b in BATCHES]
+            + [mla(b, 32, h) for h in MLA_HEADS for b in BATCHES])
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or e.__class__.__name__
+    return f"{e.__class__.__name__}: {text}"[:300]
+
+
+def check_all(shapes: Iterable[Shape], progress: Callable[[str], None] = lambda line: None) -> dict:
+    """-> {"rows": [...]}: the dispatch's verdict per shape, or one line saying why that shape could not be checked."""
+    try:
+        from metal_kernels import dispatch
+
+        d = dispatch.current()
+    except Exception as e:  # noqa: BLE001  (one line in the report, never a traceback)
+        return {"rows": [], "error": f"the kernel dispatch could not start: {one_line(e)}"}
+    rows = []
+    for shape in shapes:
+        progress(f"checking {shape.entry} {shape.label} ...")
+        row = {"entry": shape.entry, "shape": shape.label}
+        try:
+            row.update(d.check(shape.entry, shape.args()))
+            for who in ("kernel", "builtin"):
+                us = row.get(f"{who}_us")
+                row[f"{who}_GBps"] = shape.bytes_read / us / 1e3 if us else None
+        except Exception as e:  # noqa: BLE001
+            row["error"] = one_line(e)
+        rows.append(row)
+    return {"rows": rows}
+
+
+def emulate_all(shapes: Iterable[Shape], progress: Callable[[str], None] = lambda line: None) -> dict:
+    """The same checks with the emulator standing in for Metal, its verdicts kept in a temporary folder (never the
+    user's cache: an emulator's timing says nothing about a GPU)."""
+    try:
+        from metal_kernels.testing import emulator_runner, simulate_metal
+
+        with tempfile.TemporaryDirectory(prefix="mlxm-doctor-") as tmp, simulate_metal(emulator_runner, cache_dir=tmp):
+            return check_all(shapes, progress)
+    except Exception as e:  # noqa: BLE001
+        return {"rows": [], "error": f"the emulator could not run the checks: {one_line(e)}"}
+
+
+EMULATED = "emulator results on reduced shapes: correctness only, times meaningless"
+NO_EMULATOR = "the emulator is not available (it needs Linux and a C++ compiler, g++)"
+
+
+def measure(quick: bool, emulate: bool, progress: Callable[[str], None] = lambda line: None) -> dict:
+    """-> {"backend": "metal" | "emulator" | None, "rows": [...], maybe "emulator" (what its rows mean) and "error"}:
+    the real kernels on a Metal GPU; elsewhere, when `emulate`, the emulator on reduced shapes."""
+    if mx.metal.is_available():
+        return {"backend": "metal", **check_all(mac_shapes(quick), progress)}
+    if not emulate:
+        return {"backend": None}
+    try:
+        from metal_kernels.emulator import available
+
+        usable = available()
+    except Exception:  # noqa: BLE001  (an emulator that cannot load is one that is not available)
+        usable = False
+    if not usable:
+        return {"backend": None, "emulator": NO_EMULATOR}
+    return {"backend": "emulator", "emulator": EMULATED, **emulate_all(emulator_shapes(quick), progress)}
+
+
+def _num(v, fmt: str) -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+
+def format_rows(rows: List[dict]) -> str:
+    """One line per shape: self-test, us per call and GB/s for kernel and built-in, and auto's pick; a failed check
+    or self-test adds its reason on the next line."""
+    head = ("kernel", "shape", "self-test", "kernel us", "built-in us", "kernel GB/s", "built-in GB/s", "auto picks")
+    table = [head]
+    notes = {}
+    for r in rows:
+        if "error" in r:
+            table.append((r["entry"], r["shape"], "error", "-", "-", "-", "-", "built-in"))
+            notes[len(table) - 1] = r["error"]
+            continue
+        table.append((r["entry"], r["shape"], r.get("selftest", "-"), _num(r.get("kernel_us"), ".1f"),
+                      _num(r.get("builtin_us"), ".1f"), _num(r.get("kernel_GBps"), ".1f"),
+                      _num(r.get("builtin_GBps"), ".1f"), str(r.get("pick", "-"))))
+        if r.get("reason"):
+            notes[len(table) - 1] = r["reason"]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
+    lines = []
+    for i, row in enumerate(table):
+        cells = [str(c).ljust(w) if j < 3 else str(c).rjust(w) for j, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if i in notes:
+            lines.append("    " + notes[i])
+    return "\n".join(lines)
