@@ -71,16 +71,17 @@ def check(x, w, scales, biases, group_size: int, bits: int) -> None:
     """Raises Unsupported (a ValueError) unless the kernels take exactly these inputs."""
     if bits not in (4, 8) or group_size not in (32, 64, 128):
         raise Unsupported(f"the qmv kernels take 4 or 8 bits and groups of 32, 64 or 128; got {bits} bits, "
-                         f"group {group_size}")
+                          f"group {group_size}")
     M, K = x.shape
     N = w.shape[0]
     if w.dtype != mx.uint32 or w.shape != (N, K * bits // 32):
         raise Unsupported(f"w must be uint32 (N, K * bits / 32) = ({N}, {K * bits // 32}), got {w.dtype} {w.shape}")
     if K % group_size or scales.shape != (N, K // group_size) or biases.shape != scales.shape:
         raise Unsupported(f"K={K} must be a multiple of the group size {group_size}; scales and biases must be "
-                         f"({N}, {K // group_size}), got {scales.shape} and {biases.shape}")
+                          f"({N}, {K // group_size}), got {scales.shape} and {biases.shape}")
     if x.dtype not in FLOATS or not x.dtype == scales.dtype == biases.dtype:
-        raise Unsupported(f"x, scales and biases must share a float dtype, got {x.dtype}, {scales.dtype}, {biases.dtype}")
+        raise Unsupported(f"x, scales and biases must share a float dtype, got {x.dtype}, {scales.dtype}, "
+                          f"{biases.dtype}")
 
 
 def _launch(kernel, inputs, x, n_rows, group_size, bits) -> Launch:
@@ -166,8 +167,8 @@ def qmv_swiglu_sample(x, gate, up, group_size: int = 64, bits: int = 4):
     N = gate[0].shape[0]
     M2, N2, K2 = _small(_rows(x, N).shape[0], N, x.shape[-1], group_size, bits)
     x2 = mx.random.normal((M2, K2)).astype(x.dtype)
-    return (x2, _random_quantized(N2, K2, gate[1], bits, group_size), _random_quantized(N2, K2, up[1], bits, group_size),
-            group_size, bits)
+    return (x2, _random_quantized(N2, K2, gate[1], bits, group_size),
+            _random_quantized(N2, K2, up[1], bits, group_size), group_size, bits)
 
 
 def qmv_timing(x, w, scales, biases, group_size: int = 64, bits: int = 4):
