@@ -40,7 +40,7 @@ const void* mtl_rt_simd_exchange(const void* value, unsigned size, int line, con
 void mtl_rt_simd_info(unsigned* lane, unsigned* width);
 void mtl_rt_threadgroup_barrier(int line);
 // Threadgroup memory of one declaration site: shared by the threads of a threadgroup, NaN-filled at its start.
-void* mtl_rt_tg_alloc(int site, unsigned long bytes, unsigned long align);
+void* mtl_rt_tg_alloc(int site, unsigned long bytes, unsigned long align, const char* name, unsigned long elem);
 void mtl_rt_fail(const char* message, int line);
 
 #define MTL_SLOT 32

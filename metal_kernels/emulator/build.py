@@ -1,10 +1,12 @@
 """Compile a launch's generated source with the system g++ into a runner executable, cached by content.
 
-The translation unit is prelude.h + the source MLX would compile (signature.write_source) + a launcher that calls
-the kernel for one GPU thread. The only edit to the source: a threadgroup array declaration
-(`threadgroup float buf[N][M];`) becomes a reference to per-threadgroup storage from the runtime, because in C++
-a local array would belong to one thread. The edit keeps every line where it was, so error lines match.
-The cache key hashes the prelude, the runtime, the generated source and the compiler, so any edit rebuilds.
+Before compiling, the source must pass what Metal's compiler would check and g++ cannot: the MSL lint (lint.py)
+and, where clang is installed, the address-space check (spaces.py). The translation unit is prelude.h + the
+source MLX would compile (signature.write_source) + a launcher that calls the kernel for one GPU thread. The only
+edit to the source: a threadgroup array declaration (`threadgroup float buf[N][M];`) becomes a reference to
+per-threadgroup storage from the runtime, because in C++ a local array would belong to one thread. The edit keeps
+every line where it was, so error lines match. The cache key hashes the prelude, the runtime, the generated source
+and the compiler, so any edit rebuilds.
 """
 
 import hashlib
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import List
 
 from ..launch import Launch
+from .lint import lint
 from .signature import Param, kernel_name, params, template_def, write_source
 
 HERE = Path(__file__).parent
@@ -27,10 +30,15 @@ _TG_DECL = re.compile(
     r"\bthreadgroup\s+(?P<type>[A-Za-z_][\w:]*(?:\s*<[^;{}()]*?>)?)\s+(?P<name>[A-Za-z_]\w*)\s*"
     r"(?P<dims>(?:\[[^\];]+\]\s*)*);"
 )
+_INSTANTIATION_ATTRS = re.compile(r'^template \[\[host_name\("[^"]*"\)\]\] \[\[kernel\]\] ', re.M)
 
 
 class BuildError(RuntimeError):
     """The kernel did not compile (message: g++'s errors)."""
+
+
+class MetalRejects(BuildError):
+    """The source compiles with g++ but not on Metal (message: each finding with its line)."""
 
 
 def cache_dir() -> Path:
@@ -46,18 +54,39 @@ def compiler() -> str:
     return cxx
 
 
-def rewrite_threadgroup(source: str) -> str:
-    """threadgroup T name[A][B]; -> a reference to the threadgroup's shared storage for this declaration."""
+def rewrite_threadgroup(source: str, spaces: bool = False) -> str:
+    """threadgroup T name[A][B]; -> a reference to the threadgroup's shared storage for this declaration
+    (spaces=True: a reference in the threadgroup address space, for the address-space check)."""
     site = iter(range(1, 1 << 20))
 
     def repl(m: re.Match) -> str:
         t, name, dims = m.group("type"), m.group("name"), re.sub(r"\s+", "", m.group("dims"))
-        full = f"{t}{dims}"
-        return (f"auto& {name} = *static_cast<{t}(*){dims}>(mtl_rt_tg_alloc({next(site)}, sizeof({full}), "
-                f"alignof({t})));" if dims else
-                f"auto& {name} = *static_cast<{t}*>(mtl_rt_tg_alloc({next(site)}, sizeof({t}), alignof({t})));")
+        alloc = f'mtl_rt_tg_alloc({next(site)}, sizeof({t}{dims}), alignof({t}), "{name}", sizeof({t}))'
+        if spaces:
+            return f"auto& {name} = *(threadgroup {t}(*){dims}){alloc};" if dims else \
+                f"auto& {name} = *(threadgroup {t}*){alloc};"
+        return (f"auto& {name} = *static_cast<{t}(*){dims}>({alloc});" if dims else
+                f"auto& {name} = *static_cast<{t}*>({alloc});")
 
     return _TG_DECL.sub(repl, source)
+
+
+def kernel_source(launch: Launch, spaces: bool = False) -> str:
+    """The prelude's include, then the generated source with its threadgroup declarations rewritten; its lines
+    are numbered as in the generated source, so compiler errors and runtime messages name the kernel's lines."""
+    source = rewrite_threadgroup(write_source(launch), spaces)
+    if spaces:  # clang takes no attribute list in an explicit instantiation (Metal's clang does)
+        source = _INSTANTIATION_ATTRS.sub("template ", source)
+    return f'#include "prelude.h"\n#line 1 "{launch.kernel.name}.generated.metal"\n' + source
+
+
+def check_source(launch: Launch) -> None:
+    """Raises MetalRejects for anything the MSL lint finds in the generated source."""
+    findings = lint(write_source(launch))
+    if findings:
+        where = f"{launch.kernel.name}.generated.metal"
+        raise MetalRejects(f"Metal would reject kernel {launch.kernel.name}:\n"
+                           + "\n".join(f"  {where}:{f.line}: {f.message}" for f in findings))
 
 
 def _arg(p: Param) -> str:
@@ -75,9 +104,7 @@ def translation_unit(launch: Launch) -> str:
     call = name + (template_def(launch) if launch.template else "")
     args = ",\n    ".join(_arg(p) for p in params(launch))
     return (
-        '#include "prelude.h"\n'
-        f'#line 1 "{launch.kernel.name}.generated.metal"\n'
-        + rewrite_threadgroup(write_source(launch))
+        kernel_source(launch)
         + f'\n#line 1 "launcher"\nextern "C" void mtl_kernel_entry(void** b, const mtl_attrs* a) {{\n  {call}(\n    {args});\n}}\n'
     )
 
@@ -117,6 +144,14 @@ def _atomic_build(target: Path, build) -> Path:
     return target
 
 
+def on_source(text: str, use):
+    """use(path) of a temporary kernel.cpp holding `text`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.cpp"
+        src.write_text(text)
+        return use(str(src))
+
+
 def runtime_object() -> Path:
     cxx = compiler()
     files = [(HERE / f).read_text() for f in ("runtime.cpp", "abi.h")]
@@ -133,10 +168,5 @@ def runner(launch: Launch) -> Path:
     prelude = (HERE / "prelude.h").read_text() + (HERE / "abi.h").read_text()
     target = cache_dir() / f"{launch.kernel.name}-{_digest(tu, prelude, runtime.name, _version(cxx), *FLAGS)}"
 
-    def build(out: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "kernel.cpp"
-            src.write_text(tu)
-            _compile([cxx, *FLAGS, "-I", str(HERE), str(src), str(runtime), "-o", out], f"kernel {launch.kernel.name}")
-
-    return _atomic_build(target, build)
+    return _atomic_build(target, lambda out: on_source(tu, lambda src: _compile(
+        [cxx, *FLAGS, "-I", str(HERE), src, str(runtime), "-o", out], f"kernel {launch.kernel.name}")))

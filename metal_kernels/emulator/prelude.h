@@ -2,32 +2,90 @@
 // compiles here too. Stands in for Metal's standard library and for the `utils.h` MLX prepends to every
 // custom kernel (`using namespace metal`, `bfloat16_t`, `float16_t`, `Limits<T>`, `ceildiv`).
 //
-// Covered: address spaces (device, constant, thread; threadgroup declarations are rewritten by the Python side
-// into per-threadgroup storage), half (_Float16, rounded per operation) and bfloat (round to nearest even),
-// 2/3/4-vectors with .x/.y/.z/.w, the common metal:: math (also in fast:: and precise::), numeric_limits,
-// threadgroup and SIMD-group barriers, and simd_sum/max/min/prod/and/or/xor, simd_shuffle(_up/_down/_xor),
-// simd_broadcast(_first), simd_prefix_(in|ex)clusive_sum, simd_all/any on 32 lanes.
-// Not covered: textures, atomics, simdgroup matrices, quad-group operations, function constants.
+// Two modes. Run mode (g++, the default): address spaces are erased; threadgroup declarations are rewritten by
+// the Python side into guarded, race-checked accessors of per-threadgroup storage (mtl_tg below); half is
+// _Float16 rounded per operation, bfloat rounds to nearest even. Check mode (clang -fsyntax-only, with
+// MTL_ADDRESS_SPACES defined; see spaces.py): `device`, `constant` and `threadgroup` are clang address spaces 1, 2
+// and 3 and `thread` is the default one, so a pointer handed across spaces is an error as in Metal; bfloat is then
+// clang's __fp16 (a builtin float type: loads from any address space convert without member functions, which
+// plain C++ cannot qualify by address space).
+//
+// Covered: half and bfloat, 2/3/4-vectors with .x/.y/.z/.w, the common metal:: math (also in fast:: and
+// precise::), numeric_limits, threadgroup and SIMD-group barriers, and simd_sum/max/min/prod/and/or/xor,
+// simd_shuffle(_up/_down/_xor), simd_broadcast(_first), simd_prefix_(in|ex)clusive_sum, simd_all/any on 32 lanes.
+// Not covered: textures, atomics, simdgroup matrices, quad-group operations, function constants; in check mode,
+// vector arithmetic straight on a device/threadgroup vector (copy it to a thread value first).
 #pragma once
 
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
-
-#include <type_traits>
 
 #include "abi.h"
 
 // Metal keywords, defined only now that every standard header is in.
+#ifdef MTL_ADDRESS_SPACES
+#define device __attribute__((address_space(1)))
+#define constant __attribute__((address_space(2)))
+#define threadgroup __attribute__((address_space(3)))
+#else
 #define device
 #define constant
-#define thread
 #define threadgroup
+#endif
+#define thread
 #define METAL_FUNC inline
 #define INFINITY (__builtin_inff())
 #define NAN (__builtin_nanf(""))
 #define MAXFLOAT (3.402823466e+38f)
 #define HUGE_VALF (__builtin_inff())
+
+// The few type traits the prelude needs (the kernel source may not use std::, so no standard library here).
+template <bool B, typename T = void>
+struct mtl_enable_if {};
+template <typename T>
+struct mtl_enable_if<true, T> {
+  typedef T type;
+};
+template <bool B, typename T = void>
+using mtl_enable_if_t = typename mtl_enable_if<B, T>::type;
+template <typename A, typename B>
+struct mtl_same {
+  static constexpr bool value = false;
+};
+template <typename A>
+struct mtl_same<A, A> {
+  static constexpr bool value = true;
+};
+template <typename T>
+struct mtl_integral {
+  static constexpr bool value = false;
+};
+#define MTL_INTEGRAL(T)                  \
+  template <>                            \
+  struct mtl_integral<T> {               \
+    static constexpr bool value = true;  \
+  };
+MTL_INTEGRAL(bool)
+MTL_INTEGRAL(char)
+MTL_INTEGRAL(signed char)
+MTL_INTEGRAL(unsigned char)
+MTL_INTEGRAL(short)
+MTL_INTEGRAL(unsigned short)
+MTL_INTEGRAL(int)
+MTL_INTEGRAL(unsigned int)
+MTL_INTEGRAL(long)
+MTL_INTEGRAL(unsigned long)
+MTL_INTEGRAL(long long)
+MTL_INTEGRAL(unsigned long long)
+template <typename T>
+struct mtl_arithmetic {
+  static constexpr bool value = mtl_integral<T>::value || mtl_same<T, float>::value || mtl_same<T, double>::value ||
+                                mtl_same<T, _Float16>::value
+#ifdef MTL_ADDRESS_SPACES
+                                || mtl_same<T, __fp16>::value
+#endif
+      ;
+};
 
 typedef unsigned int uint;
 typedef unsigned short ushort;
@@ -36,28 +94,29 @@ typedef unsigned long ulong;
 typedef _Float16 half;
 
 // ---- bfloat: stored as the top 16 bits of a float, rounded to nearest even; arithmetic in float.
+#ifdef MTL_ADDRESS_SPACES
+typedef __fp16 bfloat16_t;
+#else
 struct bfloat16_t {
   uint16_t bits;
   bfloat16_t() = default;
   static uint16_t round(float f) {
     uint32_t u;
-    memcpy(&u, &f, 4);
+    __builtin_memcpy(&u, &f, 4);
     if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
     u += 0x7FFFu + ((u >> 16) & 1u);
     return static_cast<uint16_t>(u >> 16);
   }
   bfloat16_t(float f) : bits(round(f)) {}
-  template <typename U, typename = std::enable_if_t<std::is_arithmetic<U>::value && !std::is_same<U, float>::value>>
+  template <typename U, typename = mtl_enable_if_t<mtl_arithmetic<U>::value && !mtl_same<U, float>::value>>
   bfloat16_t(U v) : bits(round(static_cast<float>(v))) {}
   operator float() const {
     uint32_t u = static_cast<uint32_t>(bits) << 16;
     float f;
-    memcpy(&f, &u, 4);
+    __builtin_memcpy(&f, &u, 4);
     return f;
   }
 };
-typedef bfloat16_t bfloat;
-typedef half float16_t;
 
 #define MTL_BF_BINOP(op)                                                                                 \
   inline bfloat16_t operator op(bfloat16_t a, bfloat16_t b) { return bfloat16_t(float(a) op float(b)); } \
@@ -97,6 +156,9 @@ inline float& operator+=(float& a, bfloat16_t b) { return a += float(b); }
 inline float& operator-=(float& a, bfloat16_t b) { return a -= float(b); }
 inline float& operator*=(float& a, bfloat16_t b) { return a *= float(b); }
 inline float& operator/=(float& a, bfloat16_t b) { return a /= float(b); }
+#endif
+typedef bfloat16_t bfloat;
+typedef half float16_t;
 
 // ---- vectors. Like Metal, a 3-vector takes the space of a 4-vector; conversions between types are explicit.
 template <typename T, int N>
@@ -120,7 +182,7 @@ struct vec : mtl_vec_storage<T, N> {
   vec(T s) {
     for (int i = 0; i < N; i++) (*this)[i] = s;
   }
-  template <typename... A, typename = std::enable_if_t<sizeof...(A) == N && (N > 1)>>
+  template <typename... A, typename = mtl_enable_if_t<sizeof...(A) == N && (N > 1)>>
   vec(A... a) {
     T v[N] = {static_cast<T>(a)...};
     for (int i = 0; i < N; i++) (*this)[i] = v[i];
@@ -129,6 +191,13 @@ struct vec : mtl_vec_storage<T, N> {
   explicit vec(const vec<U, N>& o) {
     for (int i = 0; i < N; i++) (*this)[i] = static_cast<T>(o[i]);
   }
+#ifdef MTL_ADDRESS_SPACES  // copies out of the other address spaces (member functions cannot take them)
+  vec(const vec&) = default;  // clang counts the constructors below as copy constructors
+  vec& operator=(const vec&) = default;
+  vec(const device vec& o) { __builtin_memcpy(this, (const void*)&o, sizeof o); }
+  vec(const constant vec& o) { __builtin_memcpy(this, (const void*)&o, sizeof o); }
+  vec(const threadgroup vec& o) { __builtin_memcpy(this, (const void*)&o, sizeof o); }
+#endif
   T& operator[](int i) { return (&this->x)[i]; }
   const T& operator[](int i) const { return (&this->x)[i]; }
 };
@@ -140,13 +209,13 @@ struct vec : mtl_vec_storage<T, N> {
     for (int i = 0; i < N; i++) r[i] = a[i] op b[i];                                           \
     return r;                                                                                  \
   }                                                                                            \
-  template <typename T, int N, typename S, typename = std::enable_if_t<std::is_arithmetic<S>::value || std::is_same<S, half>::value>> \
+  template <typename T, int N, typename S, typename = mtl_enable_if_t<mtl_arithmetic<S>::value>> \
   vec<T, N> operator op(const vec<T, N>& a, S b) {                                             \
     vec<T, N> r;                                                                               \
     for (int i = 0; i < N; i++) r[i] = a[i] op static_cast<T>(b);                              \
     return r;                                                                                  \
   }                                                                                            \
-  template <typename T, int N, typename S, typename = std::enable_if_t<std::is_arithmetic<S>::value || std::is_same<S, half>::value>> \
+  template <typename T, int N, typename S, typename = mtl_enable_if_t<mtl_arithmetic<S>::value>> \
   vec<T, N> operator op(S a, const vec<T, N>& b) {                                             \
     vec<T, N> r;                                                                               \
     for (int i = 0; i < N; i++) r[i] = static_cast<T>(a) op b[i];                              \
@@ -310,7 +379,7 @@ struct mtl_lanes {  // every lane's value of one SIMD-group operation
   }
   T operator[](unsigned i) const {
     T v;
-    memcpy(&v, base + i * MTL_SLOT, sizeof(T));
+    __builtin_memcpy(&v, base + i * MTL_SLOT, sizeof(T));
     return v;
   }
 };

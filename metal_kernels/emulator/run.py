@@ -11,8 +11,9 @@ import mlx.core as mx
 import numpy as np
 
 from ..launch import Launch
-from .build import runner
+from .build import check_source, runner
 from .signature import params
+from .spaces import check_spaces
 
 ORDERS = ("forward", "reverse", "shuffle")
 
@@ -44,7 +45,11 @@ def _fill_hex(value: float, dtype) -> str:
 
 
 def run(launch: Launch, orders: Sequence[str] = ORDERS, seed: int = 0, timeout: float = 120) -> List[List[mx.array]]:
-    """-> outputs per order: result[i][j] is output j of the run under orders[i] ("shuffle" uses seed + i)."""
+    """-> outputs per order: result[i][j] is output j of the run under orders[i] ("shuffle" uses seed + i).
+
+    First the checks Metal's compiler makes and g++ does not (MSL lint, address spaces), raising a BuildError."""
+    check_source(launch)
+    check_spaces(launch)
     exe = runner(launch)
     k = launch.kernel
     with tempfile.TemporaryDirectory() as tmp:

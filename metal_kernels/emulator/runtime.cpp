@@ -343,7 +343,7 @@ extern "C" void mtl_rt_threadgroup_barrier(int line) {
   yield();
 }
 
-extern "C" void* mtl_rt_tg_alloc(int site, unsigned long bytes, unsigned long align) {
+extern "C" void* mtl_rt_tg_alloc(int site, unsigned long bytes, unsigned long align, const char*, unsigned long) {
   for (auto& s : tg_sites)
     if (s.site == site) return s.ptr;
   void* p = nullptr;

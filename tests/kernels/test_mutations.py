@@ -1,6 +1,6 @@
 """The kernel tests can fail: deliberately broken copies of each kernel (a wrong index, a missing barrier, an
-off-by-one bound) must be caught by the same check the real kernels pass (all thread orders bit-identical and
-close to the reference), by an emulator error, or both."""
+off-by-one bound, a pointer in the wrong address space) must be caught by the same check the real kernels pass
+(all thread orders bit-identical and close to the reference), by an emulator error or a build refusal."""
 
 from dataclasses import replace
 
@@ -28,11 +28,15 @@ def mla():
     return mla_launch(ql, qr, pool, tables, lens, 0.1), f64(reference.paged_mla(ql, qr, pool, tables, lens, 0.1))
 
 
-def qmv():
+def qmv(M=2, N=37, K=1152):  # K: two full steps of 32 lanes and a partial one
     rng = np.random.default_rng(5)
-    x = mx.array(rng.standard_normal((2, 384)).astype(np.float32))
-    w, s, b = mx.quantize(mx.array(rng.standard_normal((37, 384)).astype(np.float32)), group_size=64, bits=4)
-    return qmv_launch(x, w, s, b, 64, 4), f64(reference.qmv(x, w, s, b, 64, 4))
+    x = mx.array(rng.standard_normal((M, K)).astype(np.float32))
+    w, s, b = mx.quantize(mx.array(rng.standard_normal((N, K)).astype(np.float32)), group_size=32, bits=4)
+    return qmv_launch(x, w, s, b, 32, 4), f64(reference.qmv(x, w, s, b, 32, 4))
+
+
+def qmv_tiny():  # w is 4 words, so MLX passes it (and scales, biases) in the constant address space
+    return qmv(1, 1, 32)
 
 
 MERGE_BARRIER = "  threadgroup_barrier(mem_flags::mem_threadgroup);\n  float top = NEG;"
@@ -49,13 +53,15 @@ MUTATIONS = {
     "mla: rope key read from the latent": (mla, "kr[i] = float(row[R + i * 32 + lane]);", "kr[i] = float(row[i * 32 + lane]);"),
     "qmv: wrong group for the scale": (qmv, "const int g = k / GS;", "const int g = k / (2 * GS);"),
     "qmv: lanes overlap in K": (qmv, "k += 32 * VPT", "k += 31 * VPT"),
+    "qmv: a device-pointer helper given a constant input": (
+        qmv_tiny, "qdot<BITS>(w + n * words", "qdot<BITS, const device uint32_t*>(w + n * words"),
 }
 
 
 def caught(launch, want) -> bool:
     try:
         check("emulator", launch, want, atol=1e-4 * max(1.0, np.abs(want).max()))
-    except (AssertionError, emulator.EmulatorError):
+    except (AssertionError, emulator.EmulatorError, emulator.BuildError):
         return True
     return False
 
