@@ -216,9 +216,9 @@ class Dispatch:
             mx.eval(got)
             want = e.builtin(*sample)
             mx.eval(want)
+            return mismatch(got, want)
         except Exception as err:
             return first_line(err)
-        return mismatch(got, want)
 
     def _time(self, entry: str, args: tuple) -> Tuple[float, float]:
         """(kernel, built-in) median microseconds per call on random inputs of the call's shape class."""

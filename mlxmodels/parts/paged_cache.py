@@ -3,9 +3,9 @@
 `PagedKVCache` holds keys and values as (num_blocks, block_size, n_kv, head_dim); `PagedLatentCache` holds MLA's
 rows [latent | rope key] as (num_blocks, block_size, kv_lora_rank + rope_dim). A forward pass runs over the
 pool's active sequences (one batch row each, at its own position: `offset` is an int for one sequence and an
-int32 array (B,) for several). Decode (one token per sequence) runs the paged attention kernel through
-`metal_kernels` (reference MLX ops off a Metal GPU); a multi-token step (prefill, speculative verification)
-gathers the sequence's blocks and attends with an explicit mask.
+int32 array (B,) for several). Decode (one token per sequence) goes through `metal_kernels.paged_attention` /
+`paged_mla` (our Metal kernel where the dispatch picks it, MLX ops elsewhere); a multi-token step (prefill,
+speculative verification) gathers the sequence's blocks and attends with an explicit mask.
 
     cache = model.make_cache(paged=True, num_blocks=512, block_size=16)
     cache.pool.active -> [sequence id]; cache.pool.fork(sid), .truncate(sid, n), .free(sid), .free_blocks
