@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 DESCRIPTION = """Report this machine (device, chip, memory, OS, Python and MLX versions, Metal) and, on a Metal GPU,
 each custom kernel's self-test and speed against MLX's built-in on representative shapes: microseconds per call,
@@ -75,8 +75,9 @@ def _safe(fn: Callable[[], object]) -> object:
 def _device_info() -> dict:
     import mlx.core as mx
 
-    info = getattr(mx, "device_info", None)  # MLX >= 0.30; mx.metal.device_info before it
-    return dict(info() if info else mx.metal.device_info())
+    if not hasattr(mx, "device_info"):  # MLX < 0.30
+        return dict(mx.metal.device_info())
+    return dict(mx.device_info(mx.gpu) if mx.metal.is_available() else mx.device_info())
 
 
 def _chip() -> str:
@@ -102,6 +103,15 @@ def _os() -> str:
     return f"macOS {mac} ({platform.machine()})" if mac else platform.platform()
 
 
+def _ours() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mlxmodels")
+    except metadata.PackageNotFoundError:
+        return "not installed (run from a source checkout)"
+
+
 def _device_name() -> str:
     from metal_kernels import dispatch
 
@@ -115,9 +125,9 @@ def system() -> dict:
         "os": _safe(_os),
         "python": platform.python_version(),
         "mlx": _safe(lambda: mx.__version__),
+        "mlxmodels": _safe(_ours),
         "chip": _safe(_chip),
-        "device": _safe(lambda: _device_info().get("device_name", "unknown")),
-        "device_name": _safe(_device_name),  # the dispatch's key for remembered verdicts
+        "device": _safe(_device_name),  # the GPU's name where there is one; it keys the remembered verdicts
         "memory_bytes": _safe(_memory_total),
         "recommended_working_set_bytes": _safe(lambda: _device_info().get("max_recommended_working_set_size")),
         "metal_available": _safe(mx.metal.is_available),
@@ -128,20 +138,39 @@ def system() -> dict:
 # ---------------------------------------------------------------- kernels
 
 
-def kernels(quick: bool, emulate: bool, progress: Callable[[str], None]) -> dict:
-    """Whether the kernels are used here, and the table of checks when they can run (or be emulated)."""
+def use(d) -> Tuple[bool, str]:
+    """(whether the kernels run in this process, why or how) for the dispatch `d`."""
     import mlx.core as mx
 
-    from app import kernel_table
+    from metal_kernels import dispatch
 
-    mode = os.environ.get("MLXMODELS_KERNELS", "") or "auto"
-    out = {"mode": mode}
-    if _safe(mx.metal.is_available) is True:
-        out.update(used=mode != "off", reason=None if mode != "off" else "switched off (MLXMODELS_KERNELS=off)")
-    else:
-        out.update(used=False, reason=NOT_USED)
+    if d.mode == dispatch.OFF:
+        return False, "switched off (MLXMODELS_KERNELS=off)"
+    if not d.on_gpu():
+        if not mx.metal.is_available():
+            return False, NOT_USED
+        return False, "MLX's default device is the CPU here; the kernels run only when it is the Metal GPU"
+    if d.mode == dispatch.ON:
+        return True, "each variant after its self-test, without the speed check (MLXMODELS_KERNELS=on)"
+    return True, "each variant after its self-test, and per shape class only where faster than the built-in"
+
+
+def kernels(quick: bool, emulate: bool, progress: Callable[[str], None]) -> dict:
+    """Whether the kernels are used here and why, what earlier runs remembered, and the table of checks when the
+    kernels can run (or be emulated)."""
+    from app import kernel_table
+    from metal_kernels import dispatch
+
     try:
-        out.update(kernel_table.measure(quick, emulate, progress))
+        d = dispatch.current()
+        used, reason = use(d)
+        out = {"mode": d.mode, "used": used, "reason": reason}
+    except Exception as e:  # noqa: BLE001
+        return {"mode": "unknown", "used": False, "reason": f"the dispatch could not start: {kernel_table.one_line(e)}"}
+    out["verdicts_file"] = _safe(lambda: str(d.store.path) if d.store.path else "none (no home folder)")
+    out["remembered"] = _safe(d.verdicts)  # before this run's checks add theirs: what real use decided
+    try:
+        out.update(kernel_table.measure(d, quick, emulate, progress))
     except Exception as e:  # noqa: BLE001
         out["error"] = f"the checks could not run: {kernel_table.one_line(e)}"
     return out
@@ -162,17 +191,20 @@ def format_report(r: dict) -> str:
         f"os:              {s['os']}",
         f"python:          {s['python']}",
         f"mlx:             {s['mlx']}",
+        f"mlxmodels:       {s['mlxmodels']}",
         f"chip:            {s['chip']}",
         f"device:          {s['device']}",
-        f"verdicts key:    {s['device_name']} (the kernels' remembered verdicts are kept per device and MLX version)",
         f"memory:          {_gib(s['memory_bytes'])}"
         + (f", MLX's recommended working set {_gib(s['recommended_working_set_bytes'])}"
            if s["recommended_working_set_bytes"] is not None else ""),
         f"metal:           {'available' if s['metal_available'] is True else 'not available'}",
         f"default device:  {s['default_device']}",
-        f"kernels:         MLXMODELS_KERNELS={k['mode']}; "
-        + ("used where faster" if k["used"] else f"not used: {k['reason']}"),
+        f"kernels:         MLXMODELS_KERNELS={k['mode']}; " + ("used: " if k["used"] else "not used: ") + k["reason"],
     ]
+    if k.get("remembered") or s["metal_available"] is True:  # off a Mac, nothing is ever remembered
+        lines += [f"verdicts file:   {k.get('verdicts_file')}"] + _remembered(k.get("remembered"))
+    if k.get("backend") == "simulated":
+        lines.append("checks:          on a simulated Metal GPU (metal_kernels.testing.simulate_metal)")
     if "emulator" in k:
         lines.append(f"emulator:        {k['emulator']}")
     if k.get("error"):
@@ -180,6 +212,16 @@ def format_report(r: dict) -> str:
     if k.get("rows"):
         lines += ["", kernel_table.format_rows(k["rows"])]
     return "\n".join(lines)
+
+
+def _remembered(rows) -> list:
+    """Earlier runs' verdicts in one line, and each failed self-test with its reason (what a bug report needs)."""
+    if not isinstance(rows, list):
+        return [] if rows is None else [f"remembered:      {rows}"]
+    failed = [r for r in rows if r["selftest"] == "fail"]
+    line = (f"remembered:      {len({r['variant'] for r in rows})} kernel variant(s) from earlier runs, "
+            f"{len(failed)} failed, {sum(r['pick'] == 'kernel' for r in rows)} shape class(es) picking the kernel")
+    return [line] + [f"  failed: {r['entry']} {r['variant']}: {r['reason']}" for r in failed]
 
 
 def check_json_path(path: Path) -> None:

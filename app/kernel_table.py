@@ -10,7 +10,6 @@ GB/s is the bytes a call must read at least (the weights, or the visible K/V or 
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterable, List
 
@@ -71,19 +70,21 @@ def mla(B: int, ctx: int, H: int, R: int = 512, P: int = 64, BS: int = 16, dtype
     return Shape("paged_mla", f"B={B} ctx={ctx} {H} heads R{R}+{P}", args, B * ctx * (R + P) * dtype.size)
 
 
-def _rows() -> List[int]:
-    from metal_kernels.quantized import MAX_ROWS
+def _rows(N: int, K: int) -> List[int]:
+    """ROWS up to the kernels' row limit for an (N, K) weight on this GPU (MLX's own qmv batch limit; the smallest
+    of any Mac where there is none)."""
+    from metal_kernels.quantized import max_rows
 
-    return [m for m in ROWS if m <= MAX_ROWS]
+    return [m for m in ROWS if m <= max_rows(K, N)]
 
 
 def mac_shapes(quick: bool = False) -> List[Shape]:
-    """A Llama-8B-like FFN (4096 x 14336, 4-bit, groups of 64) at 1-16 rows, Llama-style paged attention (8 KV heads,
-    GQA 4, head dim 128, float16) at 2k/8k/32k tokens, batch 1 and 8, and MLA with 16 and 128 heads."""
+    """A Llama-8B-like FFN (4096 x 14336, 4-bit, groups of 64) at 1-16 rows (up to the row limit), Llama-style
+    paged attention (8 KV heads, GQA 4, head dim 128, float16) at 2k/8k/32k tokens, batch 1 and 8, and MLA with
+    16 and 128 heads."""
     if quick:
         return [qmv(1, 4096, 14336), qmv_swiglu(1, 14336, 4096), attention(1, 8192), mla(1, 8192, 128)]
-    rows = _rows()
-    return ([qmv(m, 4096, 14336) for m in rows] + [qmv_swiglu(m, 14336, 4096) for m in rows]
+    return ([qmv(m, 4096, 14336) for m in _rows(4096, 14336)] + [qmv_swiglu(m, 14336, 4096) for m in _rows(14336, 4096)]
             + [attention(b, c) for c in CONTEXTS for b in BATCHES]
             + [mla(b, 8192, h) for h in MLA_HEADS for b in BATCHES])
 
@@ -93,7 +94,7 @@ def emulator_shapes(quick: bool = False) -> List[Shape]:
     over 2 KV heads, 32 latent rows; the template values (head dim 128, R 512, P 64, 4-bit g64) stay the Mac's."""
     if quick:
         return [qmv(1, 64, 512), qmv_swiglu(1, 64, 512), attention(1, 64, Hkv=2), mla(1, 32, 16)]
-    rows = _rows()
+    rows = _rows(64, 512)
     return ([qmv(m, 64, 512) for m in rows] + [qmv_swiglu(m, 64, 512) for m in rows]
             + [attention(b, c, Hkv=2) for c in (64, 256) for b in BATCHES]
             + [mla(b, 32, h) for h in MLA_HEADS for b in BATCHES])
@@ -104,14 +105,9 @@ def one_line(e: BaseException) -> str:
     return f"{e.__class__.__name__}: {text}"[:300]
 
 
-def check_all(shapes: Iterable[Shape], progress: Callable[[str], None] = lambda line: None) -> dict:
-    """-> {"rows": [...]}: the dispatch's verdict per shape, or one line saying why that shape could not be checked."""
-    try:
-        from metal_kernels import dispatch
-
-        d = dispatch.current()
-    except Exception as e:  # noqa: BLE001  (one line in the report, never a traceback)
-        return {"rows": [], "error": f"the kernel dispatch could not start: {one_line(e)}"}
+def check_all(d, shapes: Iterable[Shape], progress: Callable[[str], None] = lambda line: None) -> dict:
+    """-> {"rows": [...]}: the dispatch `d`'s check per shape, or one line saying why that shape could not be
+    checked (it raised, or the kernel does not take it)."""
     rows = []
     for shape in shapes:
         progress(f"checking {shape.entry} {shape.label} ...")
@@ -121,7 +117,7 @@ def check_all(shapes: Iterable[Shape], progress: Callable[[str], None] = lambda 
             for who in ("kernel", "builtin"):
                 us = row.get(f"{who}_us")
                 row[f"{who}_GBps"] = shape.bytes_read / us / 1e3 if us else None
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001  (one line in the report, never a traceback)
             row["error"] = one_line(e)
         rows.append(row)
     return {"rows": rows}
@@ -133,8 +129,8 @@ def emulate_all(shapes: Iterable[Shape], progress: Callable[[str], None] = lambd
     try:
         from metal_kernels.testing import emulator_runner, simulate_metal
 
-        with tempfile.TemporaryDirectory(prefix="mlxm-doctor-") as tmp, simulate_metal(emulator_runner, cache_dir=tmp):
-            return check_all(shapes, progress)
+        with simulate_metal(emulator_runner) as d:  # verdicts in a fresh temporary folder
+            return check_all(d, shapes, progress)
     except Exception as e:  # noqa: BLE001
         return {"rows": [], "error": f"the emulator could not run the checks: {one_line(e)}"}
 
@@ -143,20 +139,27 @@ EMULATED = "emulator results on reduced shapes: correctness only, times meaningl
 NO_EMULATOR = "the emulator is not available (it needs Linux and a C++ compiler, g++)"
 
 
-def measure(quick: bool, emulate: bool, progress: Callable[[str], None] = lambda line: None) -> dict:
-    """-> {"backend": "metal" | "emulator" | None, "rows": [...], maybe "emulator" (what its rows mean) and "error"}:
-    the real kernels on a Metal GPU; elsewhere, when `emulate`, the emulator on reduced shapes."""
-    if mx.metal.is_available():
-        return {"backend": "metal", **check_all(mac_shapes(quick), progress)}
-    if not emulate:
-        return {"backend": None}
+def emulator_available() -> bool:
     try:
         from metal_kernels.emulator import available
 
-        usable = available()
+        return available()
     except Exception:  # noqa: BLE001  (an emulator that cannot load is one that is not available)
-        usable = False
-    if not usable:
+        return False
+
+
+def measure(d, quick: bool, emulate: bool, progress: Callable[[str], None] = lambda line: None) -> dict:
+    """-> {"backend": "metal" | "simulated" | "emulator" | None, "rows": [...], maybe "emulator" (what its rows mean)
+    and "error"}: on a Metal GPU (or one simulated: `metal_kernels.testing`) the dispatch `d` checks the full shapes,
+    on the GPU even where MLX's default device is the CPU; elsewhere, when `emulate`, the emulator reduced ones."""
+    if mx.metal.is_available():
+        with mx.stream(mx.gpu):
+            return {"backend": "metal", **check_all(d, mac_shapes(quick), progress)}
+    if d.on_gpu():
+        return {"backend": "simulated", **check_all(d, mac_shapes(quick), progress)}
+    if not emulate:
+        return {"backend": None}
+    if not emulator_available():
         return {"backend": None, "emulator": NO_EMULATOR}
     return {"backend": "emulator", "emulator": EMULATED, **emulate_all(emulator_shapes(quick), progress)}
 

@@ -126,8 +126,9 @@ def kernels(quick: bool) -> dict:
     """Our kernels against MLX's built-ins, as `mlxm doctor` reports them (app/kernel_table.py): on a Metal GPU the
     full shapes; elsewhere the emulator on reduced shapes, whose times mean nothing (correctness only)."""
     from app import kernel_table
+    from metal_kernels import dispatch
 
-    out = kernel_table.measure(quick, emulate=True, progress=lambda line: print(line, flush=True))
+    out = kernel_table.measure(dispatch.current(), quick, emulate=True, progress=lambda line: print(line, flush=True))
     if out["backend"] is None:
         out["note"] = f"skipped: no Metal GPU here, and {out['emulator']}"
     elif out["backend"] == "emulator":
