@@ -72,7 +72,8 @@ def dispatch_cases():
     return [
         (metal_kernels.paged_attention(q, k_pool, v_pool, tables, lens, 0.1, window=9),
          reference.paged_attention(q, k_pool, v_pool, tables, lens, 0.1, window=9)),
-        (metal_kernels.paged_mla(ql, qr, pool, mtables, mlens, 0.1), reference.paged_mla(ql, qr, pool, mtables, mlens, 0.1)),
+        (metal_kernels.paged_mla(ql, qr, pool, mtables, mlens, 0.1),
+         reference.paged_mla(ql, qr, pool, mtables, mlens, 0.1)),
         (metal_kernels.qmv(x, *gate, 64, 4), reference.qmv(x, *gate, 64, 4)),
         (metal_kernels.qmv_swiglu(x, gate, up, 64, 4), reference.qmv_swiglu(x, gate, up, 64, 4)),
     ]
@@ -149,7 +150,7 @@ X = mx.arange(10).astype(mx.float32)
 
 
 def test_a_faster_kernel_is_picked_once_per_shape_class_and_remembered_across_processes(tmp_path):
-    d, kernel, clock, notes = make(tmp_path)
+    d, kernel, _, notes = make(tmp_path)
     np.testing.assert_array_equal(np.array(d.call("double", (X,))), np.array(X * 2))
     decided = len(kernel.launches)
     assert decided == 1 + dispatch.WARMUP + dispatch.RUNS + 1, "self-test, warm-up, timed runs, the call"
@@ -209,7 +210,7 @@ def test_a_kernel_failing_at_a_larger_shape_falls_back_with_one_notice(tmp_path)
 def test_a_kernel_failing_at_the_timing_shapes_falls_back(tmp_path):
     d, kernel, _, notes = make(tmp_path, fails_from=16)  # the timing runs 128 elements
     d.call("double", (mx.arange(100).astype(mx.float32),))
-    assert len(notes) == 1 and "at the timing shapes (n128)" in notes[0]
+    assert len(notes) == 1 and "at the timing shapes (n128)" in notes[0] and kernel.launches == [4, 128]
     assert d.verdicts()[0]["selftest"] == "fail"
 
 
@@ -234,6 +235,7 @@ def test_check_measures_now_whatever_the_mode_and_says_so(tmp_path):
     assert row == {"entry": "double", "variant": "double_mlx.core.float32", "shape_class": "n16", "selftest": "pass",
                    "reason": None, "kernel_us": pytest.approx(3.0), "builtin_us": pytest.approx(2.0),
                    "pick": "builtin"}
+    assert len(kernel.launches) == 1 + dispatch.WARMUP + dispatch.RUNS and not notes
     bad, _, _, notes = make(tmp_path / "other", how="wrong")
     row = bad.check("double", (X,))
     assert row["selftest"] == "fail" and row["kernel_us"] is None and "max |kernel" in row["reason"] and not notes

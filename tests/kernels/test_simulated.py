@@ -138,6 +138,7 @@ def test_kernels_that_pass_run_in_generation_with_the_same_tokens(scenario, kern
     with simulate_metal(runner, mode="on") as dispatch:
         tokens = run()
     assert tokens == kernels_off[scenario] and not notices(capsys)
+    assert {v["entry"] for v in dispatch.verdicts()} == entries
     assert all(v["selftest"] == "pass" and v["pick"] == "kernel" for v in dispatch.verdicts())
     assert len(runner.kernels) > 2 * len(dispatch.verdicts()), "the real calls, not only the self-tests"
 
