@@ -11,7 +11,7 @@ GB/s is the bytes a call must read at least (the weights, or the visible K/V or 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, List
+from typing import Callable, Iterable, List, Optional
 
 import mlx.core as mx
 
@@ -105,13 +105,32 @@ def one_line(e: BaseException) -> str:
     return f"{e.__class__.__name__}: {text}"[:300]
 
 
-def check_all(d, shapes: Iterable[Shape], progress: Callable[[str], None] = lambda line: None) -> dict:
-    """-> {"rows": [...]}: the dispatch `d`'s check per shape, or one line saying why that shape could not be
-    checked (it raised, or the kernel does not take it)."""
+FOOTPRINT = 4  # peak memory of a check over the bytes a call reads: the built-in's float32 copy of the gathered K/V
+
+
+def memory_budget() -> Optional[int]:
+    """Half of MLX's recommended working set on this GPU: a larger check could push a small Mac into swap or past
+    what Metal allows; None where MLX does not say."""
+    try:
+        size = mx.device_info(mx.gpu).get("max_recommended_working_set_size")
+    except Exception:  # noqa: BLE001
+        return None
+    return int(size) // 2 if isinstance(size, (int, float)) and size > 0 else None
+
+
+def check_all(d, shapes: Iterable[Shape], progress: Callable[[str], None] = lambda line: None,
+              budget: Optional[int] = None) -> dict:
+    """-> {"rows": [...]}: the dispatch `d`'s check per shape, or one line saying why that shape was not checked
+    (it raised, the kernel does not take it, or it needs more than `budget` bytes)."""
     rows = []
     for shape in shapes:
         progress(f"checking {shape.entry} {shape.label} ...")
         row = {"entry": shape.entry, "shape": shape.label}
+        if budget is not None and FOOTPRINT * shape.bytes_read > budget:
+            row["error"] = (f"skipped: it needs about {FOOTPRINT * shape.bytes_read / 1e9:.1f} GB, more than half of "
+                            f"MLX's recommended working set on this GPU")
+            rows.append(row)
+            continue
         try:
             row.update(d.check(shape.entry, shape.args()))
             for who in ("kernel", "builtin"):
@@ -154,7 +173,7 @@ def measure(d, quick: bool, emulate: bool, progress: Callable[[str], None] = lam
     on the GPU even where MLX's default device is the CPU; elsewhere, when `emulate`, the emulator reduced ones."""
     if mx.metal.is_available():
         with mx.stream(mx.gpu):
-            return {"backend": "metal", **check_all(d, mac_shapes(quick), progress)}
+            return {"backend": "metal", **check_all(d, mac_shapes(quick), progress, memory_budget())}
     if d.on_gpu():
         return {"backend": "simulated", **check_all(d, mac_shapes(quick), progress)}
     if not emulate:

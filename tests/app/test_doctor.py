@@ -131,3 +131,21 @@ def test_emulated_kernels_pass_and_pick_the_faster(tmp_path, capsys):
             assert r["kernel_GBps"] > 0 and r["builtin_GBps"] > 0
         else:
             assert r["pick"] == "builtin" and r["reason"], r
+
+
+def test_a_shape_too_large_for_the_gpu_is_skipped_in_its_row():
+    class Never:
+        def check(self, entry, args):
+            raise AssertionError("a shape over the budget must not be checked")
+
+    big, small = kernel_table.attention(8, 32768), kernel_table.qmv(1, 64, 512)
+    rows = kernel_table.check_all(Never(), [big], budget=3 * big.bytes_read)["rows"]
+    assert rows[0]["error"].startswith("skipped: it needs about 4.3 GB")
+    assert "skipped" in kernel_table.format_rows(rows)
+
+    class Echo:
+        def check(self, entry, args):
+            return {"entry": entry, "selftest": "pass", "kernel_us": 1.0, "builtin_us": 2.0, "pick": "kernel"}
+
+    row = kernel_table.check_all(Echo(), [small], budget=10 * small.bytes_read)["rows"][0]
+    assert row["kernel_GBps"] == pytest.approx(small.bytes_read / 1e3) and row["pick"] == "kernel"
