@@ -281,3 +281,17 @@ def test_a_compiled_caller_gets_the_decision(tmp_path):
     for _ in range(2):
         np.testing.assert_array_equal(np.array(f(X)), np.array(X * 2 + 1))
     assert kernel.launches == [4] and len(notes) == 1
+
+
+
+def test_a_half_precision_kernel_is_held_to_the_builtin_in_float32(tmp_path):
+    """MLX's own float16 ops can be further off than a kernel that accumulates in float32: the self-test's answer
+    is the built-in on the sample upcast, so an exact float16 kernel passes and one 1% off fails."""
+    for kernel_error, passes in ((1.0, True), (1.01, False)):
+        d, kernel, _, notes = make(tmp_path / str(kernel_error), mode="on")
+        entry = d.entries["double"]
+        sloppy = lambda x: entry.builtin(x) * (1.01 if x.dtype == mx.float16 else 1)  # noqa: E731
+        d.entries["double"] = entry._replace(builtin=sloppy)
+        d.runner = lambda launch: [kernel(launch)[0] * kernel_error]
+        d.call("double", (X.astype(mx.float16),))
+        assert d.verdicts()[0]["selftest"] == ("pass" if passes else "fail") and len(notes) == (0 if passes else 1)
