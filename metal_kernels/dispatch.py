@@ -1,15 +1,14 @@
 """Kernel or built-in: one object decides, per call, whether an entry point runs our Metal kernel or MLX's own op,
 so that a Mac never pays for a kernel with a crash or a slowdown.
 
-A call takes the built-in op when the mode is off, when the default device is not a Metal GPU, or when the
-kernel does not take its inputs (the plan raises `plan.Unsupported`). Otherwise the first time a kernel variant
-(what Metal compiles: `Plan.variant`) is met, a self-test runs it on small random inputs (`E_sample`), evaluated
-inside try/except, and compares it with the built-in (run in float32); an exception or a mismatch turns that
-variant off for the process with one notice on stderr. In mode auto the first time a (variant, shape class) is
-met, kernel and built-in are timed on random inputs of that class (`E_timing`) and the faster one is used from then on. Verdicts
-go to the user cache (verdicts.py), so a later process on the same MLX and device skips both. Self-tests and
-timings use fresh arrays only, so they also run while `mx.compile` traces a caller: the trace then records the
-path decided.
+A call takes the built-in op when the mode is off, when the default device is not a Metal GPU, or when the kernel
+does not take its inputs (the plan raises `plan.Unsupported`). Otherwise the first time a kernel variant (what Metal
+compiles: `Plan.variant`) is met, a self-test runs it on small random inputs (`E_sample`), evaluated inside
+try/except, and compares it with the built-in (run in float32); an exception or a mismatch turns that variant off
+for the process with one notice on stderr. In mode auto the first time a (variant, shape class) is met, kernel and
+built-in are timed on random inputs of that class (`E_timing`) and the faster one is used from then on. Verdicts go
+to the user cache (verdicts.py), so a later process on the same MLX and device skips both. Self-tests and timings
+use fresh arrays only, so they also run while `mx.compile` traces a caller: the trace then records the path decided.
 
     MLXMODELS_KERNELS=auto (default) | on (self-test, no timing) | off    (also 1 = on; 0, mlx, builtin = off)
 """
