@@ -38,7 +38,7 @@ def resolve(path_or_hub_id: Union[str, Path], before_weights=None) -> Path:
         path = Path(path_or_hub_id).expanduser()
     except RuntimeError:  # ~someone with no such user
         raise ModelError(f"{path_or_hub_id} is not a model folder (no such user's home folder)") from None
-    if path.is_dir():
+    if path.is_dir() or path.is_file():  # a file is read as GGUF, which says so if it is something else
         return path
     name = str(path_or_hub_id)
     if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
@@ -162,15 +162,22 @@ def build(folder: Path, cfg: HFConfig, adapter, spec, weights: dict):
     return model, weights
 
 
-def load_model(folder: Path, dtype=None) -> Decoder:
-    cfg = read_config(folder)
-    adapter, spec = build_spec(cfg, str(Path(folder) / "config.json"))
-    ckpt = Checkpoint(folder)
+def load_model(folder: Path, dtype=None, gguf=None) -> Decoder:
+    """A folder's model, or a GGUF file's (`gguf`: the file already open as a GGUFCheckpoint, which is closed)."""
+    if gguf is None and Path(folder).is_file():
+        from .formats.gguf_model import GGUFCheckpoint
+
+        gguf = GGUFCheckpoint(folder)
+    ckpt = gguf
     try:
-        build(folder, cfg, adapter, spec, placeholders(ckpt))
-        model, weights = build(folder, cfg, adapter, spec, read_weights(ckpt))
+        cfg = gguf.config if gguf else read_config(folder)
+        adapter, spec = build_spec(cfg, str(folder) if gguf else str(Path(folder) / "config.json"))
+        ckpt = ckpt or Checkpoint(folder)
+        build(folder, cfg, adapter, spec, gguf.placeholders() if gguf else placeholders(ckpt))
+        model, weights = build(folder, cfg, adapter, spec, gguf.weights() if gguf else read_weights(ckpt))
     finally:
-        ckpt.close()
+        if ckpt is not None:
+            ckpt.close()
     dtype = compute_dtype(dtype, weights, quantized=any(k.endswith(".scales") for k in weights))
     weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
     model.load_weights(list(weights.items()), strict=True)
@@ -185,7 +192,18 @@ def load(path_or_hub_id, dtype=None):
     from .tokenizer import load_tokenizer
 
     folder = resolve(path_or_hub_id)
-    model, tokenizer = load_model(folder, dtype), load_tokenizer(folder)
+    if folder.is_file():  # a GGUF file holds the config, the weights and the tokenizer: parse its header once
+        from .formats.gguf_model import GGUFCheckpoint
+
+        gguf = GGUFCheckpoint(folder)
+        try:
+            tokenizer = gguf.tokenizer()
+        except BaseException:
+            gguf.close()
+            raise
+        model = load_model(folder, dtype, gguf)
+    else:
+        model, tokenizer = load_model(folder, dtype), load_tokenizer(folder)
     if tokenizer is not None:
         check_tokenizer(tokenizer, model, str(folder))
     return model, tokenizer

@@ -47,6 +47,17 @@ class _HFBackend:
                 f"cannot read {path}: {e}. The file is damaged or too new for tokenizers "
                 f"(installed {_version('tokenizers')}): download it again or upgrade tokenizers."
             ) from None
+        self._use()
+
+    @classmethod
+    def of(cls, tk) -> _HFBackend:
+        """A backend over a `tokenizers.Tokenizer` built in memory (from a GGUF file's metadata)."""
+        backend = cls.__new__(cls)
+        backend.tk = tk
+        backend._use()
+        return backend
+
+    def _use(self) -> None:
         # A truncation or padding block saved in tokenizer.json (save_pretrained after a padded batch writes one)
         # would silently cut or pad every prompt; transformers ignores it unless asked, and so do we.
         self.tk.no_truncation()
@@ -384,6 +395,16 @@ def load_tokenizer(folder: Path | str) -> Tokenizer | None:
     template, origin = _read_template(folder, config) or default_template or (None, "the chat template")
     return Tokenizer(backend, special_tokens=special, eos_token_ids=eos, chat_template=template,
                      chat_template_file=origin)
+
+
+def tokenizer_from(tk, *, special_tokens: dict[str, str], eos_token_ids: set[int], bos: str | None,
+                   eos: str | None, chat_template: str | None, chat_template_file: str) -> Tokenizer:
+    """A Tokenizer over a `tokenizers.Tokenizer` built elsewhere (formats.gguf_tokenizer), adding `bos`/`eos`
+    on encode when given."""
+    backend = _HFBackend.of(tk)
+    backend.set_bos_eos(bos, eos)
+    return Tokenizer(backend, special_tokens=special_tokens, eos_token_ids=eos_token_ids,
+                     chat_template=chat_template, chat_template_file=chat_template_file)
 
 
 def _added_token_names(decoder, folder: Path) -> dict[int, str]:
