@@ -76,19 +76,31 @@ def _template_value(arg) -> str:
 
 
 def kernel_name(launch: Launch) -> str:
-    name = "custom_kernel_" + launch.kernel.name
-    if launch.template:
+    """Memoised: the dispatch asks for it on every decode-step call, and building the string costs ~5 us."""
+    spaces = tuple((a.dtype, "s" if a.ndim == 0 else "c" if a.size < MAX_CONSTANT_ARRAY_SIZE else "")
+                   for a in launch.inputs)
+    return _kernel_name(launch.kernel.name, tuple(v for _, v in launch.template), spaces, tuple(launch.output_dtypes))
+
+
+@lru_cache(maxsize=4096)
+def _kernel_name(kernel: str, template: tuple, spaces: tuple, outputs: tuple) -> str:
+    name = "custom_kernel_" + kernel
+    if template:
         # MLX turns "<", ">", ", " (and, since 0.3x, the "-" of a negative int) into "_" and drops the last one.
-        name += "_" + re.sub(r"<|>|, |-", "_", template_def(launch))[:-1]
-    for a in launch.inputs:
-        name += "_" + type_name(a.dtype) + ("s" if a.ndim == 0 else "c" if a.size < MAX_CONSTANT_ARRAY_SIZE else "")
-    for d in launch.output_dtypes:
+        name += "_" + re.sub(r"<|>|, |-", "_", _template_def(template))[:-1]
+    for dtype, space in spaces:
+        name += "_" + type_name(dtype) + space
+    for d in outputs:
         name += "_" + type_name(d)
     return name
 
 
 def template_def(launch: Launch) -> str:
-    return "<" + ", ".join(_template_value(v) for _, v in launch.template) + ">"
+    return _template_def(tuple(v for _, v in launch.template))
+
+
+def _template_def(values: tuple) -> str:
+    return "<" + ", ".join(_template_value(v) for v in values) + ">"
 
 
 @lru_cache(maxsize=None)

@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 
 import mlx.core as mx
 
+from . import draw
 from .launch import MAX_CONSTANT_ARRAY_SIZE, KernelDef, Launch
 from .plan import Plan, Unsupported, pow2_at_least, variant
 from .quantized import gpu_architecture
@@ -32,7 +33,8 @@ MLA_SPLIT_FROM = 1024  # tokens from which MLA takes two passes (see mla_parts)
 
 def _check_tables(block_tables: mx.array, context_lens: mx.array, B: int) -> None:
     if block_tables.ndim != 2 or block_tables.shape[0] != B or block_tables.dtype != mx.int32:
-        raise Unsupported(f"block_tables must be int32 (B={B}, max_blocks), got {block_tables.dtype} {block_tables.shape}")
+        raise Unsupported(f"block_tables must be int32 (B={B}, max_blocks), got {block_tables.dtype} "
+                          f"{block_tables.shape}")
     if context_lens.shape != (B,) or context_lens.dtype != mx.int32:
         raise Unsupported(f"context_lens must be int32 (B={B},), got {context_lens.dtype} {context_lens.shape}")
 
@@ -101,7 +103,8 @@ def attention_launch(q, k_pool, v_pool, block_tables, context_lens, scale: float
         raise Unsupported(f"head dim {D} must match the pool's {Dk} and be a multiple of 32; "
                          f"{H} query heads must be 1 to {MAX_G} times {Hkv} KV heads")
     if q.dtype not in FLOATS or not q.dtype == k_pool.dtype == v_pool.dtype:
-        raise Unsupported(f"q, k_pool and v_pool must share a float dtype, got {q.dtype}, {k_pool.dtype}, {v_pool.dtype}")
+        raise Unsupported(f"q, k_pool and v_pool must share a float dtype, got {q.dtype}, {k_pool.dtype}, "
+                          f"{v_pool.dtype}")
     _check_tables(block_tables, context_lens, B)
     spans = mx.array([window or 0, chunk or 0], mx.int32)
     scales = mx.array([scale, softcap or 0.0], mx.float32)
@@ -221,9 +224,9 @@ def _widths(B: int, max_blocks: int, BS: int, split_from: Optional[int]) -> Tupl
 def _tables(B: int, max_blocks: int, BS: int, full: bool):
     """-> (block_tables (B, max_blocks) over a shuffled pool of B * max_blocks blocks, context_lens (B,)):
     full contexts for timing; for a self-test ragged ones, with an empty slot (0) when there are several."""
-    tables = mx.random.permutation(B * max_blocks).reshape(B, max_blocks).astype(mx.int32)
+    tables = draw.permutation(B * max_blocks).reshape(B, max_blocks).astype(mx.int32)
     top = max_blocks * BS
-    lens = mx.full((B,), top, mx.int32) if full else mx.random.randint(1, top + 1, (B,)).astype(mx.int32)
+    lens = mx.full((B,), top, mx.int32) if full else draw.randint(1, top + 1, (B,)).astype(mx.int32)
     if not full and B > 1:
         lens = lens * (mx.arange(B) != B - 1)
     return tables, lens.astype(mx.int32)
@@ -232,9 +235,9 @@ def _tables(B: int, max_blocks: int, BS: int, full: bool):
 def _attention_args(q, k_pool, B: int, max_blocks: int, full: bool):
     _, H, D = q.shape
     _, BS, Hkv, _ = k_pool.shape
-    k = mx.random.normal((B * max_blocks, BS, Hkv, D)).astype(k_pool.dtype)
-    v = mx.random.normal((B * max_blocks, BS, Hkv, D)).astype(k_pool.dtype)
-    out = (mx.random.normal((B, H, D)).astype(q.dtype), k, v, *_tables(B, max_blocks, BS, full))
+    k = draw.normal((B * max_blocks, BS, Hkv, D)).astype(k_pool.dtype)
+    v = draw.normal((B * max_blocks, BS, Hkv, D)).astype(k_pool.dtype)
+    out = (draw.normal((B, H, D)).astype(q.dtype), k, v, *_tables(B, max_blocks, BS, full))
     mx.eval(out)
     return out
 
@@ -280,8 +283,8 @@ def paged_attention_timing(q, k_pool, v_pool, block_tables, context_lens, scale,
 def _mla_args(q_latent, q_rope, pool, B: int, max_blocks: int, full: bool):
     _, H, R = q_latent.shape
     BS, width = pool.shape[1:]
-    out = (mx.random.normal((B, H, R)).astype(q_latent.dtype), mx.random.normal((B, H, q_rope.shape[-1])).astype(q_rope.dtype),
-           mx.random.normal((B * max_blocks, BS, width)).astype(pool.dtype), *_tables(B, max_blocks, BS, full))
+    out = (draw.normal((B, H, R)).astype(q_latent.dtype), draw.normal((B, H, q_rope.shape[-1])).astype(q_rope.dtype),
+           draw.normal((B * max_blocks, BS, width)).astype(pool.dtype), *_tables(B, max_blocks, BS, full))
     mx.eval(out)
     return out
 

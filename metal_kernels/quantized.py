@@ -6,6 +6,7 @@ from typing import Optional
 
 import mlx.core as mx
 
+from . import draw
 from .launch import MAX_CONSTANT_ARRAY_SIZE, KernelDef, Launch
 from .plan import Plan, Unsupported, variant
 
@@ -135,9 +136,9 @@ def qmv_swiglu_plan(x, gate, up, group_size: int = 64, bits: int = 4) -> Plan:
 
 
 def _random_quantized(N: int, K: int, like_scales, bits: int, group_size: int):
-    w = mx.random.randint(0, 1 << 30, (N, K * bits // 32)).astype(mx.uint32) * 3  # every bit pattern's share
-    scales = (mx.random.uniform(0.01, 0.1, (N, K // group_size))).astype(like_scales.dtype)
-    biases = (mx.random.uniform(-0.5, 0.5, (N, K // group_size))).astype(like_scales.dtype)
+    w = draw.randint(0, 1 << 30, (N, K * bits // 32)).astype(mx.uint32) * 3  # every bit pattern's share
+    scales = (draw.uniform(0.01, 0.1, (N, K // group_size))).astype(like_scales.dtype)
+    biases = (draw.uniform(-0.5, 0.5, (N, K // group_size))).astype(like_scales.dtype)
     mx.eval(w, scales, biases)
     return w, scales, biases
 
@@ -159,25 +160,25 @@ def _small(M: int, N: int, K: int, group_size: int, bits: int):
 
 def qmv_sample(x, w, scales, biases, group_size: int = 64, bits: int = 4):
     M2, N2, K2 = _small(_rows(x, w.shape[0]).shape[0], w.shape[0], x.shape[-1], group_size, bits)
-    x2 = mx.random.normal((M2, K2)).astype(x.dtype)
+    x2 = draw.normal((M2, K2)).astype(x.dtype)
     return (x2, *_random_quantized(N2, K2, scales, bits, group_size), group_size, bits)
 
 
 def qmv_swiglu_sample(x, gate, up, group_size: int = 64, bits: int = 4):
     N = gate[0].shape[0]
     M2, N2, K2 = _small(_rows(x, N).shape[0], N, x.shape[-1], group_size, bits)
-    x2 = mx.random.normal((M2, K2)).astype(x.dtype)
+    x2 = draw.normal((M2, K2)).astype(x.dtype)
     return (x2, _random_quantized(N2, K2, gate[1], bits, group_size),
             _random_quantized(N2, K2, up[1], bits, group_size), group_size, bits)
 
 
 def qmv_timing(x, w, scales, biases, group_size: int = 64, bits: int = 4):
-    x2 = mx.random.normal(_rows(x, w.shape[0]).shape).astype(x.dtype)
+    x2 = draw.normal(_rows(x, w.shape[0]).shape).astype(x.dtype)
     return (x2, *_random_quantized(w.shape[0], x.shape[-1], scales, bits, group_size), group_size, bits)
 
 
 def qmv_swiglu_timing(x, gate, up, group_size: int = 64, bits: int = 4):
     N, K = gate[0].shape[0], x.shape[-1]
-    x2 = mx.random.normal(_rows(x, N).shape).astype(x.dtype)
+    x2 = draw.normal(_rows(x, N).shape).astype(x.dtype)
     return (x2, _random_quantized(N, K, gate[1], bits, group_size), _random_quantized(N, K, up[1], bits, group_size),
             group_size, bits)

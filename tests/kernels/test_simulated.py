@@ -162,6 +162,17 @@ def test_a_remembered_verdict_is_not_tested_again(tmp_path, capsys):
         assert len(runner.kernels) == expect_launches and len(notices(capsys)) == expect_notices
 
 
+def test_deciding_leaves_the_global_random_state_alone(tmp_path, capsys):
+    x, w, s, b = quantized_case()
+    mx.random.seed(7)
+    want = mx.random.normal((4,))
+    mx.random.seed(7)
+    with simulate_metal(Counting(wrong_numbers), cache_dir=tmp_path):
+        metal_kernels.qmv(x, w, s, b)  # a self-test draws its sample inputs
+    np.testing.assert_array_equal(np.array(mx.random.normal((4,))), np.array(want))
+    assert len(notices(capsys)) == 1
+
+
 def test_a_corrupted_cache_file_is_ignored(tmp_path, capsys):
     path = tmp_path / file_name(mx.__version__, DEVICE)
     path.write_text('{"format": 1, "selftests": [{"pass": true}], "timings": 7')
