@@ -38,9 +38,15 @@ void mtl_kernel_entry(void** bufs, const mtl_attrs* attrs);
 // at the same call site, then return the 32 slots (slot i at base + i * MTL_SLOT) until this lane's next SIMD op.
 const void* mtl_rt_simd_exchange(const void* value, unsigned size, int line, const char* op);
 void mtl_rt_simd_info(unsigned* lane, unsigned* width);
-void mtl_rt_threadgroup_barrier(int line);
-// Threadgroup memory of one declaration site: shared by the threads of a threadgroup, NaN-filled at its start.
+// `flags` are Metal's mem_flags; only mem_threadgroup (2) orders threadgroup memory.
+void mtl_rt_threadgroup_barrier(int line, int flags);
+void mtl_rt_simdgroup_barrier(int line, int flags);
+// Threadgroup memory of one declaration site: shared by the threads of a threadgroup, NaN-filled at its start,
+// between two unmapped guard pages. `elem` is the element size that touches count in.
 void* mtl_rt_tg_alloc(int site, unsigned long bytes, unsigned long align, const char* name, unsigned long elem);
+// Element `elem` of the site's array is read or written by the running thread (race check); out of bounds fails.
+void mtl_rt_tg_touch(int site, long elem, int line);
+void mtl_rt_tg_out_of_bounds(int site, long elem, int line);
 void mtl_rt_fail(const char* message, int line);
 
 #define MTL_SLOT 32

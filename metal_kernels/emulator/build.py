@@ -55,18 +55,22 @@ def compiler() -> str:
 
 
 def rewrite_threadgroup(source: str, spaces: bool = False) -> str:
-    """threadgroup T name[A][B]; -> a reference to the threadgroup's shared storage for this declaration
-    (spaces=True: a reference in the threadgroup address space, for the address-space check)."""
+    """threadgroup T name[A][B]; -> an accessor of the threadgroup's shared storage for this declaration, which
+    checks bounds and records accesses for the race check (spaces=True: a plain reference in the threadgroup
+    address space, for the address-space check)."""
     site = iter(range(1, 1 << 20))
 
     def repl(m: re.Match) -> str:
         t, name, dims = m.group("type"), m.group("name"), re.sub(r"\s+", "", m.group("dims"))
-        alloc = f'mtl_rt_tg_alloc({next(site)}, sizeof({t}{dims}), alignof({t}), "{name}", sizeof({t}))'
+        sid = next(site)
+        alloc = f'mtl_rt_tg_alloc({sid}, sizeof({t}{dims}), alignof({t}), "{name}", sizeof({t}))'
         if spaces:
             return f"auto& {name} = *(threadgroup {t}(*){dims}){alloc};" if dims else \
                 f"auto& {name} = *(threadgroup {t}*){alloc};"
-        return (f"auto& {name} = *static_cast<{t}(*){dims}>({alloc});" if dims else
-                f"auto& {name} = *static_cast<{t}*>({alloc});")
+        if dims:  # an accessor that checks bounds and records each access (prelude.h, mtl_tg)
+            sizes = ", ".join(f"({d})" for d in re.findall(r"\[([^\]]+)\]", dims))
+            return f'mtl_tg<{t}, {sizes}> {name}({sid}, "{name}");'
+        return f"auto& {name} = *static_cast<{t}*>({alloc});"  # a scalar: a plain reference, not race-checked
 
     return _TG_DECL.sub(repl, source)
 

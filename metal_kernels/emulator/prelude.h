@@ -364,10 +364,8 @@ T dot(const vec<T, N>& a, const vec<T, N>& b) {
 }
 
 // ---- barriers and SIMD-group functions. The default argument records the caller's line for error messages.
-inline void threadgroup_barrier(mem_flags, int line = __builtin_LINE()) { mtl_rt_threadgroup_barrier(line); }
-inline void simdgroup_barrier(mem_flags, int line = __builtin_LINE()) {
-  mtl_rt_simd_exchange(nullptr, 0, line, "simdgroup_barrier");
-}
+inline void threadgroup_barrier(mem_flags f, int line = __builtin_LINE()) { mtl_rt_threadgroup_barrier(line, int(f)); }
+inline void simdgroup_barrier(mem_flags f, int line = __builtin_LINE()) { mtl_rt_simdgroup_barrier(line, int(f)); }
 
 template <typename T>
 struct mtl_lanes {  // every lane's value of one SIMD-group operation
@@ -499,6 +497,52 @@ template <typename T, typename U>
 inline T ceildiv(T n, U d) {
   return (n + d - 1) / d;
 }
+
+#ifndef MTL_ADDRESS_SPACES
+// ---- threadgroup arrays, run mode: build.py rewrites `threadgroup T a[N][M];` into `mtl_tg<T, N, M> a(site, "a");`.
+// Every element access checks the bounds of the whole array (its guard zone; the memory also sits between unmapped
+// pages for accesses through pointers) and tells the runtime which thread touched which element, for the race
+// check. Accesses through a pointer taken from the array (`threadgroup T* p = a[i];`) are not seen.
+struct mtl_idx {  // an index, and the line of the expression that indexes
+  long v;
+  int line;
+  template <typename I, typename = mtl_enable_if_t<mtl_integral<I>::value>>
+  mtl_idx(I i, int l = __builtin_LINE()) : v(static_cast<long>(i)), line(l) {}
+};
+template <typename T, long TOTAL, long... D>
+struct mtl_tg_view;
+template <typename T, long TOTAL, long D0>
+struct mtl_tg_view<T, TOTAL, D0> {
+  T* base;
+  int site;
+  long off;  // flat element offset of this row
+  T& operator[](mtl_idx i) const {
+    const long e = off + i.v;
+    if (e < 0 || e >= TOTAL) mtl_rt_tg_out_of_bounds(site, e, i.line);
+    mtl_rt_tg_touch(site, e, i.line);
+    return base[e];
+  }
+  // A pointer to the row. A template, so that `a[i]` never also matches the built-in pointer subscript (built-in
+  // candidates use only non-template conversions).
+  template <typename P, typename = mtl_enable_if_t<mtl_same<P, T*>::value || mtl_same<P, const T*>::value>>
+  operator P() const {
+    return base + off;
+  }
+};
+template <typename T, long TOTAL, long D0, long D1, long... R>
+struct mtl_tg_view<T, TOTAL, D0, D1, R...> {
+  T* base;
+  int site;
+  long off;
+  mtl_tg_view<T, TOTAL, D1, R...> operator[](mtl_idx i) const { return {base, site, off + i.v * (D1 * ... * R)}; }
+};
+template <typename T, long... D>
+struct mtl_tg : mtl_tg_view<T, (1 * ... * D), D...> {
+  mtl_tg(int site, const char* name)
+      : mtl_tg_view<T, (1 * ... * D), D...>{
+            static_cast<T*>(mtl_rt_tg_alloc(site, sizeof(T) * (1 * ... * D), alignof(T), name, sizeof(T))), site, 0} {}
+};
+#endif
 
 // The launcher turns the runtime's plain attributes into Metal's vector types.
 inline uint3 mtl_u3(const unsigned v[3]) { return uint3(v[0], v[1], v[2]); }

@@ -19,7 +19,8 @@ ORDERS = ("forward", "reverse", "shuffle")
 
 
 class EmulatorError(RuntimeError):
-    """The kernel misbehaved in the emulator: out-of-bounds access, barrier divergence, deadlock, time out."""
+    """The kernel misbehaved in the emulator: out-of-bounds access, threadgroup race, barrier divergence, deadlock,
+    time out."""
 
 
 def available() -> bool:
@@ -47,7 +48,10 @@ def _fill_hex(value: float, dtype) -> str:
 def run(launch: Launch, orders: Sequence[str] = ORDERS, seed: int = 0, timeout: float = 120) -> List[List[mx.array]]:
     """-> outputs per order: result[i][j] is output j of the run under orders[i] ("shuffle" uses seed + i).
 
-    First the checks Metal's compiler makes and g++ does not (MSL lint, address spaces), raising a BuildError."""
+    First the checks Metal's compiler makes and g++ does not (MSL lint, address spaces), raising a BuildError.
+    Then the runs, which stop with an EmulatorError at a threadgroup race or an out-of-bounds access: even runs
+    place every buffer and threadgroup array against the guard page after it, odd runs against the one before it,
+    so the default three orders check both ends."""
     check_source(launch)
     check_spaces(launch)
     exe = runner(launch)

@@ -4,9 +4,16 @@
 // reaches a threadgroup barrier, a SIMD-group operation or its end. The order in which runnable fibers (and
 // threadgroups) are resumed is forward, reversed or shuffled, so a race that depends on which thread writes
 // first gives different results under different orders. Threadgroup memory and outputs start as NaN (all bits
-// set), inputs are read-only and every buffer ends at an unmapped page, so reading what nobody wrote, writing an
-// input and running past a buffer's end are all visible. Barrier divergence and deadlock stop the run with a
-// message on stderr and exit code 3; memory faults exit with 4.
+// set) and inputs are read-only, so reading what nobody wrote and writing an input are visible.
+//
+// Guard zones: every buffer and threadgroup array lies between two unmapped pages. Run r places the data against
+// the page after it (even r) or the one before it (odd r), so the default three orders fault on the first element
+// read or written past either end; the rest of those pages is filled with NaN and checked after each run for
+// writes. Threadgroup arrays are also bounds-checked element by element (prelude.h's mtl_tg).
+// Races: a shadow record per threadgroup array element holds who read and wrote it since the last
+// threadgroup_barrier(mem_flags::mem_threadgroup); two threads touching it, one writing, stop the run (see access).
+// Barrier divergence, deadlock and races stop the run with a message on stderr and exit code 3; memory faults
+// and out-of-bounds accesses exit with 4.
 //
 // Usage: runner MANIFEST, where MANIFEST has lines
 //   grid GX GY GZ | threadgroup TX TY TZ
@@ -37,8 +44,9 @@ struct Fiber {
   ucontext_t ctx;
   char* stack = nullptr;
   State state = RUNNABLE;
-  int line = 0;  // where it waits
+  int line = 0, flags = 0;  // where it waits; the barrier's mem_flags
   unsigned simd_ops = 0, wait_k = 0, sg = 0, lane = 0, tid = 0;
+  unsigned tg_fences = 0, simd_fences = 0;  // threadgroup / SIMD-group barriers passed that order threadgroup memory
   mtl_attrs attrs;
 };
 
@@ -50,30 +58,98 @@ struct SimdGroup {
   unsigned char slots[2][32][MTL_SLOT];
 };
 
+// Memory between two unmapped guard pages; the data sits against one of them (place).
+struct Region {
+  char* base = nullptr;  // the first guard page
+  size_t pages = 0, nbytes = 0;
+  char* data = nullptr;
+  void map(size_t n) {
+    nbytes = n;
+    pages = n ? (n + kPage - 1) / kPage : 1;
+    void* p = mmap(nullptr, (pages + 2) * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      fprintf(stderr, "emulator: cannot map %zu bytes\n", n);
+      _exit(2);
+    }
+    base = static_cast<char*>(p);
+    mprotect(base, kPage, PROT_NONE);
+    mprotect(base + (pages + 1) * kPage, kPage, PROT_NONE);
+  }
+  char* first() const { return base + kPage; }
+  char* end() const { return base + (pages + 1) * kPage; }
+  // NaN everywhere, data against the front guard page or the back one. At the back, alignment is that of the
+  // size (a multiple of the element size), which is all scalar loads need; at the front, a page.
+  void place(bool at_front) {
+    mprotect(first(), pages * kPage, PROT_READ | PROT_WRITE);
+    memset(first(), 0xFF, pages * kPage);
+    data = at_front ? first() : end() - nbytes;
+  }
+  // Where `addr` is: -1 in the front guard page, 1 in the back one, 2 in the slack beside the data, 0 in the data.
+  int where(const char* addr) const {
+    if (addr < first()) return -1;
+    if (addr >= end()) return 1;
+    return addr < data || addr >= data + nbytes ? 2 : 0;
+  }
+  bool contains(const char* addr) const { return addr >= base && addr < end() + kPage; }
+  // The first byte of the slack that is not NaN fill (a write out of bounds), or nullptr.
+  const char* dirty_slack() const {
+    for (const char* c = first(); c < end(); c++) {
+      if (c == data) c += nbytes;
+      if (c < end() && static_cast<unsigned char>(*c) != 0xFF) return c;
+    }
+    return nullptr;
+  }
+};
+
 struct Buffer {
   std::string name, path, fill;
   bool output = false;
-  size_t nbytes = 0;
-  char* base = nullptr;  // mapping start
-  char* data = nullptr;  // data ends where the guard page begins
-  size_t mapped = 0;
+  Region mem;
+  std::vector<char> content;  // an input's bytes, placed anew for each run
+};
+
+struct Access {
+  int tid = -1, line = 0;
+  unsigned simd_fences = 0;
+};
+
+// Who touched one threadgroup element since the last barrier that orders threadgroup memory (tg_fences).
+struct Shadow {
+  bool used = false;
+  unsigned tg_fences = 0;
+  Access writer, reader, other_reader;  // other_reader: a reader that is not `reader`
+  int readers_sg = -1;  // the SIMD-group of every reader, or -1 when they are in several
+  unsigned readers_fences = 0;  // the most SIMD-group fences any reader had passed
 };
 
 struct TgSite {
+  std::string name;
+  Region mem;
+  size_t elem = 1;
+  unsigned generation = 0;  // the threadgroup it was last set up for
+  std::vector<unsigned char> snapshot;  // element values as last seen, to tell a write from a read
+  std::vector<Shadow> shadow;
+};
+
+struct Touch {
   int site;
-  size_t bytes;
-  void* ptr;
+  long elem;
+  int line;
 };
 
 std::vector<Buffer> buffers;
 std::vector<Fiber> fibers;
 std::vector<SimdGroup> groups;
-std::vector<TgSite> tg_sites;
+std::vector<TgSite> tg_sites;  // by declaration site (1, 2, ...); 0 unused
+std::vector<Touch> touches;  // the running fiber's threadgroup accesses since its last flush
 std::vector<void*> bufptrs;
 Fiber* current = nullptr;
 ucontext_t scheduler;
 char* stack_pool = nullptr;
 size_t stack_pool_threads = 0;
+unsigned generation = 0;  // counts threadgroups
+bool data_at_front = false;  // this run's placement
+unsigned tg_pos[3];
 
 [[noreturn]] __attribute__((format(printf, 2, 3))) void die(int code, const char* fmt, ...) {
   va_list args;
@@ -86,22 +162,38 @@ size_t stack_pool_threads = 0;
   _exit(code);
 }
 
-void fault(int, siginfo_t* info, void*) {
-  char* addr = static_cast<char*>(info->si_addr);
+// One line for an address in a region's guard zone, written with async-signal-safe calls.
+bool report_guard(const Region& r, const char* kind, const std::string& name, char* addr, const char* access) {
+  if (!r.base || !r.contains(addr)) return false;
   char msg[512];
-  for (auto& b : buffers) {
-    if (addr >= b.base && addr < b.base + b.mapped) {
-      if (addr >= b.data + b.nbytes) {
-        snprintf(msg, sizeof msg, "emulator: out-of-bounds access %ld bytes past the end of buffer '%s' (%zu bytes)\n",
-                 static_cast<long>(addr - (b.data + b.nbytes)), b.name.c_str(), b.nbytes);
-      } else {
-        snprintf(msg, sizeof msg, "emulator: write to input buffer '%s' (inputs are read-only)\n", b.name.c_str());
-      }
-      ssize_t r = write(2, msg, strlen(msg));
-      (void)r;
-      _exit(4);
-    }
+  int w = r.where(addr);
+  if (w == 0) {
+    snprintf(msg, sizeof msg, "emulator: write to input buffer '%s' (inputs are read-only)\n", name.c_str());
+  } else if (addr < r.data) {
+    snprintf(msg, sizeof msg, "emulator: out-of-bounds %s %ld bytes before the start of %s '%s' (%zu bytes)\n",
+             access, static_cast<long>(r.data - addr), kind, name.c_str(), r.nbytes);
+  } else {
+    snprintf(msg, sizeof msg, "emulator: out-of-bounds %s %ld bytes past the end of %s '%s' (%zu bytes)\n", access,
+             static_cast<long>(addr - (r.data + r.nbytes)), kind, name.c_str(), r.nbytes);
   }
+  ssize_t n = write(2, msg, strlen(msg));
+  (void)n;
+  return true;
+}
+
+void fault(int, siginfo_t* info, void* uctx) {
+  char* addr = static_cast<char*>(info->si_addr);
+  const char* access = "access";
+#ifdef REG_ERR
+  access = (static_cast<ucontext_t*>(uctx)->uc_mcontext.gregs[REG_ERR] & 2) ? "write" : "read";
+#else
+  (void)uctx;
+#endif
+  for (auto& b : buffers)
+    if (report_guard(b.mem, "buffer", b.name, addr, access)) _exit(4);
+  for (auto& t : tg_sites)
+    if (report_guard(t.mem, "threadgroup array", t.name, addr, access)) _exit(4);
+  char msg[512];
   if (stack_pool && addr >= stack_pool && addr < stack_pool + stack_pool_threads * (kStack + kPage)) {
     snprintf(msg, sizeof msg, "emulator: a GPU thread overflowed its %zu KiB stack\n", kStack / 1024);
   } else {
@@ -127,28 +219,11 @@ void install_fault_handler() {
   sigaction(SIGBUS, &sa, nullptr);
 }
 
-// Each buffer ends exactly at an unmapped guard page.
-void map_buffer(Buffer& b) {
-  size_t pages = (b.nbytes + kPage - 1) / kPage;
-  b.mapped = (pages + 1) * kPage;
-  void* p = mmap(nullptr, b.mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) die(2, "cannot map %s", b.name.c_str());
-  b.base = static_cast<char*>(p);
-  mprotect(b.base + pages * kPage, kPage, PROT_NONE);
-  // The last byte sits right before the guard page, so reading one element too far faults. Alignment is then
-  // that of the size (a multiple of the element size), which is all scalar loads need.
-  b.data = b.base + (pages * kPage - b.nbytes);
-  memset(b.base, 0xFF, pages * kPage);
-}
-
 void init_output(Buffer& b) {
-  if (b.fill == "nan") {
-    memset(b.data, 0xFF, b.nbytes);
-    return;
-  }
+  if (b.fill == "nan") return;  // place() filled it
   std::vector<unsigned char> one;
   for (size_t i = 0; i + 1 < b.fill.size(); i += 2) one.push_back(static_cast<unsigned char>(strtoul(b.fill.substr(i, 2).c_str(), nullptr, 16)));
-  for (size_t i = 0; i < b.nbytes; i++) b.data[i] = static_cast<char>(one[i % one.size()]);
+  for (size_t i = 0; i < b.mem.nbytes; i++) b.mem.data[i] = static_cast<char>(one[i % one.size()]);
 }
 
 void read_file(const std::string& path, char* dst, size_t n) {
@@ -183,8 +258,67 @@ struct Rng {  // xorshift64*, so a seed names one shuffle on every machine
   }
 };
 
+[[noreturn]] void race(const TgSite& t, long elem, const Access& a, const char* a_does, const Access& b,
+                       const char* b_does) {
+  die(3, "threadgroup memory race on '%s' element %ld: thread %d %s it (line %d) and thread %d %s it (line %d) with no "
+      "threadgroup_barrier(mem_flags::mem_threadgroup) between them (threads numbered by thread_index_in_threadgroup, "
+      "threadgroup (%u, %u, %u))", t.name.c_str(), elem, a.tid, a_does, a.line, b.tid, b_does, b.line, tg_pos[0],
+      tg_pos[1], tg_pos[2]);
+}
+
+// Thread f read or wrote an element. Two accesses by different threads, one a write, race unless a barrier that
+// orders threadgroup memory lies between them: a threadgroup_barrier with mem_threadgroup (which ends the shadow's
+// epoch), or a simdgroup_barrier with mem_threadgroup when both threads are in one SIMD-group. The SIMD-group
+// functions (simd_sum, simd_shuffle, ...) exchange registers and, in Metal's specification, order no memory, so they
+// order nothing here either; a barrier without mem_threadgroup synchronizes execution but not threadgroup memory.
+void access(TgSite& t, long elem, const Fiber& f, bool write, int line) {
+  Shadow& sh = t.shadow[elem];
+  if (!sh.used || sh.tg_fences != f.tg_fences) {
+    sh = Shadow();
+    sh.used = true;
+    sh.tg_fences = f.tg_fences;
+  }
+  Access me{static_cast<int>(f.tid), line, f.simd_fences};
+  auto ordered = [&](const Access& a) { return fibers[a.tid].sg == f.sg && a.simd_fences < f.simd_fences; };
+  if (sh.writer.tid >= 0 && sh.writer.tid != me.tid && !ordered(sh.writer))
+    race(t, elem, sh.writer, "writes", me, write ? "writes" : "reads");
+  if (write) {
+    const Access* other = sh.reader.tid >= 0 && sh.reader.tid != me.tid ? &sh.reader
+                          : sh.other_reader.tid >= 0 && sh.other_reader.tid != me.tid ? &sh.other_reader
+                                                                                       : nullptr;
+    bool all_ordered = sh.readers_sg == static_cast<int>(f.sg) && sh.readers_fences < f.simd_fences;
+    if (other && !all_ordered) race(t, elem, *other, "reads", me, "writes");
+    sh.writer = me;
+    return;
+  }
+  if (sh.reader.tid < 0) {
+    sh.reader = me;
+    sh.readers_sg = static_cast<int>(f.sg);
+  } else if (sh.reader.tid != me.tid && sh.other_reader.tid < 0) {
+    sh.other_reader = me;
+  }
+  if (sh.readers_sg != static_cast<int>(f.sg)) sh.readers_sg = -1;
+  if (f.simd_fences > sh.readers_fences) sh.readers_fences = f.simd_fences;
+}
+
+// The running fiber's accesses since its last flush: an element whose bytes changed was written, else read.
+// Called whenever the fiber may stop running (barrier, SIMD-group operation, end), so that no other thread ran
+// between its accesses and this classification.
+void flush_touches() {
+  for (const Touch& x : touches) {
+    TgSite& t = tg_sites[x.site];
+    unsigned char* now = reinterpret_cast<unsigned char*>(t.mem.data) + x.elem * t.elem;
+    unsigned char* seen = t.snapshot.data() + x.elem * t.elem;
+    bool write = memcmp(now, seen, t.elem) != 0;
+    if (write) memcpy(seen, now, t.elem);
+    access(t, x.elem, *current, write, x.line);
+  }
+  touches.clear();
+}
+
 void fiber_main() {
   mtl_kernel_entry(bufptrs.data(), &current->attrs);
+  flush_touches();
   current->state = DONE;
   swapcontext(&current->ctx, &scheduler);
 }
@@ -223,8 +357,8 @@ void run_threadgroup(unsigned bx, unsigned by, unsigned bz, const unsigned grid[
   fibers.assign(n, Fiber());
   groups.assign(n_sg, SimdGroup());
   for (unsigned s = 0; s < n_sg; s++) groups[s].n = (s + 1) * 32 <= n ? 32 : n - s * 32;
-  for (auto& site : tg_sites) free(site.ptr);
-  tg_sites.clear();
+  generation++;  // threadgroup memory is set up anew at its first use in this threadgroup
+  tg_pos[0] = bx, tg_pos[1] = by, tg_pos[2] = bz;
   unsigned tgs[3] = {(grid[0] + tg[0] - 1) / tg[0], (grid[1] + tg[1] - 1) / tg[1], (grid[2] + tg[2] - 1) / tg[2]};
   for (unsigned t = 0; t < n; t++) {
     Fiber& f = fibers[t];
@@ -280,11 +414,12 @@ void run_threadgroup(unsigned bx, unsigned by, unsigned bz, const unsigned grid[
     }
     if (ran) continue;
     unsigned done = 0, at_barrier = 0, at_simd = 0;
-    int line = -1;
+    int line = -1, flags = ~0;
     for (auto& f : fibers) {
       if (f.state == DONE) done++;
       if (f.state == AT_SIMD) at_simd++;
       if (f.state == AT_BARRIER) {
+        flags &= f.flags;
         if (at_barrier && f.line != line)
           die(3, "barrier divergence: threads of one threadgroup wait at different threadgroup_barrier calls (lines %d and %d)",
               line, f.line);
@@ -297,13 +432,22 @@ void run_threadgroup(unsigned bx, unsigned by, unsigned bz, const unsigned grid[
     if (done)
       die(3, "barrier divergence: %u threads wait at threadgroup_barrier (line %d) but %u threads of the threadgroup have exited",
           at_barrier, line, done);
-    for (auto& f : fibers) f.state = RUNNABLE;
+    // Every thread is at the barrier. With mem_threadgroup it orders threadgroup memory: a new epoch for the
+    // shadow (each fiber's tg_fences), and the snapshot takes in what was written through pointers.
+    for (auto& f : fibers) {
+      f.state = RUNNABLE;
+      if (flags & 2) f.tg_fences++;
+    }
+    if (flags & 2)
+      for (auto& t : tg_sites)
+        if (t.generation == generation) memcpy(t.snapshot.data(), t.mem.data, t.mem.nbytes);
   }
 }
 
 }  // namespace
 
 extern "C" const void* mtl_rt_simd_exchange(const void* value, unsigned size, int line, const char* op) {
+  flush_touches();
   Fiber& f = *current;
   SimdGroup& g = groups[f.sg];
   unsigned k = f.simd_ops & 1;
@@ -337,20 +481,43 @@ extern "C" void mtl_rt_simd_info(unsigned* lane, unsigned* width) {
   *width = groups[current->sg].n;
 }
 
-extern "C" void mtl_rt_threadgroup_barrier(int line) {
+extern "C" void mtl_rt_threadgroup_barrier(int line, int flags) {
+  flush_touches();
   current->state = AT_BARRIER;
   current->line = line;
+  current->flags = flags;
   yield();
 }
 
-extern "C" void* mtl_rt_tg_alloc(int site, unsigned long bytes, unsigned long align, const char*, unsigned long) {
-  for (auto& s : tg_sites)
-    if (s.site == site) return s.ptr;
-  void* p = nullptr;
-  if (posix_memalign(&p, align < 16 ? 16 : align, bytes ? bytes : 1) != 0) mtl_rt_fail("out of memory", 0);
-  memset(p, 0xFF, bytes);  // NaN in every float type
-  tg_sites.push_back({site, bytes, p});
-  return p;
+// Metal: with mem_threadgroup, a simdgroup_barrier orders threadgroup memory among the SIMD-group's threads.
+extern "C" void mtl_rt_simdgroup_barrier(int line, int flags) {
+  mtl_rt_simd_exchange(nullptr, 0, line, "simdgroup_barrier");
+  if (flags & 2) current->simd_fences++;
+}
+
+extern "C" void* mtl_rt_tg_alloc(int site, unsigned long bytes, unsigned long, const char* name, unsigned long elem) {
+  if (site >= static_cast<int>(tg_sites.size())) tg_sites.resize(site + 1);
+  TgSite& t = tg_sites[site];
+  if (!t.mem.base) {
+    t.name = name;
+    t.elem = elem ? elem : 1;
+    t.mem.map(bytes);
+  }
+  if (t.generation != generation) {  // first use in this threadgroup: NaN, placed as this run places buffers
+    t.generation = generation;
+    t.mem.place(data_at_front);
+    t.snapshot.assign(t.mem.nbytes, 0xFF);
+    t.shadow.assign(t.mem.nbytes / t.elem, Shadow());
+  }
+  return t.mem.data;
+}
+
+extern "C" void mtl_rt_tg_touch(int site, long elem, int line) { touches.push_back({site, elem, line}); }
+
+extern "C" void mtl_rt_tg_out_of_bounds(int site, long elem, int line) {
+  const TgSite& t = tg_sites[site];
+  die(4, "out-of-bounds access to threadgroup array '%s': element %ld of %zu (line %d)", t.name.c_str(), elem,
+      t.mem.nbytes / t.elem, line);
 }
 
 extern "C" void mtl_rt_fail(const char* message, int line) { die(3, "%s (line %d)", message, line); }
@@ -375,7 +542,7 @@ int main(int argc, char** argv) {
       Buffer buf;
       buf.name = a;
       buf.output = std::string(b) == "out";
-      buf.nbytes = strtoull(c, nullptr, 10);
+      buf.mem.nbytes = strtoull(c, nullptr, 10);
       buf.path = d;
       if (buf.output) buf.fill = std::string(e) == "fill" ? std::string(line).substr(std::string(line).rfind(' ') + 1) : "nan";
       while (!buf.fill.empty() && (buf.fill.back() == '\n' || buf.fill.back() == '\r')) buf.fill.pop_back();
@@ -390,13 +557,11 @@ int main(int argc, char** argv) {
   fclose(m);
   install_fault_handler();
   for (auto& b : buffers) {
-    map_buffer(b);
+    b.mem.map(b.mem.nbytes);
     if (!b.output) {
-      read_file(b.path, b.data, b.nbytes);
-      size_t pages = (b.nbytes + kPage - 1) / kPage;
-      mprotect(b.base, pages * kPage, PROT_READ);
+      b.content.resize(b.mem.nbytes);
+      read_file(b.path, b.content.data(), b.content.size());
     }
-    bufptrs.push_back(b.data);
   }
   // MLX clips the threadgroup to the grid.
   for (int i = 0; i < 3; i++) tg[i] = tg[i] < grid[i] ? tg[i] : grid[i];
@@ -409,16 +574,35 @@ int main(int argc, char** argv) {
   for (size_t t = 0; t < stack_pool_threads; t++) mprotect(stack_pool + t * (kStack + kPage), kPage, PROT_NONE);
   unsigned tgs[3] = {(grid[0] + tg[0] - 1) / tg[0], (grid[1] + tg[1] - 1) / tg[1], (grid[2] + tg[2] - 1) / tg[2]};
   for (size_t r = 0; r < orders.size(); r++) {
-    for (auto& b : buffers)
-      if (b.output) init_output(b);
+    data_at_front = r % 2 == 1;
+    bufptrs.clear();
+    for (auto& b : buffers) {
+      b.mem.place(data_at_front);
+      if (b.output) {
+        init_output(b);
+      } else {
+        memcpy(b.mem.data, b.content.data(), b.content.size());
+        mprotect(b.mem.first(), b.mem.pages * kPage, PROT_READ);
+      }
+      bufptrs.push_back(b.mem.data);
+    }
     std::vector<unsigned> ids(tgs[0] * tgs[1] * tgs[2]);
     for (unsigned i = 0; i < ids.size(); i++) ids[i] = orders[r].first == REVERSE ? ids.size() - 1 - i : i;
     Rng rng(orders[r].second);
     if (orders[r].first == SHUFFLE) rng.shuffle(ids);
     for (unsigned id : ids)
       run_threadgroup(id % tgs[0], (id / tgs[0]) % tgs[1], id / (tgs[0] * tgs[1]), grid, tg, orders[r].first, rng);
-    for (auto& b : buffers)
-      if (b.output) write_file(b.path + "." + std::to_string(r), b.data, b.nbytes);
+    for (auto& b : buffers) {
+      if (!b.output) continue;
+      if (const char* c = b.mem.dirty_slack()) {
+        if (c < b.mem.data)
+          die(4, "out-of-bounds write %ld bytes before the start of buffer '%s' (%zu bytes)",
+              static_cast<long>(b.mem.data - c), b.name.c_str(), b.mem.nbytes);
+        die(4, "out-of-bounds write %ld bytes past the end of buffer '%s' (%zu bytes)",
+            static_cast<long>(c - (b.mem.data + b.mem.nbytes)), b.name.c_str(), b.mem.nbytes);
+      }
+      write_file(b.path + "." + std::to_string(r), b.mem.data, b.mem.nbytes);
+    }
   }
   return 0;
 }

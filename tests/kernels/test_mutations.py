@@ -39,18 +39,28 @@ def qmv_tiny():  # w is 4 words, so MLX passes it (and scales, biases) in the co
     return qmv(1, 1, 32)
 
 
-MERGE_BARRIER = "  threadgroup_barrier(mem_flags::mem_threadgroup);\n  float top = NEG;"
 # name -> (case, original text, broken text)
 MUTATIONS = {
-    "attention: merge reads before the other SIMD-groups wrote": (dense, MERGE_BARRIER, "  float top = NEG;"),
-    "attention: next head overwrites what others still read": (
-        dense, "    out[(head0 + g) * D + d] = T(den > 0.0f ? o / den : 0.0f);\n  }\n  threadgroup_barrier(mem_flags::mem_threadgroup);\n",
-        "    out[(head0 + g) * D + d] = T(den > 0.0f ? o / den : 0.0f);\n  }\n"),
+    "attention: merge reads before the other SIMD-groups wrote": (
+        dense, "  tg[lane][sg] = acc[i];\n  threadgroup_barrier(mem_flags::mem_threadgroup);\n",
+        "  tg[lane][sg] = acc[i];\n"),
+    "attention: next feature overwrites what others still read": (
+        dense, "O(den > 0.0f ? o / den : 0.0f);\n  }\n  threadgroup_barrier(mem_flags::mem_threadgroup);\n}",
+        "O(den > 0.0f ? o / den : 0.0f);\n  }\n}"),
+    "attention: a barrier that does not order threadgroup memory": (
+        dense, "  tg_l[sg] = l;\n}\nthreadgroup_barrier(mem_flags::mem_threadgroup);",
+        "  tg_l[sg] = l;\n}\nthreadgroup_barrier(mem_flags::mem_device);"),
     "attention: every query head reads KV head 0": (dense, "* n_kv + kv_head) * D", "* n_kv + 0) * D"),
-    "attention: the last, partial block is skipped": (dense, "blk <= pos / BS", "blk < pos / BS"),
+    "attention: the last key is skipped": (dense, "pos + 1;\nconst int step", "pos;\nconst int step"),
     "attention: window one token too wide": (dense, "pos - window + 1", "pos - window"),
-    "mla: merge reads before the other SIMD-groups wrote": (mla, MERGE_BARRIER, "  float top = NEG;"),
-    "mla: rope key read from the latent": (mla, "kr[i] = float(row[R + i * 32 + lane]);", "kr[i] = float(row[i * 32 + lane]);"),
+    "mla: tile read before it is all written": (
+        mla, "      tile[r][i] = float(row[i]);\n    }\n  }\n  threadgroup_barrier(mem_flags::mem_threadgroup);\n",
+        "      tile[r][i] = float(row[i]);\n    }\n  }\n"),
+    "mla: next tile overwrites what others still read": (
+        mla, "    m[h] = top;\n  }\n  threadgroup_barrier(mem_flags::mem_threadgroup);\n}",
+        "    m[h] = top;\n  }\n}"),
+    "mla: a tile row past the end of the tile": (
+        mla, "for (int r = sg; r < rows; r += nsg)", "for (int r = sg; r <= rows; r += nsg)"),
     "qmv: wrong group for the scale": (qmv, "const int g = k / GS;", "const int g = k / (2 * GS);"),
     "qmv: lanes overlap in K": (qmv, "k += 32 * VPT", "k += 31 * VPT"),
     "qmv: a device-pointer helper given a constant input": (
