@@ -68,16 +68,23 @@ class GGUFCheckpoint:
     def weights(self) -> dict:
         """Every tensor read, converted to MLX's layout and un-permuted where llama.cpp permuted it."""
         out = {}
-        for name, (hf, heads_key) in self.plan.items():
-            info = self.file.tensors[name]
-            parts = gguf_quant.to_mlx(self.file.raw(name), info.ggml_type)
-            if heads_key is not None:
-                index = self._unpermute(info, heads_key)
-                parts = {k: v[index] for k, v in parts.items()}
-            stem = hf.rsplit(".", 1)[0]
-            for part, array in parts.items():
-                key = hf if part == "weight" else f"{stem}.{part}"
-                out[key] = mx.array(array).view(mx.bfloat16) if info.ggml_type == gguf_quant.BF16 else mx.array(array)
+        for name in self.plan:
+            out.update(self.tensor(name))
+        return out
+
+    def tensor(self, name: str) -> dict:
+        """One GGUF tensor read as `weights()` reads it: its HF-named array(s) (a quantized one's triplet)."""
+        hf, heads_key = self.plan[name]
+        info = self.file.tensors[name]
+        parts = gguf_quant.to_mlx(self.file.raw(name), info.ggml_type)
+        if heads_key is not None:
+            index = self._unpermute(info, heads_key)
+            parts = {k: v[index] for k, v in parts.items()}
+        stem = hf.rsplit(".", 1)[0]
+        out = {}
+        for part, array in parts.items():
+            key = hf if part == "weight" else f"{stem}.{part}"
+            out[key] = mx.array(array).view(mx.bfloat16) if info.ggml_type == gguf_quant.BF16 else mx.array(array)
         return out
 
     def _unpermute(self, info: TensorInfo, heads_key: str) -> np.ndarray:
