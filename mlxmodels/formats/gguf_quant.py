@@ -1,5 +1,6 @@
 """GGUF tensor bytes -> MLX arrays: float types as they are; Q8_0, Q4_0 and Q4_1 moved into MLX's affine layout
-with no loss (no requantization).
+with no loss (no requantization); Q5_0, Q5_1 and the K-quants through gguf_kquant (dequantized a chunk of rows at a
+time and re-expressed at the width its RECIPES give).
 
 Both formats store blocks of 32 weights along a row with a scale, so a GGUF block is exactly an MLX group of 32:
 MLX computes w = scale * q + bias with q unsigned and packed LSB-first into uint32 words (element j of a row at bits
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import gguf_kquant
+
 # ggml type ids (gguf.GGMLQuantizationType)
 F32, F16, Q4_0, Q4_1, Q8_0, BF16 = 0, 1, 2, 3, 8, 30
 FLOATS = {F32: np.float32, F16: np.float16, BF16: np.uint16}  # BF16: the bits, viewed as bfloat16 in MLX
@@ -26,13 +29,16 @@ BITS = {Q4_0: 4, Q4_1: 4, Q8_0: 8}  # kept quantized at this width, group size 3
 GROUP = 32
 
 
+READABLE = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q2_K-Q6_K"
+
+
 def bits(ggml_type: int):
-    """The MLX width a quantized type keeps (None for float types)."""
-    return BITS.get(ggml_type)
+    """The MLX width a quantized type keeps or is requantized to (None for float types), always at group 32."""
+    return BITS.get(ggml_type) or gguf_kquant.RECIPES.get(ggml_type)
 
 
 def readable(ggml_type: int) -> bool:
-    return ggml_type in FLOATS or ggml_type in BITS
+    return ggml_type in FLOATS or bits(ggml_type) is not None
 
 
 def to_mlx(rows: np.ndarray, ggml_type: int) -> dict:
@@ -41,6 +47,8 @@ def to_mlx(rows: np.ndarray, ggml_type: int) -> dict:
     then both are float32, still exact."""
     if ggml_type in FLOATS:
         return {"weight": np.ascontiguousarray(rows).view(FLOATS[ggml_type])}
+    if ggml_type in gguf_kquant.RECIPES:
+        return gguf_kquant.to_mlx(rows, ggml_type)
     lead, row_bytes = rows.shape[:-1], rows.shape[-1]
     block_bytes = {Q4_0: 18, Q4_1: 20, Q8_0: 34}[ggml_type]
     blocks = rows.reshape(*lead, row_bytes // block_bytes, block_bytes)  # (..., n, blocks, block bytes)

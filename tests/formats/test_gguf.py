@@ -19,13 +19,14 @@ Q = gguf.GGMLQuantizationType
 
 
 def write(path, tensors: dict, arch: str = "llama", metadata: dict = None):
-    """A GGUF file holding `tensors` (name -> (float32 array, ggml type)), quantized with the gguf package."""
+    """A GGUF file holding `tensors` (name -> (float32 array, ggml type)), quantized with the gguf package (an
+    array of uint8 is taken as the type's blocks already)."""
     w = gguf.GGUFWriter(str(path), arch)
     for key, value in (metadata or {}).items():
         adders = {int: w.add_uint32, float: w.add_float32, str: w.add_string, bool: w.add_bool}
         adders[type(value)](key, value)
     for name, (array, qtype) in tensors.items():
-        data = gguf.quants.quantize(array.astype(np.float32), qtype)
+        data = array if array.dtype == np.uint8 else gguf.quants.quantize(array.astype(np.float32), qtype)
         w.add_tensor(name, data, raw_dtype=qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -17,7 +17,7 @@ from mlxmodels.errors import ModelError
 from mlxmodels.formats.gguf import GGUFFile
 from tests.hostile.cli import assert_refused, mlxm
 
-F32, Q4_0, Q4_K = 0, 2, 12
+F32, Q4_0, IQ2_XS = 0, 2, 17  # IQ2_XS: a type mlxmodels does not read (256 weights in 74 bytes)
 
 
 def text(b) -> bytes:
@@ -110,8 +110,8 @@ CASES = {
     "split file": (gguf_bytes(LLAMA + [kv("split.count", 2, struct.pack("<H", 3))]), "llama-gguf-split --merge"),
     "unknown tensor name": (gguf_bytes(LLAMA, [tensor("blk.0.attn_qkv.weight", [64])], b"\0" * 256),
                             "'blk.0.attn_qkv.weight' is not one mlxmodels knows"),
-    "k-quant": (gguf_bytes(LLAMA, [tensor("token_embd.weight", [256, 1], Q4_K)], b"\0" * 160),
-                "is Q4_K", "does not read from GGUF yet"),
+    "i-quant": (gguf_bytes(LLAMA, [tensor("token_embd.weight", [256, 1], IQ2_XS)], b"\0" * 160),
+                "is IQ2_XS", "does not read from GGUF yet"),
     "block count a string": (gguf_bytes(LLAMA + [string("llama.block_count", "30")], [NORM], b"\0" * 256),
                              "'llama.block_count' is str, not int"),
     "zero heads": (gguf_bytes(LLAMA + [u32("llama.block_count", 1), u32("llama.attention.head_count", 0)],
@@ -136,8 +136,8 @@ def test_token_id_outside_the_vocabulary(tmp_path):
 
 def test_cli_refuses_in_one_line(tmp_path):
     path = tmp_path / "evil.gguf"
-    path.write_bytes(gguf_bytes(LLAMA, [tensor("token_embd.weight", [256, 1], Q4_K)], b"\0" * 160))
-    assert_refused(mlxm(["generate", "-m", path, "-p", "hi", "--max-tokens", "2"]), "evil.gguf", "Q4_K")
+    path.write_bytes(gguf_bytes(LLAMA, [tensor("token_embd.weight", [256, 1], IQ2_XS)], b"\0" * 160))
+    assert_refused(mlxm(["generate", "-m", path, "-p", "hi", "--max-tokens", "2"]), "evil.gguf", "IQ2_XS")
 
 
 def test_fifo_named_gguf_never_blocks(tmp_path):
