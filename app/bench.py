@@ -204,12 +204,12 @@ def worker(tool: str, folder: str, dtype: Optional[str], prompt_tokens: int, gen
     """Load once, warm up, then answer one JSON line per "trial" (or "own") line read on stdin."""
     import mlx.core as mx
 
-    from mlxmodels.config import read_side_config
+    from app.model_arg import model_config
 
     t0 = time.perf_counter()
     model, make_cache, dt = load_tool(tool, folder, dtype)
     load_s = time.perf_counter() - t0
-    cfg = read_side_config(Path(folder), "config.json")  # checked and bounded, as every folder file is
+    cfg = model_config(Path(folder))  # checked and bounded, as every folder file is (a GGUF: its header)
     vocab = min(vocab, (cfg.get("text_config") or cfg).get("vocab_size") or vocab)  # ids past it crash the embedding
     prompt = mx.random.randint(0, vocab, (prompt_tokens,), key=mx.random.key(seed)).tolist()
     time_generation(model, make_cache, prompt, gen_tokens, prefill_step_size)  # warm-up, same shapes

@@ -61,7 +61,6 @@ def run(args) -> None:
 
 def _bench(args) -> dict:
     from app import model_arg
-    from mlxmodels.config import read_config
     from mlxmodels.families import get_adapter
 
     if args.plot:
@@ -69,13 +68,16 @@ def _bench(args) -> dict:
             raise ValueError(f"--plot writes a PNG; give a file name ending in .png, not {args.plot!r}")
         _check_plot_path(Path(args.plot))  # before the minutes of work, not after
     folder = model_arg.resolve_folder(args.model).absolute()  # the workers run in another folder
-    get_adapter(read_config(folder).get("model_type"))  # a folder we cannot load fails here, in one line
+    get_adapter(model_arg.model_config(folder).get("model_type"))  # a model we cannot load fails here
     context = model_arg.context_length(folder)
     if args.prompt_tokens + args.gen_tokens > context:  # past it positions are undefined (or out of range)
         raise ValueError(f"-p {args.prompt_tokens} and -g {args.gen_tokens} make {args.prompt_tokens + args.gen_tokens:,}"
                          f" tokens, past the model's context of {context:,}: ask for fewer")
     tools = ["ours"]
     if args.compare == "mlx-lm":
+        if model_arg.is_gguf(folder):
+            raise ModelError(f"--compare mlx-lm needs an MLX folder (mlx-lm does not read GGUF); make one with "
+                             f"`mlxm convert {folder} OUT` and bench that")
         if importlib.util.find_spec("mlx_lm") is None:
             raise ModelError("--compare mlx-lm needs mlx-lm installed: pip install mlx-lm")
         tools.append("mlx-lm")

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from app import signals
 
-DESCRIPTION = """Convert a Hugging Face checkpoint (a local folder or a Hub id such as Qwen/Qwen3-0.6B) into an MLX
-folder in mlx-lm's layout, one layer at a time. FP8 block-scaled checkpoints are dequantized. With -q (or any
-quantization option) Linear and Embedding weights are quantized; norms, biases and MoE routers stay float.
+DESCRIPTION = """Convert a Hugging Face checkpoint (a local folder or a Hub id such as Qwen/Qwen3-0.6B) or a GGUF
+file (x.gguf, ollama:NAME[:TAG]) into an MLX folder in mlx-lm's layout, one layer at a time. FP8 block-scaled
+checkpoints are dequantized; a GGUF's quantized layers are kept as stored, and its tokenizer and chat template are
+written as tokenizer.json and tokenizer_config.json. With -q (or any quantization option) Linear and Embedding
+weights are quantized (a GGUF's from its dequantized values); norms, biases and MoE routers stay float.
 The output appears only when complete; an existing OUT is replaced only with --force."""
 MAX_REPORT_TOKENS = 1 << 20  # --report-tokens and --report-context: a million tokens already takes hours to score
 
@@ -30,7 +32,7 @@ def add_parser(subparsers):
     p = subparsers.add_parser("convert", help="import (and quantize) a Hugging Face checkpoint",
                               description=DESCRIPTION)
     p.error = _one_line_error  # user mistakes: one line, no usage dump
-    p.add_argument("src", metavar="SRC", help="local model folder or Hugging Face Hub id")
+    p.add_argument("src", metavar="SRC", help="local model folder, Hugging Face Hub id, GGUF file or ollama:NAME")
     p.add_argument("out", metavar="OUT", help="output folder (must not exist, unless --force)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
                    help="dtype of float tensors (default: config.json's; FP8 checkpoints -> bfloat16)")
@@ -104,6 +106,8 @@ def run(args):
     finally:
         signals.restore(previous)
     what = f"{setting.label}, {result.bits_per_weight:.2f} bits/weight" if quantize else "float"
+    if not quantize and result.quantization:  # a GGUF's quantized layers, kept as stored
+        what = f"quantized layers kept as stored, {result.bits_per_weight:.2f} bits/weight"
     print(f"wrote {result.folder} ({what}): {result.tensors} tensors, {result.bytes / 1e9:.3f} GB in "
           f"{result.shards} shard(s), {result.seconds:.1f} s")
     if text is not None:

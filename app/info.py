@@ -1,5 +1,5 @@
-"""`mlxm info`: what a model is and what it will cost, read from config.json and the safetensors headers; no
-weights are loaded.
+"""`mlxm info`: what a model is and what it will cost, read from config.json and the safetensors headers (or a
+GGUF file's header: its metadata and tensor table); no weights are loaded.
 
 Parameters are counted on a `Decoder` built from the spec (MLX initialises lazily, so nothing is allocated).
 Active parameters: routed experts count top_k / n_experts of their size; shared experts, attention, embeddings
@@ -26,9 +26,15 @@ def describe(model: Optional[str], dtype: Optional[str] = None) -> dict:
     from mlxmodels.spec import MLASpec, MoESpec
 
     folder = model_arg.resolve_folder(model)
-    cfg = read_config(folder)
-    adapter, spec = build_spec(cfg, str(folder / "config.json"))
-    tensors = _tensors(folder, cfg, adapter, spec)  # name -> (dtype, numel, nbytes); {} when the folder has no weights
+    gguf = _GGUFHeader(folder) if model_arg.is_gguf(folder) else None
+    try:
+        cfg = gguf.config if gguf else read_config(folder)
+        adapter, spec = build_spec(cfg, str(folder) if gguf else str(folder / "config.json"))
+        # name -> (dtype, numel, nbytes); {} when the folder has no weights
+        tensors = _gguf_tensors(gguf, cfg, adapter, spec) if gguf else _tensors(folder, cfg, adapter, spec)
+    finally:
+        if gguf is not None:
+            gguf.close()
     if spec.mtp and tensors and not any(k.startswith(f"model.layers.{spec.num_layers}.") for k in tensors):
         # as the loader does: announced MTP modules whose weights are absent (a config alone reports them)
         spec = replace(spec, mtp=())
@@ -68,6 +74,7 @@ def describe(model: Optional[str], dtype: Optional[str] = None) -> dict:
 
     first = layers[0].attn
     return {
+        **({"format": gguf.format} if gguf else {}),
         "model": model_arg.display_name(model),
         "folder": str(folder),
         "family": cfg.get("model_type", ""),
@@ -120,6 +127,33 @@ def _tensors(folder: Path, cfg, adapter, spec) -> dict:
         out[name] = (t.dtype, numel, t.nbytes)
     ckpt.close()
     return out
+
+
+class _GGUFHeader:
+    """A GGUF file's header: the checkpoint the loader would build (config, placeholders) and what it stores."""
+
+    def __init__(self, path: Path):
+        from mlxmodels.formats.gguf_model import GGUFCheckpoint
+
+        self.ckpt = GGUFCheckpoint(path)
+        self.config = self.ckpt.config
+        types = [t.type_name for t in self.ckpt.file.tensors.values()]
+        counts = ", ".join(f"{n} {t}" for t, n in sorted(((t, types.count(t)) for t in set(types)),
+                                                           key=lambda tn: -tn[1]))
+        self.format = f"GGUF version {self.ckpt.file.version}, {len(types)} tensors ({counts})"
+
+    def close(self):
+        self.ckpt.close()
+
+
+def _gguf_tensors(gguf: _GGUFHeader, cfg, adapter, spec) -> dict:
+    """The tensors the loader makes of a GGUF file (quantized ones as weight/scales/biases), from its tensor table
+    and checked against the config as the loader checks them; nothing is read."""
+    from mlxmodels.formats.safetensors import dtype_name
+    from mlxmodels.load import build
+
+    _, weights = build(gguf.ckpt.path, cfg, adapter, spec, gguf.ckpt.placeholders())
+    return {name: (dtype_name(w.dtype), w.size, w.nbytes) for name, w in weights.items()}
 
 
 def _count(spec) -> dict:
@@ -282,6 +316,7 @@ def format_report(r: dict) -> str:
         nope = f"none (positions: {r['positions']})"
     rows = [
         ("model", r["model"]),
+        *([("format", r["format"])] if "format" in r else []),
         ("family", f"{r['family']} ({r['architecture']})" if r["architecture"] else r["family"]),
         ("parameters", params),
         ("layers", f"{n} (hidden {r['hidden_size']}, vocab {r['vocab_size']})"),

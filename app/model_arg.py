@@ -57,9 +57,26 @@ def read_json(path: Path) -> dict:
     return read_side_config(Path(path).parent, Path(path).name)
 
 
+def is_gguf(folder: Path) -> bool:
+    """`resolve` passes a file through only as a GGUF model (a folder is a folder)."""
+    return Path(folder).is_file()
+
+
+def model_config(folder: Path) -> dict:
+    """config.json of a folder, or for a GGUF file the config its metadata gives (the header only is read)."""
+    if not is_gguf(folder):
+        return read_json(Path(folder) / "config.json")
+    from mlxmodels.formats.gguf_model import GGUFCheckpoint
+
+    ckpt = GGUFCheckpoint(folder)
+    ckpt.close()
+    return dict(ckpt.config)
+
+
 def context_length(folder: Path) -> int:
-    """The longest context the model was built for (config.json), 4096 when the config does not say."""
-    cfg = read_json(Path(folder) / "config.json")
+    """The longest context the model was built for (config.json, a GGUF's <arch>.context_length), 4096 when the
+    config does not say."""
+    cfg = model_config(folder)
     cfg = {**cfg, **(cfg.get("text_config") or {})}
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         if isinstance(cfg.get(key), int) and cfg[key] > 0:
@@ -68,7 +85,17 @@ def context_length(folder: Path) -> int:
 
 
 def sampling_defaults(folder: Path) -> dict:
-    """Sampling settings from generation_config.json (as transformers reads them), greedy when it has none."""
+    """Sampling settings from generation_config.json (as transformers reads them) or a GGUF's general.sampling.*
+    keys, greedy when there are none."""
+    if is_gguf(folder):
+        from mlxmodels.formats.gguf import GGUFFile
+        from mlxmodels.formats.gguf_generation import sampling
+
+        g = GGUFFile(folder)
+        try:
+            return sampling(g)
+        finally:
+            g.close()
     gen = read_json(Path(folder) / "generation_config.json")
     out = {}
     if gen.get("do_sample") is False:

@@ -1,4 +1,5 @@
-"""SRC (a folder or a Hub id) -> an MLX folder in mlx-lm's layout, one decoder layer at a time, atomically.
+"""SRC (a folder, a Hub id or a GGUF file) -> an MLX folder in mlx-lm's layout, one decoder layer at a time,
+atomically. A GGUF file is read through quantize/gguf_source.py (its quantized layers kept as stored unless -q).
 
 The model decides everything: `adapter.spec` builds a `Decoder` (never evaluated: its parameters are lazy, so it
 costs nothing) whose parameter names and shapes are the output's, and whose modules say what can be quantized
@@ -27,6 +28,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -38,7 +40,7 @@ from mlxmodels.decoder import Decoder
 from mlxmodels.families import build_spec
 from mlxmodels.formats import folder as files
 from mlxmodels.tokenizer import MAX_TOKENIZER_FILE
-from mlxmodels.load import resolve
+from mlxmodels.load import quantize_like, resolve
 
 from . import fp8, recipes
 from .legacy_keys import add_legacy_keys
@@ -126,15 +128,29 @@ def group_key(name: str) -> tuple:
 class Converter:
     def __init__(self, folder: Path, options: Options):
         self.folder, self.options = Path(folder), options
-        self.cfg = read_config(self.folder)  # raises the clear errors: no config.json, not JSON
-        self.raw = files.read_json(self.folder / "config.json")  # as written (multimodal wrapper kept); checked
-        self.adapter, self.spec = build_spec(self.cfg, str(self.folder / "config.json"))
-        self.block = self._source_quantization()
-        self.ckpt = Checkpoint(self.folder)
+        self.gguf = None  # a GGUF file's GGUFSource (config, weights and tokenizer in one file)
+        if self.folder.is_file():
+            from .gguf_source import GGUFSource
+
+            self.gguf = GGUFSource(self.folder, dequantize=options.quantize)
+            self.cfg, self.raw = self.gguf.config, dict(self.gguf.config)
+            self.adapter, self.spec = build_spec(self.cfg, str(self.folder))
+            self.block, self.ckpt = None, self.gguf
+        else:
+            self.cfg = read_config(self.folder)  # raises the clear errors: no config.json, not JSON
+            self.raw = files.read_json(self.folder / "config.json")  # as written (multimodal wrapper kept); checked
+            self.adapter, self.spec = build_spec(self.cfg, str(self.folder / "config.json"))
+            self.block = self._source_quantization()
+            self.ckpt = Checkpoint(self.folder)
         if getattr(self.spec, "mtp", None) and not any(n.startswith(f"model.layers.{self.spec.num_layers}.")
                                                        for n in self.ckpt.where):
             self.spec = replace(self.spec, mtp=())  # announced MTP modules that the checkpoint leaves out (as load)
         self.model = Decoder(self.spec)  # lazy: never evaluated, only asked for names, shapes and modules
+        if self.gguf is not None and self.gguf.quantization:  # its quantized layers are written as they are stored
+            stored = self._placeholders(self.ckpt.where)[0]
+            if hasattr(self.adapter, "map_weights"):
+                stored = self.adapter.map_weights(stored, self.cfg)
+            quantize_like(self.model, self.cfg, stored)
         self.modules = dict(self.model.named_modules())
         self.expected = {k: tuple(v.shape) for k, v in tree_flatten(self.model.parameters())}
         self.has_fp8 = any(self.ckpt.info(n).dtype == "F8_E4M3" for n in self.ckpt.where)
@@ -301,7 +317,7 @@ class Converter:
 
     def quantization_entry(self) -> Optional[dict]:
         if not self.options.quantize:
-            return None
+            return self.gguf.quantization if self.gguf else None
         setting = self.options.setting
         entry = recipes.config_entry(setting, self.qplan)
         if hasattr(self.adapter, "export_weights"):
@@ -331,6 +347,14 @@ class Converter:
             for k in keys:
                 cfg[k] = name
         return cfg
+
+    @cached_property
+    def side_files(self) -> dict:
+        """name -> bytes written beside the weights: the source folder's tokenizer files (each checked as the loader
+        checks it), or those a GGUF's metadata makes (tokenizer, its config with the chat template, generation)."""
+        if self.gguf is not None:
+            return self.gguf.side_files()
+        return {f.name: files.read_bytes(f, MAX_TOKENIZER_FILE) for f in tokenizer_files(self.folder)}
 
     def close(self):
         self.ckpt.close()
@@ -380,7 +404,7 @@ def convert(src, out, options: Optional[Options] = None, progress=None, log: Cal
         try:
             entries = conv.plan()
             total = sum(nbytes(d, s) for _, d, s in entries)
-            extra = sum(p.stat().st_size for p in tokenizer_files(folder))
+            extra = sum(len(data) for data in conv.side_files.values())
             check_space(out.parent, total + extra, f"the converted model ({out.name})")
             writer = write_folder(conv, claim.work_folder(), out, total, progress, log)
             claim.install(options.force)
@@ -398,8 +422,8 @@ def write_folder(conv: Converter, work: Path, out: Path, total: int, progress, l
     bar = progress(conv.source_bytes) if progress else None
     try:
         writer = conv.write(work, bar.update if bar else None)
-        for f in tokenizer_files(conv.folder):
-            (work / f.name).write_bytes(files.read_bytes(f, MAX_TOKENIZER_FILE))
+        for name, data in conv.side_files.items():
+            (work / name).write_bytes(data)
         (work / "config.json").write_text(json.dumps(conv.config(), indent=4))
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # a full disk, a quota, a file size limit

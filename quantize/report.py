@@ -94,7 +94,11 @@ def in_memory(source: Path, setting: recipes.Setting, dtype) -> tuple:
 
 
 def check_source(source: Path):
-    """The float reference is the source folder as mlxmodels loads it: FP8 checkpoints cannot be that reference."""
+    """The float reference is the source folder as mlxmodels loads it: FP8 checkpoints and GGUF files (quantized
+    already) cannot be that reference."""
+    if source.is_file():
+        raise ConvertError(f"--report needs a float source folder, and {source} is a GGUF file (quantized already); "
+                           "compare with `mlxm convert` of the model's Hugging Face folder instead")
     if fp8.block_size(read_config(source)):
         raise ConvertError(f"--report needs a float source, and {source} is FP8; convert it to float first "
                            "(mlxm convert SRC FLOAT --dtype bfloat16) and convert/report from FLOAT")
