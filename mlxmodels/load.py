@@ -31,9 +31,13 @@ class LoadError(ModelError):
 
 
 def resolve(path_or_hub_id: Union[str, Path], before_weights=None) -> Path:
-    """A local folder as is; otherwise a Hub repo id fetched (or found in the HF cache) with huggingface_hub:
-    metadata first, then only the shards its index lists. `before_weights(repo, patterns)` runs in between
-    (convert checks the disk space there)."""
+    """A local folder (or GGUF file) as is; `ollama:NAME[:TAG]` as the GGUF blob in Ollama's local store;
+    otherwise a Hub repo id fetched (or found in the HF cache) with huggingface_hub: metadata first, then only the
+    shards its index lists. `before_weights(repo, patterns)` runs in between (convert checks the disk space there)."""
+    if isinstance(path_or_hub_id, str) and path_or_hub_id.startswith("ollama:"):  # a Path is a path
+        from .formats import ollama
+
+        return ollama.resolve(path_or_hub_id)
     try:
         path = Path(path_or_hub_id).expanduser()
     except RuntimeError:  # ~someone with no such user
