@@ -13,6 +13,7 @@ which is how the model's own tokenizer.json splits; for "smollm" that is digits 
 from __future__ import annotations
 
 from .gguf import GGUFError, GGUFFile
+from .gguf_spm import sentencepiece
 
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp's token types
 _LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -39,13 +40,14 @@ def read_tokenizer(g: GGUFFile):
     kind = g.get("tokenizer.ggml.model", str)
     if kind is None:
         return None
-    if kind != "gpt2":
+    if kind not in ("gpt2", "llama"):
         raise GGUFError(f"{g.path}: tokenizer.ggml.model {kind!r} is not read from GGUF yet (only byte-level BPE, "
-                        "'gpt2'); use the model's Hugging Face folder instead")
+                        "'gpt2', and SentencePiece BPE, 'llama'); use the model's Hugging Face folder instead")
     tokens = g.get("tokenizer.ggml.tokens", list)
     if not tokens or not all(isinstance(t, str) for t in tokens):
         raise GGUFError(f"{g.path}: 'tokenizer.ggml.tokens' is missing or not a list of strings; re-download it")
-    tk = _byte_level(g, tokens)
+    tk = _byte_level(g, tokens) if kind == "gpt2" else _sentencepiece(g, tokens)
+    _add_tokens(g, tk, tokens, byte_level=kind == "gpt2")
     special = {}
     for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("unk_token", "unknown_token_id"),
                       ("pad_token", "padding_token_id")):
@@ -54,8 +56,9 @@ def read_tokenizer(g: GGUFFile):
             special[name] = tokens[token_id]
     eos = {i for key in ("eos_token_id", "eot_token_id", "eom_token_id")
            if (i := _token_id(g, key, len(tokens))) is not None}
-    add_bos, add_eos = g.get("tokenizer.ggml.add_bos_token", bool, False), g.get("tokenizer.ggml.add_eos_token", bool,
-                                                                                  False)
+    # llama.cpp adds BOS to a SentencePiece vocabulary whose file does not say otherwise (so does transformers)
+    add_bos = g.get("tokenizer.ggml.add_bos_token", bool, kind == "llama")
+    add_eos = g.get("tokenizer.ggml.add_eos_token", bool, False)
     return tokenizer_from(tk, special_tokens=special, eos_token_ids=eos,
                           bos=special.get("bos_token") if add_bos else None,
                           eos=special.get("eos_token") if add_eos else None,
@@ -70,13 +73,7 @@ def _token_id(g: GGUFFile, key: str, n: int):
     return token_id
 
 
-def _byte_level(g: GGUFFile, tokens: list):
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    spelling = bytes_to_unicode()
-    alphabet = set(spelling.values())
-    vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
-             for i, t in enumerate(tokens)}
+def _merges(g: GGUFFile) -> list:
     merges = []
     for i, merge in enumerate(g.get("tokenizer.ggml.merges", list, [])):
         pair = merge.split(" ") if isinstance(merge, str) else ()
@@ -84,6 +81,31 @@ def _byte_level(g: GGUFFile, tokens: list):
             raise GGUFError(f"{g.path}: tokenizer.ggml.merges[{i}] is {str(merge)[:40]!r}, not two tokens separated "
                             "by a space; re-download it")
         merges.append(tuple(pair))
+    return merges
+
+
+def _sentencepiece(g: GGUFFile, tokens: list):
+    listed = _merges(g) if "tokenizer.ggml.merges" in g.metadata else None  # transformers takes listed merges as is
+    scores = g.get("tokenizer.ggml.scores", list)
+    if listed is None and (scores is None or len(scores) != len(tokens)
+                           or not all(isinstance(s, (int, float)) for s in scores)):
+        raise GGUFError(f"{g.path}: 'tokenizer.ggml.scores' is missing or not one number per token; re-download it")
+    try:
+        return sentencepiece(tokens, scores, g.get("general.architecture", str, ""),
+                             g.get("tokenizer.ggml.add_space_prefix", bool, True), listed)
+    except Exception as e:  # tokenizers raises bare Exception for a merge of unknown pieces
+        raise GGUFError(f"{g.path}: the vocabulary does not form a SentencePiece tokenizer ({e}); "
+                        "re-download it") from None
+
+
+def _byte_level(g: GGUFFile, tokens: list):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    spelling = bytes_to_unicode()
+    alphabet = set(spelling.values())
+    vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
+             for i, t in enumerate(tokens)}
+    merges = _merges(g)
     try:
         tk = Tokenizer(models.BPE(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
     except Exception as e:  # tokenizers raises bare Exception for a merge of unknown tokens
@@ -103,11 +125,20 @@ def _byte_level(g: GGUFFile, tokens: list):
         tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
                                                     byte_level])
     tk.decoder = decoders.ByteLevel()
+    return tk
+
+
+def _add_tokens(g: GGUFFile, tk, tokens: list, byte_level: bool) -> None:
+    """Control tokens (type 3) as special and user-defined ones (type 4) as plain added tokens, so both stay whole;
+    in a byte-level vocabulary a control token spelled outside the byte alphabet is a llama.cpp mislabel."""
+    from tokenizers import AddedToken
+
+    alphabet = set(bytes_to_unicode().values()) if byte_level else None
+    vocab = tk.get_vocab()
     types = g.get("tokenizer.ggml.token_type", list, [])
     control = [AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types)
-               if k == CONTROL and set(t) <= alphabet]  # one spelled outside the alphabet is a llama.cpp mislabel
+               if k == CONTROL and (alphabet is None or set(t) <= alphabet)]
     user = [AddedToken(t, normalized=False, special=False) for t, k in zip(tokens, types)
             if k == USER_DEFINED and t in vocab]
     tk.add_special_tokens(control)
     tk.add_tokens(user)
-    return tk

@@ -71,7 +71,7 @@ def pack(kind: str, codes, sc, d, m=None, dmin=None) -> np.ndarray:
 
 def quantize(kind: str, x: np.ndarray) -> np.ndarray:
     """Float rows (..., K), K a multiple of 256 -> the type's blocks (..., K / 256 * bytes) by min/max."""
-    lead, k = x.shape[:-1], x.shape[-1]
+    lead = x.shape[:-1]
     blocks = x.reshape(-1, QK // SUB[kind], SUB[kind]).astype(np.float32)  # (n, subs, sub)
     n, top = blocks.shape[0], LEVELS[kind] - 1
     if kind in ("Q3_K", "Q6_K"):  # symmetric: q in [-L/2, L/2) times a signed scale
