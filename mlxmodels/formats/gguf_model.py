@@ -29,9 +29,11 @@ class GGUFCheckpoint:
         self.file = GGUFFile(path)
         try:
             arch = architecture(self.file)
-            self.plan = {}  # GGUF name -> (HF name without .weight/.bias, its kind, config key of heads to unpermute)
+            self.plan = {}  # GGUF name -> (HF name, what to undo: gguf_names.hf_name)
             for info in self.file.tensors.values():
-                mapped = gguf_names.hf_name(arch, info.name)
+                mapped = gguf_names.hf_name(arch, info.name, self.file.tensors)
+                if mapped == gguf_names.SKIP:
+                    continue
                 if mapped is None:
                     raise GGUFError(f"{self.path}: tensor {info.name!r} is not one mlxmodels knows for GGUF "
                                     f"architecture {arch!r}; the file is damaged or from a newer llama.cpp")
@@ -77,14 +79,20 @@ class GGUFCheckpoint:
         hf, heads_key = self.plan[name]
         info = self.file.tensors[name]
         parts = gguf_quant.to_mlx(self.file.raw(name), info.ggml_type)
-        if heads_key is not None:
+        if heads_key == gguf_names.UNIT_OFFSET:
+            if len(parts) > 1:
+                raise GGUFError(f"{self.path}: norm tensor {name!r} is {info.type_name}; llama.cpp stores norms as "
+                                "floats, so the file is damaged: re-download it")
+            parts = {"weight": gguf_names.without_unit_offset(parts["weight"], info.ggml_type == gguf_quant.BF16)}
+        elif heads_key is not None:
             index = self._unpermute(info, heads_key)
             parts = {k: v[index] for k, v in parts.items()}
         stem = hf.rsplit(".", 1)[0]
         out = {}
         for part, array in parts.items():
             key = hf if part == "weight" else f"{stem}.{part}"
-            out[key] = mx.array(array).view(mx.bfloat16) if info.ggml_type == gguf_quant.BF16 else mx.array(array)
+            bf16 = info.ggml_type == gguf_quant.BF16 and array.dtype == np.uint16
+            out[key] = mx.array(array).view(mx.bfloat16) if bf16 else mx.array(array)
         return out
 
     def _unpermute(self, info: TensorInfo, heads_key: str) -> np.ndarray:
