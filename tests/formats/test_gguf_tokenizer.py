@@ -162,3 +162,35 @@ def test_scores_missing_is_refused(tmp_path, model):
     with pytest.raises(GGUFError, match="'tokenizer.ggml.scores' is missing"):
         read_tokenizer(g)
     g.close()
+
+
+SPLIT_TEXT = ["Hello World's HTTPServer in camelCase and ALLCAPS don't", "1234567 digits 3.14 and 10,000",
+              "café Übermäßig naïve ДАННЫЕ данные 日本語テキスト", "path/to/file.py\n\n   indented\r\n", "emoji 🦙🚀!!",
+              "x++\n/y iPhone XMLHttpRequest McDonald's ÜberCool"]
+
+
+@pytest.mark.parametrize("pre", ["gpt-2", "olmo", "llama-bpe", "tekken", "gpt-4o", "llama4", "qwen2"])
+def test_pre_tokenizers_with_gpt2_vocabulary(tmp_path, pre):
+    """The real GPT-2 vocabulary and merges (tests/data) written with each tokenizer.ggml.pre: the split gives
+    transformers' ids (its table agrees with llama.cpp's regexes for these names)."""
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parents[1] / "data/tokenizers/gpt2-kv260/tokenizer.json").read_text())
+    vocab = sorted(data["model"]["vocab"].items(), key=lambda kv: kv[1])
+    w = gguf.GGUFWriter(str(tmp_path / "bpe.gguf"), "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list([t for t, _ in vocab])
+    w.add_token_merges(data["model"]["merges"])
+    w.add_token_types([gguf.TokenType.CONTROL if t == "<|endoftext|>" else gguf.TokenType.NORMAL for t, _ in vocab])
+    w.add_tensor("output_norm.weight", np.ones(8, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok, theirs = ours(tmp_path / "bpe.gguf"), transformers_tokenizer(tmp_path / "bpe.gguf")
+    for text in SPLIT_TEXT:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert ids == theirs.encode(text, add_special_tokens=False).ids, (pre, text)
+        assert tok.decode(ids) == text
