@@ -8,6 +8,7 @@ adapter's DEFAULTS). The result is checked by config_check like a config.json be
 
 from __future__ import annotations
 
+from . import gguf_rope
 from .gguf import GGUFError, GGUFFile
 from .gguf_quant import GROUP, bits
 
@@ -111,9 +112,11 @@ def _rope(g: GGUFFile, arch: str, cfg: dict) -> None:
     if dims is not None and dims != cfg["head_dim"]:
         raise GGUFError(f"{g.path}: '{arch}.rope.dimension_count' is {dims} but the heads have {cfg['head_dim']} "
                         "dimensions; partial RoPE is not read for this architecture yet")
-    if "rope_freqs.weight" in g.tensors:
-        raise GGUFError(f"{g.path} stores RoPE frequency factors (rope_freqs, Llama 3.1-style scaling), which "
-                        "mlxmodels does not read from GGUF yet; use the model's Hugging Face folder instead")
+    if gguf_rope.NAME in g.tensors:  # llama.cpp stores Llama 3.1's rope_scaling as per-frequency factors
+        scaling = gguf_rope.llama3_scaling(g, arch, cfg["head_dim"], cfg.get("rope_theta", 10000.0))
+        if scaling is not None:
+            cfg["rope_scaling"] = scaling
+        return
     kind = g.get(f"{arch}.rope.scaling.type", str, "none")
     factor = g.get(f"{arch}.rope.scaling.factor", float)
     if kind == "linear":

@@ -48,7 +48,8 @@ _MLA = {"attn_q_a": "self_attn.q_a_proj", "attn_q_a_norm": "self_attn.q_a_layern
         "attn_kv_a_mqa": "self_attn.kv_a_proj_with_mqa", "attn_kv_a_norm": "self_attn.kv_a_layernorm",
         "attn_kv_b": "self_attn.kv_b_proj", "attn_k_b": "self_attn.embed_q", "attn_v_b": "self_attn.unembed_out",
         "exp_probs_b": "mlp.gate.e_score_correction"}  # + ".bias": transformers' e_score_correction_bias
-_MODEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_MODEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
+          "rope_freqs": SKIP}  # Llama 3.1 scaling: read into the config by gguf_rope, not a weight
 _LLAMA = {**_ATTN, **_PRE, **_dense("mlp")}
 _PERMUTED = {"attn_q": "num_attention_heads", "attn_k": "num_key_value_heads"}
 

@@ -44,6 +44,10 @@ CASES = {
                                                     rope_scaling=dict(rope_type="linear", factor=8.0)), "hf"),
     "mixtral": ("llama", "mixtral", dict(BASE, num_local_experts=4, num_experts_per_tok=2), "hf"),
     "llama": ("llama", "llama", dict(BASE), "gguf"),
+    # Llama 3.1's scaling, which convert writes as a rope_freqs tensor of per-frequency factors
+    "llama-llama3-rope": ("llama", "llama", dict(BASE, rope_scaling=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=8192)), "hf"),
     "deepseek_v2": ("deepseek2", "deepseek_v2", dict(MLA, q_lora_rank=None, rope_scaling=dict(
         rope_type="yarn", factor=4.0, mscale=0.707, mscale_all_dim=0.707, original_max_position_embeddings=16,
         beta_fast=32, beta_slow=1)), "hf"),
@@ -104,7 +108,31 @@ def llama_cpp_tensors(arch: str, folder, c: dict) -> dict:
             put(name, w)
     for (prefix, proj), by_expert in experts.items():
         put(f"{prefix}.experts.{proj}.weight", np.stack([by_expert[e] for e in range(len(by_expert))]))
+    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    if rope.get("rope_type") == "llama3":
+        out["rope_freqs.weight"] = llama3_factors(c, rope)
     return out
+
+
+def llama3_factors(c: dict, rope: dict) -> np.ndarray:
+    """convert_hf_to_gguf's LlamaModel.generate_extra_tensors: one factor per rotated pair, 1 for short
+    wavelengths, `factor` for long ones, smoothly between."""
+    dims = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    freqs = 1.0 / (rope["rope_theta"] ** (np.arange(0, dims, 2, dtype=np.float32) / dims))
+    low_wavelen = rope["original_max_position_embeddings"] / rope["low_freq_factor"]
+    high_wavelen = rope["original_max_position_embeddings"] / rope["high_freq_factor"]
+    out = []
+    for freq in freqs:
+        wavelen = 2 * np.pi / freq
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(rope["factor"])
+        else:
+            smooth = (rope["original_max_position_embeddings"] / wavelen - rope["low_freq_factor"]) / (
+                rope["high_freq_factor"] - rope["low_freq_factor"])
+            out.append(1 / ((1 - smooth) / rope["factor"] + smooth))
+    return np.array(out, np.float32)
 
 
 def write_metadata(w, arch: str, c: dict, tensors: dict):
