@@ -113,7 +113,7 @@ def _rope(g: GGUFFile, arch: str, cfg: dict) -> None:
         raise GGUFError(f"{g.path}: '{arch}.rope.dimension_count' is {dims} but the heads have {cfg['head_dim']} "
                         "dimensions; partial RoPE is not read for this architecture yet")
     if gguf_rope.NAME in g.tensors:  # llama.cpp stores Llama 3.1's rope_scaling as per-frequency factors
-        scaling = gguf_rope.llama3_scaling(g, arch, cfg["head_dim"], cfg.get("rope_theta", 10000.0))
+        scaling = gguf_rope.llama3_scaling(g, arch, _rotated_dims(g, arch, cfg), cfg.get("rope_theta", 10000.0))
         if scaling is not None:
             cfg["rope_scaling"] = scaling
         return
@@ -130,6 +130,18 @@ def _rope(g: GGUFFile, arch: str, cfg: dict) -> None:
     elif kind != "none":
         raise GGUFError(f"{g.path}: RoPE scaling {kind!r} ('{arch}.rope.scaling.type') is not read from GGUF yet; "
                         "use the model's Hugging Face folder instead")
+
+
+def _rotated_dims(g: GGUFFile, arch: str, cfg: dict) -> int:
+    """The head dim the rope_freqs factors cover: the file's, or hidden / heads as transformers derives it."""
+    dims = cfg.get("head_dim")
+    hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
+    if dims is None and isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads == 0:
+        dims = hidden // heads
+    if not isinstance(dims, int) or dims <= 0 or dims % 2:
+        raise GGUFError(f"{g.path}: tensor 'rope_freqs.weight' needs the head dim ('{arch}.rope.dimension_count', or "
+                        f"'{arch}.embedding_length' and '{arch}.attention.head_count'); the file is damaged")
+    return dims
 
 
 def _llama(g: GGUFFile, arch: str, cfg: dict) -> None:

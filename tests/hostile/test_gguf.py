@@ -116,8 +116,11 @@ CASES = {
                              "'llama.block_count' is str, not int"),
     "zero heads": (gguf_bytes(LLAMA + [u32("llama.block_count", 1), u32("llama.attention.head_count", 0)],
                               [NORM], b"\0" * 256), "num_attention_heads"),
-    "rope frequency factors": (gguf_bytes(LLAMA, [NORM, tensor("rope_freqs.weight", [8], F32, 256)], b"\0" * 512),
-                               "rope_freqs"),
+    "rope factors without a head dim": (gguf_bytes(LLAMA, [NORM, tensor("rope_freqs.weight", [8], F32, 256)],
+                                                   b"\0" * 512), "'rope_freqs.weight' needs the head dim"),
+    "rope factors of zero": (gguf_bytes(LLAMA + [u32("llama.rope.dimension_count", 16)],
+                                        [NORM, tensor("rope_freqs.weight", [8], F32, 256)], b"\0" * 512),
+                             "not positive numbers"),
 }
 
 
