@@ -245,6 +245,12 @@ class Tokenizer:
     def has_chat_template(self) -> bool:
         return self.chat_template is not None
 
+    def to_json(self) -> str | None:
+        """The tokenizer.json text of a `tokenizers` vocabulary (what `mlxm convert` writes for a GGUF source,
+        whose vocabulary was built in memory); None for a tiktoken one, which has no such file."""
+        tk = getattr(self._backend, "tk", None)
+        return None if tk is None else tk.to_str(pretty=True)
+
     def token_to_id(self, token: str | None) -> int | None:
         return None if token is None else self._backend.token_to_id(token)
 

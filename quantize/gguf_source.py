@@ -84,8 +84,8 @@ class GGUFSource:
         generation_config.json (when it knows BOS/EOS or sampling defaults)."""
         tokenizer = self.ckpt.tokenizer()
         out = {}
-        if tokenizer is not None:
-            out["tokenizer.json"] = tokenizer._backend.tk.to_str(pretty=True).encode()  # built in memory by us
+        if tokenizer is not None and tokenizer.to_json() is not None:
+            out["tokenizer.json"] = tokenizer.to_json().encode()
             tc = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
                   **tokenizer.special_tokens_map}
             if self.config.get("max_position_embeddings"):
