@@ -372,10 +372,20 @@ def fmt_spread(s: Dict[str, float], digits: int = 1) -> str:
     return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
 
 
+def bytes_spread(s: Dict[str, float]) -> str:
+    """A spread of GB values in the unit that fits its median (app/sizes.py): '12.3 [12.1-12.5] MB'."""
+    from app.sizes import digits, unit_for
+
+    scale, unit = unit_for(s["median"] * 1e9)
+    d = digits(s["median"] * 1e9 / scale, unit)
+    v = {k: s[k] * 1e9 / scale for k in ("median", "min", "max")}
+    return f"{v['median']:.{d}f} [{v['min']:.{d}f}-{v['max']:.{d}f}] {unit}"
+
+
 def table(rows: List[dict]) -> str:
     """Markdown table; each row: setting, tool, dtype, summary (or a ratio row). The last two columns are tokens per
     CPU-second (see CPU_METRICS), "-" where a run did not record them."""
-    head = ("| setting | tool | computes in | prompt tok/s | gen tok/s | TTFT s | peak GB | prompt tok/CPU-s | gen tok/CPU-s |\n"
+    head = ("| setting | tool | computes in | prompt tok/s | gen tok/s | TTFT s | peak memory | prompt tok/CPU-s | gen tok/CPU-s |\n"
             "|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
@@ -390,7 +400,7 @@ def table(rows: List[dict]) -> str:
             cpu = [fmt_spread(s[m]) if m in s else "-" for m in CPU_METRICS]
             lines.append(f"| {r['setting']} | {r['tool']} | {r['dtype']} | {fmt_spread(s['prompt_tps'])} | "
                          f"{fmt_spread(s['generation_tps'])} | {fmt_spread(s['ttft_s'], 2)} | "
-                         f"{fmt_spread(s['peak_memory_gb'], 3)} | {cpu[0]} | {cpu[1]} |")
+                         f"{bytes_spread(s['peak_memory_gb'])} | {cpu[0]} | {cpu[1]} |")
     return "\n".join(lines)
 
 

@@ -79,6 +79,7 @@ def setting_from(args):
 
 
 def run(args):
+    from app.sizes import human_bytes
     from quantize import report
     from quantize.convert import Options, convert
 
@@ -108,7 +109,7 @@ def run(args):
     what = f"{setting.label}, {result.bits_per_weight:.2f} bits/weight" if quantize else "float"
     if not quantize and result.quantization:  # a GGUF's quantized layers, kept as stored
         what = f"quantized layers kept as stored, {result.bits_per_weight:.2f} bits/weight"
-    print(f"wrote {result.folder} ({what}): {result.tensors} tensors, {result.bytes / 1e9:.3f} GB in "
+    print(f"wrote {result.folder} ({what}): {result.tensors} tensors, {human_bytes(result.bytes)} in "
           f"{result.shards} shard(s), {result.seconds:.1f} s")
     if text is not None:
         label = f"{setting.label} (OUT)" if quantize else "float (OUT)"

@@ -15,6 +15,8 @@ from typing import Callable, Iterable, List, Optional
 
 import mlx.core as mx
 
+from app.sizes import human_bytes
+
 ROWS = (1, 2, 4, 8, 16)  # qmv rows (decode batch), capped at the kernel's row limit
 CONTEXTS = (2048, 8192, 32768)
 BATCHES = (1, 8)
@@ -127,7 +129,7 @@ def check_all(d, shapes: Iterable[Shape], progress: Callable[[str], None] = lamb
         progress(f"checking {shape.entry} {shape.label} ...")
         row = {"entry": shape.entry, "shape": shape.label}
         if budget is not None and FOOTPRINT * shape.bytes_read > budget:
-            row["error"] = (f"skipped: it needs about {FOOTPRINT * shape.bytes_read / 1e9:.1f} GB, more than half of "
+            row["error"] = (f"skipped: it needs about {human_bytes(FOOTPRINT * shape.bytes_read)}, more than half of "
                             f"MLX's recommended working set on this GPU")
             rows.append(row)
             continue

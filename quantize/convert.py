@@ -46,10 +46,10 @@ from . import fp8, recipes
 from .legacy_keys import add_legacy_keys
 from .claim import TOKENIZER_FILES, Claim, check_out, output_path
 from mlxmodels.formats.safetensors import DTYPES, Checkpoint, ShardWriter, dtype_name, nbytes
+from app.sizes import human_bytes
 
 SHARD_BYTES = 5 << 30  # mlx-lm's shard size
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
-GB = 1e9
 
 
 class ConvertError(ModelError):
@@ -108,8 +108,8 @@ def free_bytes(folder: Path) -> int:
 def check_space(folder: Path, need: int, what: str):
     free = free_bytes(folder)
     if free < need + (64 << 20):
-        raise ConvertError(f"not enough disk space for {what} in {folder}: it needs about {need / GB:.2f} GB and "
-                           f"{free / GB:.2f} GB are free; free some space or choose another place")
+        raise ConvertError(f"not enough disk space for {what} in {folder}: it needs about {human_bytes(need)} and "
+                           f"{human_bytes(free)} are free; free some space or choose another place")
 
 
 def group_key(name: str) -> tuple:
@@ -418,7 +418,7 @@ def convert(src, out, options: Optional[Options] = None, progress=None, log: Cal
 
 def write_folder(conv: Converter, work: Path, out: Path, total: int, progress, log) -> ShardWriter:
     """Weights, then tokenizer files, then config.json last: a folder killed before its end is never a model."""
-    log(f"converting {conv.folder}: {len(conv.groups)} groups, {conv.source_bytes / GB:.2f} GB -> {total / GB:.2f} GB")
+    log(f"converting {conv.folder}: {len(conv.groups)} groups, {human_bytes(conv.source_bytes)} -> {human_bytes(total)}")
     bar = progress(conv.source_bytes) if progress else None
     try:
         writer = conv.write(work, bar.update if bar else None)

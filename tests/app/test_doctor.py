@@ -140,7 +140,7 @@ def test_a_shape_too_large_for_the_gpu_is_skipped_in_its_row():
 
     big, small = kernel_table.attention(8, 32768), kernel_table.qmv(1, 64, 512)
     rows = kernel_table.check_all(Never(), [big], budget=3 * big.bytes_read)["rows"]
-    assert rows[0]["error"].startswith("skipped: it needs about 4.3 GB")
+    assert rows[0]["error"].startswith("skipped: it needs about 4.29 GB")
     assert "skipped" in kernel_table.format_rows(rows)
 
     class Echo:
