@@ -7,10 +7,14 @@ builds it (transformers/integrations/gguf/gguf_tokenizer_mapping.py): tokens re-
 the file spells them in plain text, control tokens (type 3) added as special and user-defined ones (type 4) as
 plain added tokens, so both stay whole. The split follows llama.cpp's pre-tokenizer of that name (llama-vocab.cpp),
 which is how the model's own tokenizer.json splits; for "smollm" that is digits one by one before GPT-2's split
-(transformers applies GPT-2's split alone, which differs only where digits follow two or more spaces).
+(transformers applies GPT-2's split alone, which differs only where digits follow two or more spaces). DeepSeek's
+names ("deepseek-llm" for V2, "deepseek-coder", "deepseek-v3" for V3/R1) are several regexes applied in turn, as
+llama.cpp's lists and the models' Sequence of Splits; "kimi-k2" is Kimi's tiktoken pattern (mlxmodels.tokenizer).
 """
 
 from __future__ import annotations
+
+from mlxmodels.tokenizer import KIMI, tokenizer_from
 
 from .gguf import GGUFError, GGUFFile
 from .gguf_spm import sentencepiece
@@ -28,12 +32,36 @@ _UPPER, _LOWER = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]
 _GPT4O = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+{_CONTRACTION}"
           rf"|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*{_CONTRACTION}"
           r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# DeepSeek's tokenizer.json splits in several passes (a Sequence of Split(Regex, "Isolated")), each pass cutting the
+# pieces the one before left; llama.cpp's llama-vocab.cpp keeps them as lists of regexes, copied here escaped (the
+# letter class holds look-alikes, e.g. U+2126 OHM SIGN, that an editor's normalization would silently replace).
+_DEEPSEEK_CJK = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"  # Han, U+0800-U+4E00, Hangul
+_DEEPSEEK_LLM = ("[\r\n]",
+                 ("\\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af"
+                 "\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5"
+                 "\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-"
+                 "\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d"
+                 "\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-"
+                 "\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113"
+                 "\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149"
+                 "\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b"
+                 "\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-"
+                 "\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0"
+                 "-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]+"),
+                 "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+", "\\s+$", _DEEPSEEK_CJK, "\\p{N}+")
+_DEEPSEEK_CODER = ("[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", _DEEPSEEK_CJK, "\\p{N}")
+# V3 (and R1, V3.1): digits by three, then Han and kana runs, then a Qwen-like split of the rest
+_DEEPSEEK_V3 = ("\\p{N}{1,3}", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+                ("[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+"
+                "| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"))
 # tokenizer.ggml.pre -> how text is split before BPE: "gpt2" (GPT-2's regex inside ByteLevel), "digits" (each
-# digit alone, then GPT-2's regex), or a regex of its own (then bytes mapped without GPT-2's regex)
+# digit alone, then GPT-2's regex), a regex of its own or a tuple of regexes applied in turn (then bytes mapped
+# without GPT-2's regex). Kimi K2's GGUF ("kimi-k2") splits with its tiktoken pattern.
 SPLITS = {"default": "gpt2", "gpt2": "gpt2", "smollm": "digits", "llama3": _LLAMA3, "llama-v3": _LLAMA3,
           "llama-bpe": _LLAMA3, "qwen2": _QWEN2, "deepseek-r1-qwen": _QWEN2, "gpt-2": "gpt2", "olmo": "gpt2",
           "tekken": _TEKKEN, "gpt-4o": _GPT4O, "llama4": _GPT4O, "pixtral": _LLAMA3, "dbrx": _LLAMA3,
-          "smaug-bpe": _LLAMA3, "falcon3": _LLAMA3}
+          "smaug-bpe": _LLAMA3, "falcon3": _LLAMA3, "deepseek-llm": _DEEPSEEK_LLM, "deepseek-coder": _DEEPSEEK_CODER,
+          "deepseek-v3": _DEEPSEEK_V3, "kimi-k2": KIMI.pattern}
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -45,8 +73,6 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def read_tokenizer(g: GGUFFile):
     """The file's Tokenizer (mlxmodels.tokenizer), or None when the file has no tokenizer metadata."""
-    from mlxmodels.tokenizer import tokenizer_from
-
     kind = g.get("tokenizer.ggml.model", str)
     if kind is None:
         return None
@@ -132,8 +158,9 @@ def _byte_level(g: GGUFFile, tokens: list):
     elif split == "digits":
         tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     else:
-        tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                                                    byte_level])
+        regexes = (split,) if isinstance(split, str) else split
+        tk.pre_tokenizer = pre_tokenizers.Sequence([*(pre_tokenizers.Split(Regex(r), behavior="isolated")
+                                                      for r in regexes), byte_level])
     tk.decoder = decoders.ByteLevel()
     return tk
 

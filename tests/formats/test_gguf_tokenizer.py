@@ -7,6 +7,9 @@ decode inverts encode; control tokens stay whole; add_space_prefix and Gemma's s
 from __future__ import annotations
 
 import io
+import json
+import lzma
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from mlxmodels.formats.gguf_tokenizer import read_tokenizer
 
 gguf = pytest.importorskip("gguf")
 spm = pytest.importorskip("sentencepiece")
+DATA = Path(__file__).parents[1] / "data/tokenizers"
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs!",
@@ -169,16 +173,11 @@ SPLIT_TEXT = ["Hello World's HTTPServer in camelCase and ALLCAPS don't", "123456
               "x++\n/y iPhone XMLHttpRequest McDonald's ÜberCool"]
 
 
-@pytest.mark.parametrize("pre", ["gpt-2", "olmo", "llama-bpe", "tekken", "gpt-4o", "llama4", "qwen2"])
-def test_pre_tokenizers_with_gpt2_vocabulary(tmp_path, pre):
-    """The real GPT-2 vocabulary and merges (tests/data) written with each tokenizer.ggml.pre: the split gives
-    transformers' ids (its table agrees with llama.cpp's regexes for these names)."""
-    import json
-    from pathlib import Path
-
-    data = json.loads((Path(__file__).parents[1] / "data/tokenizers/gpt2-kv260/tokenizer.json").read_text())
+def gpt2_gguf(path, pre):
+    """The real GPT-2 vocabulary and merges (tests/data) written as a GGUF whose tokenizer.ggml.pre is `pre`."""
+    data = json.loads((DATA / "gpt2-kv260/tokenizer.json").read_text())
     vocab = sorted(data["model"]["vocab"].items(), key=lambda kv: kv[1])
-    w = gguf.GGUFWriter(str(tmp_path / "bpe.gguf"), "llama")
+    w = gguf.GGUFWriter(str(path), "llama")
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list([t for t, _ in vocab])
@@ -189,8 +188,137 @@ def test_pre_tokenizers_with_gpt2_vocabulary(tmp_path, pre):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    tok, theirs = ours(tmp_path / "bpe.gguf"), transformers_tokenizer(tmp_path / "bpe.gguf")
+    return path
+
+
+@pytest.mark.parametrize("pre", ["gpt-2", "olmo", "llama-bpe", "tekken", "gpt-4o", "llama4", "qwen2"])
+def test_pre_tokenizers_with_gpt2_vocabulary(tmp_path, pre):
+    """The real GPT-2 vocabulary and merges (tests/data) written with each tokenizer.ggml.pre: the split gives
+    transformers' ids (its table agrees with llama.cpp's regexes for these names)."""
+    path = gpt2_gguf(tmp_path / "bpe.gguf", pre)
+    tok, theirs = ours(path), transformers_tokenizer(path)
     for text in SPLIT_TEXT:
         ids = tok.encode(text, add_special_tokens=False)
         assert ids == theirs.encode(text, add_special_tokens=False).ids, (pre, text)
         assert tok.decode(ids) == text
+
+
+# DeepSeek V2/V3/R1 and Kimi K2 (architecture deepseek2). Text that tells the splits apart: CJK runs of each script,
+# digit runs of one to eight, ASCII and full-width punctuation, symbols, CRLF and blank lines, trailing spaces.
+MIXED = ["Hello world's HTTPServer, don't WE'LL camelCase ALLCAPS", "7 42 123 2024 31415 271828 1234567 98765432",
+         "北京是中国的首都。東京はカタカナとひらがな、한국어 텍스트도 있어요!", "混合English和中文123个字，「引号」（括号）",
+         "def f(x):\r\n    return x**2  # doubled\n\n\tindent\t\n", "price: $1,000.50 (≈ €920) 50% off!!!",
+         "a+b=c <=> ~^|`",
+         "emoji 🦙🚀✅ 😶‍🌫️ and ZWJ 👩‍💻; naïve café Ωμέγα Ελληνικά", "Привет мир Հայերեն trailing spaces   \n  \n",
+         "path/to/file.py\n'quoted' \"double\" ...!?;: -- __init__ @decorator #tag", "full-width ＡＢＣ１２３！？ and ｱｲｳ",
+         "look-alikes: 10 \u2126, 300 \u212a, \u1fbe", "x", ""]
+GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+
+def llama_cpp_regexes(name: str) -> list[str]:
+    """The regex list of LLAMA_VOCAB_PRE_TYPE_<name> in llama.cpp's llama-vocab.cpp (an excerpt kept in tests/data)."""
+    import ast
+    import re
+
+    src = (DATA / "llama.cpp-deepseek/llama-vocab.cpp.excerpt").read_text(encoding="utf-8")
+    body = src[src.index(f"case LLAMA_VOCAB_PRE_TYPE_{name}:"):]
+    body = body[body.index("{") + 1:body.index("};")]
+    # C++ and Python agree on these literals' escapes (\\ \" \r \n)
+    return [ast.literal_eval(lit) for lit in re.findall(r'^\s*("(?:[^"\\]|\\.)*"),\s*$', body, re.MULTILINE)]
+
+
+def split_in_turn(regexes, text: str) -> list[str]:
+    """llama.cpp's unicode_regex_split with the `regex` module: each regex cuts every piece into its matches and the
+    text between them, in turn."""
+    regex = pytest.importorskip("regex")
+    pieces = [text]
+    for pattern in regexes:
+        compiled, cut = regex.compile(pattern), []
+        for piece in pieces:
+            at = 0
+            for m in compiled.finditer(piece):
+                cut += [part for part in (piece[at:m.start()], m.group()) if part]
+                at = m.end()
+            cut += [piece[at:]] if at < len(piece) else []
+        pieces = cut
+    return pieces
+
+
+def our_split(tok, text: str) -> list[str]:
+    """The pieces our pre-tokenizer gives, back from the byte alphabet to text."""
+    from tokenizers import Tokenizer
+
+    from mlxmodels.formats.gguf_tokenizer import bytes_to_unicode
+
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    pre = Tokenizer.from_str(tok.to_json()).pre_tokenizer
+    return [bytes(byte_of[c] for c in piece).decode("utf-8") for piece, _ in pre.pre_tokenize_str(text)]
+
+
+@pytest.mark.parametrize("pre", ["deepseek-coder", "deepseek-llm"])
+def test_deepseek_real_vocabularies(tmp_path, pre):
+    """llama.cpp's vocabulary-only GGUFs of deepseek-coder-6.7b and deepseek-llm-7b (tokenizer.ggml.pre as named)
+    and the ids the models' own tokenizer.json gave for llama.cpp's test texts (its .out files, made by
+    convert_hf_to_gguf_update.py with transformers): ours are the same and decode back."""
+    path = tmp_path / f"{pre}.gguf"
+    path.write_bytes(lzma.decompress((DATA / f"llama.cpp-deepseek/ggml-vocab-{pre}.gguf.xz").read_bytes()))
+    tok = ours(path)
+    texts = (DATA / "llama.cpp-deepseek/ggml-vocab-deepseek.gguf.inp").read_text(encoding="utf-8")
+    texts = texts.split("\n__ggml_vocab_test__\n")
+    expected = (DATA / f"llama.cpp-deepseek/ggml-vocab-{pre}.gguf.out").read_text(encoding="utf-8").split("\n")
+    assert len(texts) == len(expected) == 47
+    for text, line in zip(texts, expected):
+        ids = tok.encode(text, add_special_tokens=False)
+        assert ids == [int(i) for i in line.split()], (pre, text)
+        assert tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("pre, name", [("deepseek-llm", "DEEPSEEK_LLM"), ("deepseek-coder", "DEEPSEEK_CODER"),
+                                       ("deepseek-v3", "DEEPSEEK3_LLM")])
+def test_deepseek_splits_as_llama_cpp(tmp_path, pre, name):
+    """Our split equals llama.cpp's regex list applied in turn (with the `regex` module) on mixed text, and would
+    not if any one regex were GPT-2's; GPT-2's vocabulary under that name decodes back."""
+    regexes = llama_cpp_regexes(name)
+    tok = ours(gpt2_gguf(tmp_path / "bpe.gguf", pre))
+    for text in MIXED:
+        assert our_split(tok, text) == split_in_turn(regexes, text), (pre, text)
+        assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    for k in range(len(regexes)):  # the texts tell each regex from GPT-2's
+        swapped = [*regexes[:k], GPT2, *regexes[k + 1:]]
+        assert any(split_in_turn(swapped, t) != split_in_turn(regexes, t) for t in MIXED), (pre, k)
+
+
+def test_deepseek_v3_as_its_tokenizer_json(tmp_path):
+    """DeepSeek-V3's own pre_tokenizer block (tests/data/tokenizers/deepseek-v3) on GPT-2's vocabulary gives our
+    split and ids."""
+    from tokenizers import Tokenizer
+
+    tok = ours(gpt2_gguf(tmp_path / "bpe.gguf", "deepseek-v3"))
+    spec = json.loads(tok.to_json())
+    spec["pre_tokenizer"] = json.loads((DATA / "deepseek-v3/pre_tokenizer.json").read_text(encoding="utf-8"))
+    theirs = Tokenizer.from_str(json.dumps(spec))
+    for text in MIXED:
+        assert [p for p, _ in theirs.pre_tokenizer.pre_tokenize_str(text)] == \
+            [p for p, _ in Tokenizer.from_str(tok.to_json()).pre_tokenizer.pre_tokenize_str(text)], text
+        assert tok.encode(text, add_special_tokens=False) == theirs.encode(text, add_special_tokens=False).ids, text
+
+
+def test_kimi_k2_as_tiktoken(tmp_path):
+    """Kimi K2 tokenizes with tiktoken and its own pattern (mlxmodels.tokenizer.KIMI): GPT-2's vocabulary as tiktoken
+    ranks (r50k's ranks are GPT-2's ids) with that pattern gives our ids for a GGUF whose pre is "kimi-k2"."""
+    import tiktoken
+
+    from mlxmodels.formats.gguf_tokenizer import bytes_to_unicode
+    from mlxmodels.tokenizer import KIMI
+
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    vocab = json.loads((DATA / "gpt2-kv260/tokenizer.json").read_text())["model"]["vocab"]
+    ranks = {bytes(byte_of[c] for c in t): i for t, i in vocab.items() if t != "<|endoftext|>"}
+    kimi = tiktoken.Encoding("kimi-k2-on-gpt2", pat_str=KIMI.pattern, mergeable_ranks=ranks, special_tokens={})
+    tok = ours(gpt2_gguf(tmp_path / "bpe.gguf", "kimi-k2"))
+    for text in MIXED:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert ids == kimi.encode(text), text
+        assert tok.decode(ids) == text
+    gpt2 = tiktoken.Encoding("gpt2-pattern", pat_str=GPT2, mergeable_ranks=ranks, special_tokens={})
+    assert any(gpt2.encode(t) != kimi.encode(t) for t in MIXED)  # the texts tell Kimi's pattern from GPT-2's
