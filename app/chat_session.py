@@ -65,6 +65,7 @@ class ChatSession:
         self.sampling = Sampling.from_dict(self.chat.settings)
         self.cache = None
         self.cache_tokens: List[int] = []  # what the cache holds, in order
+        self._cache_chat: Optional[Chat] = None  # the chat whose turn last filled the cache
         self._stop = threading.Event()
 
     # ------------------------------------------------------------ the conversation
@@ -75,7 +76,17 @@ class ChatSession:
 
     @property
     def context_used(self) -> int:
-        return len(self.cache_tokens)
+        """Tokens of the current chat in the context: what the cache holds once this chat has had a turn; before
+        that (a chat just opened or started, while the cache still holds the previous one's), what its kept
+        conversation would take."""
+        if self._cache_chat is self.chat:
+            return len(self.cache_tokens)
+        if not self.messages:
+            return 0
+        try:
+            return len(self.encode())
+        except Exception:  # a template that refuses this chat (shown when a reply is asked for): nothing measured
+            return 0
 
     def open(self, chat: Chat) -> None:
         """Switch to another chat; the cache stays and is reused as far as the new chat's prompt matches it."""
@@ -169,6 +180,7 @@ class ChatSession:
             start = nxt
         self.chat.context_start = start
         reused = self._rewind(ids)
+        self._cache_chat = self.chat
         return Turn(ids[reused:], reused, len(ids), min(self.sampling.max_tokens, limit - len(ids)), dropped,
                     starts_inside(text, self.markers))
 

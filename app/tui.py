@@ -135,6 +135,7 @@ class ChatApp(App):
         self.model_name = model_name
         self.generating = False
         self.editing: Optional[int] = None  # index of the message being edited
+        self.draft = ""  # what the input held when an edit began: it comes back when the edit ends
         self.tps: Optional[float] = None
         self.tps_history: deque = deque(maxlen=48)
         self.turns = 0  # replies finished in this app (tests wait on it)
@@ -241,18 +242,19 @@ class ChatApp(App):
             msgs = self.session.messages
             if self.editing is not None:
                 self.session.edit(self.editing, text)
-                self.set_editing(None)
+                self.end_edit()  # the input gets back the draft the edit interrupted
                 await self.render_log()
             elif msgs and msgs[-1]["role"] == "user":  # the last message got no reply (an error): replace it
                 self.session.edit(len(msgs) - 1, text)
+                chat_input.clear()
                 await self.render_log()
             else:
                 self.session.add_user(text)
+                chat_input.clear()
                 await self.log_view.mount(UserMessage(text, len(self.session.messages) - 1))
         except ValueError as e:
             await self.show_error(str(e))
             return
-        chat_input.clear()
         self.start_reply()
 
     def start_reply(self) -> None:
@@ -282,7 +284,7 @@ class ChatApp(App):
     async def on_chat_app_turn_started(self, event: TurnStarted) -> None:
         self._turn = event.turn
         if event.turn.dropped:
-            n = event.turn.dropped
+            n = self.session.chat.context_start  # all of them, not only those this turn dropped
             await self.log_view.mount(Notice(
                 f"Context full ({self.session.context_limit} tokens): the oldest {n} message{'s' * (n != 1)} "
                 "no longer reach the model (still shown and saved, dimmed).", "warning"))
@@ -380,8 +382,7 @@ class ChatApp(App):
         if self.generating:
             self.session.stop()
         elif self.editing is not None:
-            self.set_editing(None)
-            self.query_one(ChatInput).clear()
+            self.end_edit()
 
     async def action_regenerate(self) -> None:
         if not await self._idle():
@@ -402,8 +403,10 @@ class ChatApp(App):
             self.notify("No message to edit yet.")
             return
         earlier = [i for i in users if self.editing is None or i < self.editing]
-        self.set_editing(earlier[-1] if earlier else users[-1])
         chat_input = self.query_one(ChatInput)
+        if self.editing is None:
+            self.draft = chat_input.text
+        self.set_editing(earlier[-1] if earlier else users[-1])
         chat_input.text = printable(self.session.messages[self.editing]["content"])
         chat_input.move_cursor(chat_input.document.end)
         chat_input.focus()
@@ -418,13 +421,20 @@ class ChatApp(App):
         self.query_one(ChatInput).set_class(index is not None, "editing")
         self.update_status()
 
+    def end_edit(self) -> None:
+        """Leave editing (resent or cancelled): the input gets back the draft it held when the edit began."""
+        self.set_editing(None)
+        chat_input = self.query_one(ChatInput)
+        chat_input.text, self.draft = self.draft, ""
+        chat_input.move_cursor(chat_input.document.end)
+
     async def action_new_chat(self) -> None:
         if not await self._idle():
             return
         old = self.session.chat
         self.session.open(Chat(model=old.model, system=old.system, settings=dict(old.settings)))
-        self.set_editing(None)
-        self.query_one(ChatInput).clear()
+        if self.editing is not None:  # an unsent draft stays in the input for the new chat
+            self.end_edit()
         await self.render_log()
 
     async def open_chat(self, chat_id: Optional[str]) -> None:
@@ -436,7 +446,8 @@ class ChatApp(App):
             await self.show_error(str(e))
             return
         self.session.open(chat)
-        self.set_editing(None)
+        if self.editing is not None:
+            self.end_edit()
         await self.render_log()
         self.notify(f"Opened “{chat.display_title()}”.", markup=False)
 

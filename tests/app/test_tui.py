@@ -1,5 +1,7 @@
 """The chat app driven headless with real key presses against a tiny model."""
 
+import re
+
 from app.chat_store import Chat, ChatStore
 from app.tui_screens import ChatListScreen, SettingsScreen
 from app.tui_widgets import AssistantMessage, ChatInput, Notice, StatusBar, UserMessage
@@ -162,12 +164,15 @@ def test_context_overflow_shows_a_notice(tiny):
 
     async def scenario():
         async with app.run_test(size=SIZE) as pilot:
-            for i in range(5):
+            for i in range(7):
                 await send(pilot, f"question {i}")
             notices = [str(n.render()) for n in texts(app, Notice) if n.has_class("warning")]
             assert notices and "Context full (96 tokens)" in notices[0]
             start = app.session.chat.context_start
             assert start > 0
+            # each notice counts every message already out of the context, not only those its turn dropped
+            counts = [int(re.search(r"the oldest (\d+) message", n).group(1)) for n in notices]
+            assert len(counts) >= 2 and counts == sorted(counts) and counts[0] < counts[-1] == start
             dimmed = [w.index for w in app.query(".message") if w.has_class("dropped")]
             assert dimmed == list(range(start))
             assert app.session.context_used <= 96
