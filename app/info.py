@@ -25,13 +25,16 @@ def describe(model: Optional[str], dtype: Optional[str] = None) -> dict:
     from mlxmodels.families import build_spec
     from mlxmodels.spec import MLASpec, MoESpec
 
-    folder = model_arg.resolve_folder(model)
+    from mlxmodels.load import hub_id
+
+    repo = hub_id(model_arg.model_source(model))
+    folder = model_arg.resolve_folder(model, weights=repo is None)  # a Hub repo: metadata only, never a shard
     gguf = _GGUFHeader(folder) if model_arg.is_gguf(folder) else None
     try:
         cfg = gguf.config if gguf else read_config(folder)
         adapter, spec = build_spec(cfg, str(folder) if gguf else str(folder / "config.json"))
         # name -> (dtype, numel, nbytes); {} when the folder has no weights
-        tensors = _gguf_tensors(gguf, cfg, adapter, spec) if gguf else _tensors(folder, cfg, adapter, spec)
+        tensors = _gguf_tensors(gguf, cfg, adapter, spec) if gguf else _tensors(folder, cfg, adapter, spec, repo)
     finally:
         if gguf is not None:
             gguf.close()
@@ -105,14 +108,15 @@ def describe(model: Optional[str], dtype: Optional[str] = None) -> dict:
 # ---------------------------------------------------------------- pieces
 
 
-def _tensors(folder: Path, cfg, adapter, spec) -> dict:
-    """The checkpoint's tensors from its headers, checked against the config as the loader checks them (on
-    placeholders: nothing is read)."""
+def _tensors(folder: Path, cfg, adapter, spec, repo: Optional[str] = None) -> dict:
+    """The checkpoint's tensors from its headers (a Hub repo's fetched with range requests), checked against the
+    config as the loader checks them (on placeholders: nothing is read)."""
+    from mlxmodels import hub_headers
     from mlxmodels.formats.safetensors import Checkpoint, SafetensorsError
     from mlxmodels.load import build, placeholders
 
     try:
-        ckpt = Checkpoint(folder)
+        ckpt = hub_headers.checkpoint(repo, folder) if repo else Checkpoint(folder)
     except SafetensorsError as e:
         if "no *.safetensors" in str(e):
             return {}

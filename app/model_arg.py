@@ -27,11 +27,12 @@ def model_source(arg: Optional[str]) -> str:
     return str(path)
 
 
-def resolve_folder(arg: Optional[str]) -> Path:
-    """The local folder for `arg` (a Hub id is downloaded once into the Hugging Face cache)."""
+def resolve_folder(arg: Optional[str], weights: bool = True) -> Path:
+    """The local folder for `arg` (a Hub id is downloaded once into the Hugging Face cache; without `weights`, only
+    its metadata)."""
     from mlxmodels.load import resolve
 
-    return resolve(model_source(arg))
+    return resolve(model_source(arg), weights=weights)
 
 
 def display_name(arg: Optional[str]) -> str:

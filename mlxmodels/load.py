@@ -30,28 +30,43 @@ class LoadError(ModelError):
     """Weights that do not fit the model their config describes."""
 
 
-def resolve(path_or_hub_id: Union[str, Path], before_weights=None) -> Path:
-    """A local folder (or GGUF file) as is; `ollama:NAME[:TAG]` as the GGUF blob in Ollama's local store;
-    otherwise a Hub repo id fetched (or found in the HF cache) with huggingface_hub: metadata first, then only the
-    shards its index lists. `before_weights(repo, patterns)` runs in between (convert checks the disk space there)."""
+def hub_id(path_or_hub_id: Union[str, Path]) -> Optional[str]:
+    """The Hub repo id `resolve` would fetch, or None for a local folder, a file or `ollama:NAME`; a name that is
+    neither is refused."""
     if isinstance(path_or_hub_id, str) and path_or_hub_id.startswith("ollama:"):  # a Path is a path
-        from .formats import ollama
-
-        return ollama.resolve(path_or_hub_id)
+        return None
     try:
         path = Path(path_or_hub_id).expanduser()
     except RuntimeError:  # ~someone with no such user
         raise ModelError(f"{path_or_hub_id} is not a model folder (no such user's home folder)") from None
     if path.is_dir() or path.is_file():  # a file is read as GGUF, which says so if it is something else
-        return path
+        return None
     name = str(path_or_hub_id)
     if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
         raise ModelError(f"{name} is not a model folder or a Hugging Face Hub id like 'org/name'")
+    return name
+
+
+def resolve(path_or_hub_id: Union[str, Path], before_weights=None, weights: bool = True) -> Path:
+    """A local folder (or GGUF file) as is; `ollama:NAME[:TAG]` as the GGUF blob in Ollama's local store;
+    otherwise a Hub repo id fetched (or found in the HF cache) with huggingface_hub: metadata first, then only the
+    shards its index lists. `before_weights(repo, patterns)` runs in between (convert checks the disk space there).
+    `weights=False` stops after the metadata (config, tokenizer, index): the snapshot folder has no shard unless
+    an earlier download left them (`mlxm info` reads the others' headers remotely, mlxmodels/hub_headers.py)."""
+    name = hub_id(path_or_hub_id)
+    if name is None:
+        if isinstance(path_or_hub_id, str) and path_or_hub_id.startswith("ollama:"):
+            from .formats import ollama
+
+            return ollama.resolve(path_or_hub_id)
+        return Path(path_or_hub_id).expanduser()
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         meta = Path(snapshot_download(name, allow_patterns=HUB_META))
+        if not weights:
+            return meta
         try:
             weights = sorted(set(read_index(meta).values()))
         except ModelError:
