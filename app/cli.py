@@ -106,7 +106,8 @@ def cmd_generate(args):
     else:
         ids = tokenizer.encode(prompt)
     n_prompt = len(ids)
-    ids, max_tokens = fit_context(ids, args.max_tokens, model_arg.context_length(folder), args.truncate_prompt)
+    ids, max_tokens = fit_context(ids, args.max_tokens, model_arg.context_limit(folder, args.context),
+                                  args.truncate_prompt)
     draft = None
     if args.draft == "mtp":
         draft = "mtp"
@@ -163,6 +164,8 @@ def add_generate(sub):
     g.add_argument("--system", default=None, help="system prompt (with --chat)")
     g.add_argument("--max-tokens", type=positive_int, default=256,
                    help="most tokens to generate (default 256; generation also stops at the model's context length)")
+    g.add_argument("--context", type=positive_int, default=None, metavar="TOKENS",
+                   help="context limit in tokens, prompt and reply together (default: the model's maximum)")
     g.add_argument("--truncate-prompt", action="store_true",
                    help="a prompt too long for the model's context keeps its last tokens (as many as leave room "
                         "for --max-tokens, at least half the context) instead of being refused")
@@ -191,11 +194,7 @@ def cmd_chat(args):
     if sys.stderr.isatty():  # progress for a person; in a pipe, stderr keeps to errors
         print(f"loading {model_arg.display_name(args.model)} ...", file=sys.stderr)
     model, tokenizer, folder = model_arg.load(args.model, args.dtype)
-    limit = model_arg.context_length(folder)
-    if args.context:
-        if args.context > limit:  # positions past what the model was built for: garbage, or past GPT-2's table
-            raise ValueError(f"--context {args.context} is above the model's maximum of {limit} tokens")
-        limit = args.context
+    limit = model_arg.context_limit(folder, args.context)
     sampling = Sampling.from_dict({**sampling_of(args, model_arg.sampling_defaults(folder)),
                                    "max_tokens": args.max_tokens})
     if chat is None:

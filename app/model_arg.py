@@ -85,6 +85,15 @@ def context_length(folder: Path) -> int:
     return 4096
 
 
+def context_limit(folder: Path, requested: Optional[int]) -> int:
+    """--context: at most the model's maximum (positions past what it was built for give garbage, or read past
+    a learned position table); the maximum when not given."""
+    limit = context_length(folder)
+    if requested and requested > limit:
+        raise ValueError(f"--context {requested} is above the model's maximum of {limit} tokens")
+    return requested or limit
+
+
 def sampling_defaults(folder: Path) -> dict:
     """Sampling settings from generation_config.json (as transformers reads them) or a GGUF's general.sampling.*
     keys, greedy when there are none."""
