@@ -8,10 +8,10 @@ the reply (which shows "thinking…" meanwhile) and collapses when the answer be
 the conversation and the app keeps running; an unexpected exception anywhere else ends the app with `crash` set
 (the CLI reports it in one line).
 
-Leaving (Ctrl+Q, Ctrl+C twice, SIGHUP or a vanished terminal, SIGTERM, SIGINT) always takes one path,
-`shut_down`: stop the reply, wait for it to end, save, exit; whatever ends the app, unmounting then lets the MLX
-thread finish and free what MLX keeps per thread before the interpreter shuts down (see `_end_mlx_work`: without
-it the process aborts with "terminate called without an active exception").
+Leaving (Ctrl+Q, Ctrl+C twice or when idle, Ctrl+D in an empty input, SIGHUP or a vanished terminal, SIGTERM,
+SIGINT) always takes one path, `shut_down`: stop the reply, wait for it to end, save, exit; whatever ends the
+app, unmounting then lets the MLX thread finish and free what MLX keeps per thread before the interpreter shuts
+down (see `_end_mlx_work`: without it the process aborts with "terminate called without an active exception").
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from app.tui_terminal import HangupSafeDriver
 from app.tui_widgets import (EMPTY, NO_ANSWER, THINKING, WAITING, AssistantMessage, ChatInput, Notice, StatusBar,
                              ThinkingSection, UserMessage)
 
-HELP = ("Enter sends · Shift+Enter or Ctrl+J: new line · Esc stops a reply · Ctrl+R regenerates · Ctrl+E edits "
-        "your last message (↑ in an empty input too; again: the one before) · Ctrl+N new chat · Ctrl+O saved chats · "
-        "Ctrl+T settings · Ctrl+Q quits")
+HELP = ("Enter sends · Shift+Enter or Ctrl+J: new line · Esc or Ctrl+C stops a reply · Ctrl+R regenerates · "
+        "Ctrl+E edits your last message (↑ in an empty input too; again: the one before) · Ctrl+N new chat · "
+        "Ctrl+O saved chats · Ctrl+T settings · Ctrl+Q, or Ctrl+D/Ctrl+C in an empty input, quits")
 QUIT_WAIT = 60.0  # seconds leaving waits for a reply to stop (a token, or one prompt chunk of a long prefill)
 INTERRUPT_AGAIN = 2.0  # a second Ctrl+C within this many seconds quits
 
@@ -372,6 +372,9 @@ class ChatApp(App):
     async def on_chat_input_edit_previous(self, event) -> None:
         await self.action_edit()
 
+    async def on_chat_input_end_of_input(self, event) -> None:
+        await self.shut_down()
+
     async def _idle(self) -> bool:
         if self.generating:
             self.notify("A reply is still streaming; Esc stops it.", severity="warning")
@@ -482,20 +485,23 @@ class ChatApp(App):
         await self.shut_down()
 
     async def action_interrupt(self) -> None:
-        """Ctrl+C copies a selection, as in any input; otherwise it stops a streaming reply, and a second Ctrl+C
-        within INTERRUPT_AGAIN seconds quits (the terminal habit)."""
+        """Ctrl+C as in a shell: it copies a selection, as in any input; otherwise it stops a streaming reply, and
+        a second Ctrl+C within INTERRUPT_AGAIN seconds quits. When idle it quits at once, unless the input holds
+        text that was never sent (a draft, an edit): then it asks for the second press, since leaving loses it."""
         focused = self.focused
         if getattr(focused, "selected_text", "") and hasattr(focused, "action_copy"):
             focused.action_copy()
             return
         now = time.monotonic()
-        if now - self._interrupted < INTERRUPT_AGAIN:
+        unsent = bool(self.query_one(ChatInput).text.strip())
+        if now - self._interrupted < INTERRUPT_AGAIN or not (self.generating or unsent):
             await self.shut_down()
             return
         self._interrupted = now
         if self.generating:
             self.session.stop()
-        self.notify("Press Ctrl+C again to quit (or Ctrl+Q).", timeout=INTERRUPT_AGAIN, markup=False)
+        lost = " (the text in the input is not saved)" if unsent else ""
+        self.notify(f"Press Ctrl+C again to quit{lost}.", timeout=INTERRUPT_AGAIN, markup=False)
 
     async def shut_down(self) -> None:
         """The one way out: stop the reply, let the worker finish its MLX work, save what it wrote, exit."""

@@ -11,6 +11,7 @@ import time
 from typing import Optional
 
 from textual import events
+from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import Collapsible, Markdown, Static, TextArea
 
@@ -117,9 +118,11 @@ class Notice(Static):
 
 class ChatInput(TextArea):
     """Multi-line input: Enter sends; Shift+Enter, Alt+Enter or Ctrl+J start a new line (pasted text keeps its
-    newlines); Up in an empty input edits your last message."""
+    newlines); Up in an empty input edits your last message; Ctrl+D in an empty input ends the chat (as in a
+    shell), elsewhere it deletes the character on the right as before."""
 
     NEWLINE_KEYS = ("shift+enter", "alt+enter", "ctrl+j")
+    BINDINGS = [Binding("ctrl+d", "end_of_input", "Delete right or quit", show=False)]
 
     class Submitted(Message):
         def __init__(self, text: str):
@@ -128,6 +131,15 @@ class ChatInput(TextArea):
 
     class EditPrevious(Message):
         """Up in an empty input (or on the first line of a message being edited): edit your previous message."""
+
+    class EndOfInput(Message):
+        """Ctrl+D in an empty input."""
+
+    def action_end_of_input(self) -> None:
+        if self.text:
+            self.action_delete_right()
+        else:
+            self.post_message(self.EndOfInput())
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key == "enter":

@@ -80,3 +80,37 @@ def test_status_bar_shows_the_context_of_a_chat_opened_at_start(tiny):
             assert f"ctx {app.session.context_used}/256" in status(app)
     run(scenario())
 
+
+
+def test_ctrl_c_when_idle_quits_and_saves(tiny):
+    app = make_app(tiny)
+
+    async def scenario():
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, "keep this")
+            await type_text(pilot, "a draft")
+            await pilot.press("ctrl+c")  # unsent text in the input: it asks for a second press
+            assert not app._leaving and app._interrupted > 0
+            app._interrupted = 0.0  # the second press comes late: a single press again
+            app.query_one(ChatInput).clear()
+            await pilot.press("ctrl+c")  # idle with an empty input: quits at once
+            await pilot.pause()
+            assert app._leaving and app.return_code == 0
+            assert ChatStore().load(app.session.chat.id).messages == app.session.messages
+    run(scenario())
+
+
+def test_ctrl_d_deletes_right_and_in_an_empty_input_quits(tiny):
+    app = make_app(tiny)
+
+    async def scenario():
+        async with app.run_test(size=SIZE) as pilot:
+            await type_text(pilot, "abc")
+            await pilot.press("home", "ctrl+d")  # text in the input: it deletes, as before
+            assert app.query_one(ChatInput).text == "bc" and not app._leaving
+            await pilot.press("ctrl+d", "ctrl+d")
+            assert app.query_one(ChatInput).text == "" and not app._leaving
+            await pilot.press("ctrl+d")  # now empty: end of input, as in a shell
+            await pilot.pause()
+            assert app._leaving and app.return_code == 0
+    run(scenario())
