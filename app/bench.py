@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ METRICS = ("prompt_tps", "generation_tps", "ttft_s", "peak_memory_gb")
 # Tokens per CPU-second of the whole worker process (all its threads): much less sensitive than wall time to
 # other jobs on a shared machine, since waiting for a core is not charged (spinning threads are).
 CPU_METRICS = ("prompt_tok_per_cpu_s", "generation_tok_per_cpu_s")
+EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(: |$)")  # a traceback's last line
 
 # ---------------------------------------------------------------- loading, in the worker process
 
@@ -285,7 +287,9 @@ class Worker:
         last = ""
         if self.log is not None:
             lines = [ln.strip() for ln in Path(self.log).read_text(errors="replace").splitlines() if ln.strip()]
-            last = f": {lines[-1][:300]}" if lines else ""
+            # the exception's own line says why; what follows it (a list of names, say) rarely does
+            errors = [ln for ln in lines if EXCEPTION_LINE.match(ln)]
+            last = f": {(errors or lines)[-1][:300]}" if lines else ""
         where = f" (its log: {self.log})" if self.log is not None else ""
         return WorkerFailed(f"the {self.tool} worker {how}{last}{where}")
 

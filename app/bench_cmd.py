@@ -24,7 +24,9 @@ from mlxmodels.config import ModelError
 DESCRIPTION = """Measure prompt processing and generation speed (tokens per second), time to first token and peak
 memory on a random prompt of -p tokens followed by -g greedy tokens, over -n trials after a warm-up. Each tool runs
 in its own process. --compare mlx-lm runs mlx-lm on the same folder in the same run (trials interleaved) and prints
-ours / mlx-lm ratios; --plot draws tok/s against context length (-p/8 .. -p) to a PNG."""
+ours / mlx-lm ratios (mlx-lm reads a temporary view of the folder without MTP layers, which it cannot load; if it
+still cannot load the model, ours is reported alone with one line saying why); --plot draws tok/s against context
+length (-p/8 .. -p) to a PNG."""
 
 
 def add_parser(sub, add_model):
@@ -57,10 +59,16 @@ def run(args) -> None:
     finally:
         signals.restore(previous)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if report.get("peer_view"):
+        print(f"mlxm: note: mlx-lm ran on a view of the folder without its {report['peer_view']} tensor(s) of "
+              "layers past num_hidden_layers (MTP modules), which it cannot load", file=sys.stderr)
+    for tool, why in report.get("peer_failed", {}).items():
+        print(f"mlxm: note: --compare {tool} left out: {why}; the table has mlxmodels's results alone",
+              file=sys.stderr)
 
 
 def _bench(args) -> dict:
-    from app import model_arg
+    from app import bench_view, model_arg
     from mlxmodels.families import get_adapter
 
     if args.plot:
@@ -68,7 +76,8 @@ def _bench(args) -> dict:
             raise ValueError(f"--plot writes a PNG; give a file name ending in .png, not {args.plot!r}")
         _check_plot_path(Path(args.plot))  # before the minutes of work, not after
     folder = model_arg.resolve_folder(args.model).absolute()  # the workers run in another folder
-    get_adapter(model_arg.model_config(folder).get("model_type"))  # a model we cannot load fails here
+    cfg = model_arg.model_config(folder)
+    get_adapter(cfg.get("model_type"))  # a model we cannot load fails here
     context = model_arg.context_length(folder)
     if args.prompt_tokens + args.gen_tokens > context:  # past it positions are undefined (or out of range)
         raise ValueError(f"-p {args.prompt_tokens} and -g {args.gen_tokens} make {args.prompt_tokens + args.gen_tokens:,}"
@@ -84,14 +93,25 @@ def _bench(args) -> dict:
     progress = _Progress(sys.stderr.isatty() and not args.json)
     logs, keep = None, False
     try:
-        with signals.held():  # the folder's name is recorded before a signal can stop us
-            logs = Path(tempfile.mkdtemp(prefix="mlxm-bench-"))  # the workers' stderr: kept if one fails
-        report = measure(str(folder), tools, args.prompt_tokens, args.gen_tokens, args.trials, args.dtype,
-                         args.prefill_step, progress, logs)
-        report["model"] = model_arg.display_name(args.model)
-        if args.plot:
-            report["plot"] = plot(report, args.plot, str(folder), tools, args.dtype, args.prefill_step, progress,
-                                  logs)
+        with contextlib.ExitStack() as stack:
+            folders = {"ours": str(folder)}
+            left_out = 0
+            if "mlx-lm" in tools:
+                layers = (cfg.get("text_config") or cfg).get("num_hidden_layers")
+                view, left_out = (stack.enter_context(bench_view.peer_view(folder, layers))
+                                  if isinstance(layers, int) and not model_arg.is_gguf(folder) else (folder, 0))
+                folders["mlx-lm"] = str(view)
+            with signals.held():  # the folder's name is recorded before a signal can stop us
+                logs = Path(tempfile.mkdtemp(prefix="mlxm-bench-"))  # the workers' stderr: kept if one fails
+            report = measure(folders, args.prompt_tokens, args.gen_tokens, args.trials, args.dtype,
+                             args.prefill_step, progress, logs)
+            report["model"] = model_arg.display_name(args.model)
+            if left_out and "mlx-lm" in report["tools"]:
+                report["peer_view"] = left_out
+            keep = bool(report.get("peer_failed"))  # the note names the peer's log
+            if args.plot:
+                ran = {t: f for t, f in folders.items() if t in report["tools"]}
+                report["plot"] = plot(report, args.plot, ran, args.dtype, args.prefill_step, progress, logs)
     except BenchmarkFailed:
         keep = True  # its error names its log
         raise
@@ -119,16 +139,23 @@ class BenchmarkFailed(ModelError):
 
 
 @contextlib.contextmanager
-def _running(folder: str, tools: List[str], p: int, g: int, dtype: Optional[str], step: int,
-             logs: Optional[Path]):
-    """The workers of one setting (loaded and warmed up). Leaving normally they quit; leaving by an error or a
-    signal they are stopped at once, mid-trial or not."""
+def _running(folders: Dict[str, str], p: int, g: int, dtype: Optional[str], step: int, logs: Optional[Path],
+             failed: Optional[Dict[str, str]] = None):
+    """The workers of one setting (loaded and warmed up), one per tool -> folder. Leaving normally they quit;
+    leaving by an error or a signal they are stopped at once, mid-trial or not. With `failed`, a peer (a tool
+    other than ours) that cannot load is recorded there (tool -> why) and left out instead of ending the run."""
     from app import bench
 
     workers, stage = [], "could not start"
     try:
-        for tool in tools:
-            workers.append(bench.Worker(tool, folder, dtype, p, g, step, log=logs and logs / f"{tool}-p{p}.log"))
+        for tool, folder in folders.items():
+            try:
+                workers.append(bench.Worker(tool, folder, dtype, p, g, step,
+                                            log=logs and logs / f"{tool}-p{p}.log"))
+            except bench.WorkerFailed as e:
+                if failed is None or tool == "ours":
+                    raise
+                failed[tool] = str(e)
         stage = "failed"
         yield workers
     except BaseException as e:
@@ -149,14 +176,18 @@ def _trials(workers, n: int) -> List[List[dict]]:
     return [[workers[0].ask("trial") for _ in range(n)]]
 
 
-def measure(folder: str, tools: List[str], p: int, g: int, n: int, dtype: Optional[str], step: int,
+def measure(folders: Dict[str, str], p: int, g: int, n: int, dtype: Optional[str], step: int,
             progress=lambda s: None, logs: Optional[Path] = None) -> dict:
+    """folders: tool -> the folder it loads, ours first. A peer that cannot load is left out, named in
+    report["peer_failed"] with why."""
     from app import bench
 
-    progress(f"loading {' and '.join(tools)} ...")
-    with _running(folder, tools, p, g, dtype, step, logs) as workers:
+    progress(f"loading {' and '.join(folders)} ...")
+    failed: Dict[str, str] = {}
+    with _running(folders, p, g, dtype, step, logs, failed) as workers:
         progress(f"{n} trial(s) of a {p}-token prompt + {g} tokens ...")
         results = _trials(workers, n)
+    tools = [w.tool for w in workers]
     out: Dict[str, dict] = {}
     for tool, w, trials in zip(tools, workers, results):
         out[tool] = {
@@ -166,18 +197,21 @@ def measure(folder: str, tools: List[str], p: int, g: int, n: int, dtype: Option
             **bench.summarize(trials),
             "trials": [{k: t[k] for k in bench.METRICS + bench.CPU_METRICS if k in t} for t in trials],
         }
-    report = {"folder": folder, "prompt_tokens": p, "gen_tokens": g, "trials": n, "prefill_step": step,
+    report = {"folder": folders["ours"], "prompt_tokens": p, "gen_tokens": g, "trials": n, "prefill_step": step,
               "tools": out}
     if len(tools) == 2:
         report["ratios"] = bench.ratios(out["ours"], out["mlx-lm"])
+    if failed:
+        report["peer_failed"] = failed
     return report
 
 
-def plot(report: dict, path: str, folder: str, tools: List[str], dtype: Optional[str], step: int,
+def plot(report: dict, path: str, folders: Dict[str, str], dtype: Optional[str], step: int,
          progress=lambda s: None, logs: Optional[Path] = None) -> dict:
     """One trial per tool at each context length p/8, p/4, p/2 (p itself comes from the main run)."""
     from app.png_plot import line_chart
 
+    tools = list(folders)
     p, g = report["prompt_tokens"], report["gen_tokens"]
     contexts = sorted({max(8, p >> k) for k in range(4)})
     points = []
@@ -186,7 +220,7 @@ def plot(report: dict, path: str, folder: str, tools: List[str], dtype: Optional
             row = {t: {m: report["tools"][t][m]["median"] for m in ("prompt_tps", "generation_tps")} for t in tools}
         else:
             progress(f"plot: context {c} ...")
-            with _running(folder, tools, c, g, dtype, step, logs) as workers:
+            with _running(folders, c, g, dtype, step, logs) as workers:
                 results = _trials(workers, 1)
             row = {t: {m: r[0][m] for m in ("prompt_tps", "generation_tps")} for t, r in zip(tools, results)}
         points.append({"context": c, **row})
