@@ -5,10 +5,11 @@ merges, the special token ids, add-BOS/EOS flags and the chat template as metada
 by `tokenizer.ggml.pre`. `tokenizer.ggml.model` "gpt2" is byte-level BPE, built here as transformers' GGUF loader
 builds it (transformers/integrations/gguf/gguf_tokenizer_mapping.py): tokens re-spelled in the byte alphabet where
 the file spells them in plain text, control tokens (type 3) added as special and user-defined ones (type 4) as
-plain added tokens, so both stay whole. The split follows llama.cpp's pre-tokenizer of that name (llama-vocab.cpp),
-which is how the model's own tokenizer.json splits; for "smollm" that is digits one by one before GPT-2's split
-(transformers applies GPT-2's split alone, which differs only where digits follow two or more spaces). DeepSeek's
-names ("deepseek-llm" for V2, "deepseek-coder", "deepseek-v3" for V3/R1) are several regexes applied in turn, as
+plain added tokens, so both stay whole. Unlike transformers, added tokens keep their text as written (as in the
+model's tokenizer.json), so one spelled outside the byte alphabet, like DeepSeek's BOS, keeps its id and stays
+whole. The split follows llama.cpp's pre-tokenizer of that name (llama-vocab.cpp), which is how the model's own
+tokenizer.json splits; for "smollm" that is digits one by one before GPT-2's split (transformers applies GPT-2's
+split alone, which differs only where digits follow two or more spaces). DeepSeek's names ("deepseek-llm" for V2, "deepseek-coder", "deepseek-v3" for V3/R1) are several regexes applied in turn, as
 llama.cpp's lists and the models' Sequence of Splits; "kimi-k2" is Kimi's tiktoken pattern (mlxmodels.tokenizer).
 """
 
@@ -83,7 +84,7 @@ def read_tokenizer(g: GGUFFile):
     if not tokens or not all(isinstance(t, str) for t in tokens):
         raise GGUFError(f"{g.path}: 'tokenizer.ggml.tokens' is missing or not a list of strings; re-download it")
     tk = _byte_level(g, tokens) if kind == "gpt2" else _sentencepiece(g, tokens)
-    _add_tokens(g, tk, tokens, byte_level=kind == "gpt2")
+    _add_tokens(g, tk, tokens)
     special = {}
     for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("unk_token", "unknown_token_id"),
                       ("pad_token", "padding_token_id")):
@@ -139,7 +140,10 @@ def _byte_level(g: GGUFFile, tokens: list):
 
     spelling = bytes_to_unicode()
     alphabet = set(spelling.values())
-    vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
+    # Added tokens (control, user-defined) keep the text llama.cpp wrote, so that added whole they keep their ids:
+    # DeepSeek's "<｜begin▁of▁sentence｜>" is spelled outside the byte alphabet.
+    added = {i for i, k in enumerate(g.get("tokenizer.ggml.token_type", list, [])) if k in (CONTROL, USER_DEFINED)}
+    vocab = {t if i in added or set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
              for i, t in enumerate(tokens)}
     merges = _merges(g)
     try:
@@ -165,16 +169,13 @@ def _byte_level(g: GGUFFile, tokens: list):
     return tk
 
 
-def _add_tokens(g: GGUFFile, tk, tokens: list, byte_level: bool) -> None:
-    """Control tokens (type 3) as special and user-defined ones (type 4) as plain added tokens, so both stay whole;
-    in a byte-level vocabulary a control token spelled outside the byte alphabet is a llama.cpp mislabel."""
+def _add_tokens(g: GGUFFile, tk, tokens: list) -> None:
+    """Control tokens (type 3) as special and user-defined ones (type 4) as plain added tokens, so both stay whole."""
     from tokenizers import AddedToken
 
-    alphabet = set(bytes_to_unicode().values()) if byte_level else None
     vocab = tk.get_vocab()
     types = g.get("tokenizer.ggml.token_type", list, [])
-    control = [AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types)
-               if k == CONTROL and (alphabet is None or set(t) <= alphabet)]
+    control = [AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types) if k == CONTROL]
     user = [AddedToken(t, normalized=False, special=False) for t, k in zip(tokens, types)
             if k == USER_DEFINED and t in vocab]
     tk.add_special_tokens(control)

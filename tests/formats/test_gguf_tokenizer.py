@@ -271,6 +271,15 @@ def test_deepseek_real_vocabularies(tmp_path, pre):
         ids = tok.encode(text, add_special_tokens=False)
         assert ids == [int(i) for i in line.split()], (pre, text)
         assert tok.decode(ids) == text
+    # BOS, EOS and the FIM/user tokens are written outside the byte alphabet and must keep their ids, whole
+    bos, eos = (100000, 100001) if pre == "deepseek-llm" else (32013, 32014)
+    assert tok.encode("x", add_special_tokens=True)[0] == bos  # the file's add_bos_token
+    assert tok.encode("<｜begin▁of▁sentence｜>hi<｜end▁of▁sentence｜>", add_special_tokens=False) == \
+        [bos, *tok.encode("hi", add_special_tokens=False), eos]
+    assert tok.decode([bos, *tok.encode("hi", add_special_tokens=False)], skip_special_tokens=True) == "hi"
+    if pre == "deepseek-coder":
+        assert tok.encode("a<｜fim▁hole｜>b", add_special_tokens=False)[1] == 32015
+        assert tok.vocab_size == 32256
 
 
 @pytest.mark.parametrize("pre, name", [("deepseek-llm", "DEEPSEEK_LLM"), ("deepseek-coder", "DEEPSEEK_CODER"),
