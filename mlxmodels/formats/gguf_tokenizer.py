@@ -9,8 +9,9 @@ plain added tokens, so both stay whole. Unlike transformers, added tokens keep t
 model's tokenizer.json), so one spelled outside the byte alphabet, like DeepSeek's BOS, keeps its id and stays
 whole. The split follows llama.cpp's pre-tokenizer of that name (llama-vocab.cpp), which is how the model's own
 tokenizer.json splits; for "smollm" that is digits one by one before GPT-2's split (transformers applies GPT-2's
-split alone, which differs only where digits follow two or more spaces). DeepSeek's names ("deepseek-llm" for V2, "deepseek-coder", "deepseek-v3" for V3/R1) are several regexes applied in turn, as
-llama.cpp's lists and the models' Sequence of Splits; "kimi-k2" is Kimi's tiktoken pattern (mlxmodels.tokenizer).
+split alone, which differs only where digits follow two or more spaces). DeepSeek's names ("deepseek-llm" for V2,
+"deepseek-coder", "deepseek-v3" for V3/R1) are several regexes applied in turn, as llama.cpp's lists and the
+models' Sequence of Splits; "kimi-k2" is Kimi's tiktoken pattern (mlxmodels.tokenizer).
 """
 
 from __future__ import annotations
