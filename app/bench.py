@@ -389,8 +389,8 @@ def bytes_spread(s: Dict[str, float]) -> str:
 def table(rows: List[dict]) -> str:
     """Markdown table; each row: setting, tool, dtype, summary (or a ratio row). The last two columns are tokens per
     CPU-second (see CPU_METRICS), "-" where a run did not record them."""
-    head = ("| setting | tool | computes in | prompt tok/s | gen tok/s | TTFT s | peak memory | prompt tok/CPU-s | gen tok/CPU-s |\n"
-            "|---|---|---|---|---|---|---|---|---|")
+    head = ("| setting | tool | computes in | prompt tok/s | gen tok/s | TTFT s | peak memory | prompt tok/CPU-s "
+            "| gen tok/CPU-s |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         if "ratio" in r:

@@ -32,7 +32,8 @@ def add_model(p, dtype=True):
                    help="local model folder or Hugging Face Hub id (default: the built-in small model)")
     if dtype:
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                       help="compute dtype (default: float32 on the CPU backend, the checkpoint's on a GPU)")
+                       help="compute dtype (default: the checkpoint's; on the CPU backend float32 when the weights are "
+                            "quantized or OpenBLAS is loaded, as 16-bit is slower there)")
 
 
 def add_sampling(p, defaults_note=""):

@@ -155,7 +155,7 @@ class Converter:
         self.expected = {k: tuple(v.shape) for k, v in tree_flatten(self.model.parameters())}
         self.has_fp8 = any(self.ckpt.info(n).dtype == "F8_E4M3" for n in self.ckpt.where)
         self.dtype = self._dtype()
-        self.qplan, self.joined = {}, {}
+        self.qplan, self.joined, self.unquantized = {}, {}, {}
         if options.quantize:
             joined = getattr(self.adapter, "JOINED_ON_EXPORT", {})
             fused = getattr(self.adapter, "FUSED_ON_EXPORT", ()) + tuple(joined.values())
@@ -167,10 +167,21 @@ class Converter:
                 parent, _, leaf = path.rpartition(".")
                 for name in (name for name, parts in joined.items() if leaf in parts):
                     self.joined[f"{parent}.{name}"] = self.qplan.pop(path)
+            self.unquantized = recipes.indivisible(self.model, options.setting, self.spec.tie_embeddings)
+            if self.unquantized and not self.qplan and not self.joined:
+                raise ConvertError(self._nothing_to_quantize())
         groups = {}
         for name in self.ckpt.where:
             groups.setdefault(group_key(name), []).append(name)
         self.groups = [sorted(groups[k]) for k in sorted(groups)]
+
+    def _nothing_to_quantize(self) -> str:
+        setting, sizes = self.options.setting, self.unquantized
+        fits = [g for g in recipes.GROUP_SIZES if all(n % g == 0 for n in sizes.values())]
+        what = (f"choose --group-size {max(fits)}, which divides them" if fits and setting.mode == "affine"
+                else "convert without -q")
+        return (f"nothing to quantize: no weight's input size is a multiple of the group size {setting.group_size} "
+                f"({recipes.describe_paths(sizes)}); {what}")
 
     def _source_quantization(self):
         q = self.cfg.get("quantization") or self.cfg.get("quantization_config")
@@ -418,7 +429,11 @@ def convert(src, out, options: Optional[Options] = None, progress=None, log: Cal
 
 def write_folder(conv: Converter, work: Path, out: Path, total: int, progress, log) -> ShardWriter:
     """Weights, then tokenizer files, then config.json last: a folder killed before its end is never a model."""
-    log(f"converting {conv.folder}: {len(conv.groups)} groups, {human_bytes(conv.source_bytes)} -> {human_bytes(total)}")
+    if conv.unquantized:
+        log(f"left float: {len(conv.unquantized)} weight(s) whose input size is not a multiple of the group size "
+            f"{conv.options.setting.group_size}: {recipes.describe_paths(conv.unquantized)}")
+    log(f"converting {conv.folder}: {len(conv.groups)} groups, {human_bytes(conv.source_bytes)} -> "
+        f"{human_bytes(total)}")
     bar = progress(conv.source_bytes) if progress else None
     try:
         writer = conv.write(work, bar.update if bar else None)

@@ -132,14 +132,8 @@ def plan(model, setting: Setting, num_layers: int, tied: bool, fused=()) -> dict
     same params (the most bits any of them asks for)."""
     recipe = RECIPES[setting.recipe] if setting.recipe else None
     out = {}
-    for path, module in model.named_modules():
-        if not path or not hasattr(module, "to_quantized") or "weight" not in module:
-            continue
-        if FLOAT_MODULES.search(path) or module.weight.shape[-1] % setting.group_size:
-            continue
-        is_embedding = path in EMBEDDINGS
-        is_head = path == HEAD or (tied and path == "model.embed_tokens")
-        if (is_embedding and not setting.embeddings) or (is_head and not setting.head):
+    for path, module, is_head in _wanted(model, setting, tied):
+        if module.weight.shape[-1] % setting.group_size:
             continue
         bits = recipe(path, layer_of(path), num_layers, is_head) if recipe else setting.bits
         out[path] = setting.params(bits)
@@ -157,6 +151,36 @@ def plan(model, setting: Setting, num_layers: int, tied: bool, fused=()) -> dict
                 for s in siblings:
                     out.pop(s, None)
     return out
+
+
+def _wanted(model, setting: Setting, tied: bool):
+    """(path, module, is head) of every module the setting asks to quantize, whatever its shape."""
+    for path, module in model.named_modules():
+        if not path or not hasattr(module, "to_quantized") or "weight" not in module or FLOAT_MODULES.search(path):
+            continue
+        is_embedding = path in EMBEDDINGS
+        is_head = path == HEAD or (tied and path == "model.embed_tokens")
+        if (is_embedding and not setting.embeddings) or (is_head and not setting.head):
+            continue
+        yield path, module, is_head
+
+
+def indivisible(model, setting: Setting, tied: bool) -> dict:
+    """{module path: input size} of the modules `plan` leaves float only because their input size (the weight's
+    last dimension) is not a multiple of the group size: quantization groups run along it."""
+    return {path: module.weight.shape[-1] for path, module, _ in _wanted(model, setting, tied)
+            if module.weight.shape[-1] % setting.group_size}
+
+
+def describe_paths(sizes: dict) -> str:
+    """{path: input size} -> 'model.layers.*.mlp.down_proj (x28, input 4001), lm_head (input 100)': layer numbers
+    folded, so one line holds a whole model."""
+    groups: dict = {}
+    for path, size in sizes.items():
+        key = (re.sub(r"\.\d+\.", ".*.", path), size)
+        groups[key] = groups.get(key, 0) + 1
+    return ", ".join(f"{name} ({f'x{n}, ' if n > 1 else ''}input {size})"
+                     for (name, size), n in sorted(groups.items()))
 
 
 def config_entry(setting: Setting, params: dict) -> dict:

@@ -86,10 +86,11 @@ def in_memory(source: Path, setting: recipes.Setting, dtype) -> tuple:
                               model.parameters()))
     nn.quantize(model, setting.group_size, setting.bits, mode=setting.mode,
                 class_predicate=lambda p, m: plan.get(p, False))
+    # bytes as the converter would store them (scales and norms in `dtype`), counted before the float32 compute cast
+    stored = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     model.update(tree_map(lambda x: x.astype(mx.float32) if mx.issubdtype(x.dtype, mx.floating) else x,
                           model.parameters()))
     mx.eval(model.parameters())
-    stored = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     return model, stored
 
 
