@@ -69,13 +69,15 @@ def run(args) -> None:
 
 def _bench(args) -> dict:
     from app import bench_view, model_arg
+    from app.progress import hub_downloads, on_terminal
     from mlxmodels.families import get_adapter
 
     if args.plot:
         if not args.plot.lower().endswith(".png"):
             raise ValueError(f"--plot writes a PNG; give a file name ending in .png, not {args.plot!r}")
         _check_plot_path(Path(args.plot))  # before the minutes of work, not after
-    folder = model_arg.resolve_folder(args.model).absolute()  # the workers run in another folder
+    with hub_downloads():
+        folder = model_arg.resolve_folder(args.model).absolute()  # the workers run in another folder
     cfg = model_arg.model_config(folder)
     get_adapter(cfg.get("model_type"))  # a model we cannot load fails here
     context = model_arg.context_length(folder)
@@ -90,7 +92,7 @@ def _bench(args) -> dict:
         if importlib.util.find_spec("mlx_lm") is None:
             raise ModelError("--compare mlx-lm needs mlx-lm installed: pip install mlx-lm")
         tools.append("mlx-lm")
-    progress = _Progress(sys.stderr.isatty() and not args.json)
+    progress = _Progress(on_terminal() and not args.json)
     logs, keep = None, False
     try:
         with contextlib.ExitStack() as stack:

@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from app import signals
+from app import progress, signals
 
 DESCRIPTION = """Convert a Hugging Face checkpoint (a local folder or a Hub id such as Qwen/Qwen3-0.6B) or a GGUF
 file (x.gguf, ollama:NAME[:TAG]) into an MLX folder in mlx-lm's layout, one layer at a time. FP8 block-scaled
@@ -97,7 +97,9 @@ def run(args):
                       shard_bytes=int(args.shard_size * (1 << 30)))
     previous = signals.catch()  # a kill or a closed terminal cleans up as Ctrl-C
     try:
-        result = convert(args.src, args.out, options, progress=_bar, log=print, check_source=check_source)
+        with progress.hub_downloads():
+            result = convert(args.src, args.out, options, progress=lambda total: progress.byte_bar(total, "convert"),
+                             log=print, check_source=check_source)
     except KeyboardInterrupt as e:
         # convert's cleanup has run by now: the work folder and the claim are gone, an existing OUT is as it was
         # (or, if the signal came in the last instant, the new OUT is complete)
@@ -126,10 +128,3 @@ def _dtype(folder):
     cfg = read_side_config(Path(folder), "config.json")
     name = cfg.get("torch_dtype") or cfg.get("dtype")
     return getattr(mx, name) if name in ("float32", "bfloat16", "float16") else None
-
-
-def _bar(total):
-    from tqdm.auto import tqdm
-
-    # disable=None: no bar when stderr is not a terminal, so a log or a pipe gets only the error line, if any
-    return tqdm(total=total, unit="B", unit_scale=True, desc="convert", file=sys.stderr, leave=False, disable=None)
