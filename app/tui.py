@@ -28,16 +28,16 @@ from typing import Optional
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import VerticalScroll
 from textual.message import Message
-from textual.widgets import Footer, Markdown, Sparkline
+from textual.widgets import Markdown, Sparkline
 
 from app.chat_session import ChatSession, Turn
 from app.chat_store import Chat, ChatStore, data_dir, printable
 from app.tui_screens import ChatListScreen, SettingsScreen
 from app.tui_terminal import HangupSafeDriver
-from app.tui_widgets import (EMPTY, NO_ANSWER, THINKING, WAITING, AssistantMessage, ChatInput, Notice, StatusBar,
-                             ThinkingSection, UserMessage)
+from app.tui_widgets import (EMPTY, NO_ANSWER, THINKING, WAITING, AssistantMessage, ChatFooter, ChatInput, Notice,
+                             StatusRow, ThinkingSection, UserMessage)
 
 HELP = ("Enter sends · Shift+Enter or Ctrl+J: new line · Esc or Ctrl+C stops a reply · Ctrl+R regenerates · "
         "Ctrl+E edits your last message (↑ in an empty input too; again: the one before) · Ctrl+N new chat · "
@@ -70,6 +70,7 @@ CSS = """
 ModalScreen { align: center middle; }
 #dialog { width: 80%; max-width: 100; height: auto; max-height: 90%; border: thick $primary; padding: 1 2;
           background: $surface; }
+ModalScreen.-narrow #dialog { width: 100%; padding: 0 1; }
 #dialog .title { text-style: bold; margin-bottom: 1; }
 #dialog #chats { height: auto; max-height: 16; }
 #dialog #system { height: 5; margin-bottom: 1; }
@@ -93,13 +94,16 @@ class Meter:
 class ChatApp(App):
     TITLE = "mlxm chat"
     CSS = CSS
-    BINDINGS = [
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (80, "-wide")]  # a narrow screen's dialogs take its whole width
+    BINDINGS = [  # the footer puts send, stop, new, chats, settings and quit first (ChatFooter.ESSENTIAL)
+        Binding("enter", "send", "Send"),  # the input sends on Enter itself; this is the footer's (clickable) key
         Binding("escape", "stop", "Stop"),
         Binding("ctrl+r", "regenerate", "Regenerate"),
         Binding("ctrl+e", "edit", "Edit", priority=True),  # over the input's end-of-line (End still works)
         Binding("ctrl+n", "new_chat", "New"),
         Binding("ctrl+o", "open_chats", "Chats"),
         Binding("ctrl+t", "settings", "Settings"),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
         Binding("ctrl+c", "interrupt", show=False, priority=True),  # over the inputs' copy: it copies as before
     ]
 
@@ -167,10 +171,8 @@ class ChatApp(App):
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="log")
         yield ChatInput(id="input", placeholder="Message (Enter sends, Shift+Enter new line)")
-        with Horizontal(id="bar"):
-            yield StatusBar(id="status")
-            yield Sparkline([], id="chart", summary_function=max)
-        yield Footer()
+        yield StatusRow(id="bar")
+        yield ChatFooter()
 
     async def on_mount(self) -> None:
         chat_input = self.query_one(ChatInput)
@@ -220,7 +222,7 @@ class ChatApp(App):
             used = self._turn.prompt_len + self._tokens
         if self.editing is not None and not note:
             note = "editing: Enter resends, Esc cancels"
-        self.query_one(StatusBar).show(self.model_name, self.tps, used, self.session.context_limit,
+        self.query_one(StatusRow).show(self.model_name, self.tps, used, self.session.context_limit,
                                        self.meter.memory_gb(), note)
 
     async def show_error(self, text: str) -> None:
@@ -361,13 +363,17 @@ class ChatApp(App):
 
     # ------------------------------------------------------------ actions
 
-    MAIN_SCREEN_ACTIONS = {"stop", "regenerate", "edit", "new_chat", "open_chats", "settings"}
+    MAIN_SCREEN_ACTIONS = {"send", "stop", "regenerate", "edit", "new_chat", "open_chats", "settings"}
 
     def check_action(self, action: str, parameters) -> Optional[bool]:
         """The chat's keys do nothing while a dialog (saved chats, settings) is open."""
         if action in self.MAIN_SCREEN_ACTIONS and len(self.screen_stack) > 1:
             return False
         return True
+
+    def action_send(self) -> None:
+        chat_input = self.query_one(ChatInput)
+        chat_input.post_message(ChatInput.Submitted(chat_input.text))
 
     async def on_chat_input_edit_previous(self, event) -> None:
         await self.action_edit()

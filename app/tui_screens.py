@@ -1,4 +1,5 @@
-"""Modal screens of the chat app: saved chats, settings (system prompt, sampling, thinking)."""
+"""Modal screens of the chat app: saved chats, settings (system prompt, sampling, thinking). Each is one scrolling
+dialog, so a small terminal (60x20) still reaches every field; Tab scrolls the focused one into view."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import List, Optional, Tuple
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical
+from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Select, Static, TextArea
 from textual.widgets.option_list import Option
@@ -29,7 +30,7 @@ class ChatListScreen(ModalScreen[Optional[str]]):
         self.skipped: List[str] = []
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
+        with VerticalScroll(id="dialog"):  # a short terminal scrolls it
             yield Label("Saved chats", classes="title")
             yield OptionList(id="chats", markup=False)
             yield Static("", id="note", markup=False)
@@ -101,7 +102,7 @@ class SettingsScreen(ModalScreen[Optional[Tuple[str, Sampling, Optional[bool]]]]
         self.system, self.sampling, self.thinking = system, sampling, thinking
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
+        with VerticalScroll(id="dialog"):  # a short terminal scrolls it
             yield Label("Settings", classes="title")
             yield Label("System prompt")
             yield TextArea(printable(self.system), id="system")

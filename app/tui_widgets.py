@@ -13,7 +13,8 @@ from typing import Optional
 from textual import events
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import Collapsible, Markdown, Static, TextArea
+from textual.containers import Horizontal
+from textual.widgets import Collapsible, Footer, Markdown, Sparkline, Static, TextArea
 
 from app.chat_store import printable
 
@@ -166,9 +167,64 @@ class StatusBar(Static):
     def __init__(self, **kwargs):
         super().__init__(markup=False, **kwargs)  # a model's name is a user's path: "[" in it is no markup
 
+
+CHART_WIDTH = 16  # the tok/s chart beside the status (#chart's width in the app's CSS)
+
+
+class StatusRow(Horizontal):
+    """The status bar and, where there is room for both, the tok/s chart: the chart goes first when the figures
+    need its room (a narrow terminal, a long model name), so it never hides the memory figure."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._figures: tuple = ()
+        self._note = ""
+
+    def compose(self):
+        yield StatusBar(id="status")
+        yield Sparkline([], id="chart", summary_function=max)
+
     def show(self, model: str, tps: Optional[float], used: int, limit: int, memory_gb: float, note: str = "") -> None:
-        rate = "– tok/s" if tps is None else f"{tps:.1f} tok/s"
-        parts = [model, rate, f"ctx {used}/{limit}", f"mem {memory_gb:.2f} GB"]
-        if note:
-            parts.append(note)
-        self.update(printable(" │ ".join(parts)))
+        self._figures, self._note = (model, tps, used, limit, memory_gb), note
+        self._fit()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit()
+
+    def _fit(self) -> None:
+        if not self._figures:
+            return
+        width = self.size.width or self.app.size.width
+        chart = self.query_one(Sparkline)
+        chart.display = len(status_line(*self._figures)) + 1 + CHART_WIDTH <= width
+        self.query_one(StatusBar).update(status_line(*self._figures, self._note, width - CHART_WIDTH * chart.display))
+
+
+def status_line(model: str, tps: Optional[float], used: int, limit: int, memory_gb: float, note: str = "",
+                width: int = 0) -> str:
+    """The status text; in `width` columns (0: any) the model's name is shortened (its start, a folder, goes first)
+    so the numbers stay whole. A note comes last: a narrow bar cuts it before anything else."""
+    rate = "– tok/s" if tps is None else f"{tps:.1f} tok/s"
+    numbers = " │ ".join([rate, f"ctx {used}/{limit}", f"mem {memory_gb:.2f} GB"])
+    model = printable(model)
+    room = width - len(numbers) - len(" │ ")
+    if width and len(model) > room:
+        model = "…" + model[len(model) - room + 1:] if room > 1 else ""
+    return " │ ".join(p for p in [model, numbers, printable(note)] if p)
+
+
+class ChatFooter(Footer):
+    """Textual's footer with the essential keys first (`ESSENTIAL`, actions in this order), so that a narrow
+    terminal cuts the others; below `WIDE` columns it leaves out the command palette's key (Ctrl+P still opens
+    it) to make room."""
+
+    ESSENTIAL = ("send", "stop", "new_chat", "open_chats", "settings", "quit")
+    WIDE = 80
+
+    def compose(self):
+        keys = list(super().compose())
+        rank = {a: i for i, a in enumerate(self.ESSENTIAL)}
+        return sorted(keys, key=lambda key: rank.get(getattr(key, "action", None), len(rank)))
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.show_command_palette = event.size.width >= self.WIDE
