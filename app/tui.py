@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
@@ -477,6 +477,27 @@ class ChatApp(App):
         self.session.set_sampling(sampling)
         self.session.set_thinking(thinking)
         await self.render_log()
+        await self.save()
+
+    def get_system_commands(self, screen):
+        """The command palette (Ctrl+P) offers the chat's own actions first, then Textual's (theme, keys, quit)."""
+        if screen is self.screen_stack[0]:
+            yield SystemCommand("New chat", "Start a new chat (Ctrl+N)", self.action_new_chat)
+            yield SystemCommand("Open a saved chat", "List the saved chats (Ctrl+O)", self.action_open_chats)
+            yield SystemCommand("Settings", "System prompt, sampling, thinking (Ctrl+T)", self.action_settings)
+            yield SystemCommand("Toggle thinking", "Thinking on or off for this chat's next replies",
+                                self.action_toggle_thinking)
+            yield SystemCommand("Regenerate", "Answer your last message again (Ctrl+R)", self.action_regenerate)
+            yield SystemCommand("Edit last message", "Edit and resend your last message (Ctrl+E)", self.action_edit)
+        yield from super().get_system_commands(screen)
+
+    async def action_toggle_thinking(self) -> None:
+        """Thinking off when it is on or the template's default (on, for the models that have the switch), else on."""
+        if not await self._idle():
+            return
+        on = self.session.thinking is False
+        self.session.set_thinking(on)
+        self.notify(f"Thinking {'on' if on else 'off'} for the next replies.", markup=False)
         await self.save()
 
     def get_driver_class(self):

@@ -1,11 +1,11 @@
 """The chat's everyday rough edges (issue 15): drafts kept across edits, the status bar's context after switching
-chats."""
+chats, Ctrl+C and Ctrl+D as in a shell, the chat's own actions in the command palette."""
 
 import re
 
-from app.chat_store import ChatStore
+from app.chat_store import TEMPLATE_KWARGS, ChatStore
 from app.tui_widgets import ChatInput, Notice, StatusBar
-from tests.app.pilot import SIZE, make_app, run, send, type_text
+from tests.app.pilot import SIZE, make_app, run, send, type_text, until
 
 
 def status(app) -> str:
@@ -113,4 +113,50 @@ def test_ctrl_d_deletes_right_and_in_an_empty_input_quits(tiny):
             await pilot.press("ctrl+d")  # now empty: end of input, as in a shell
             await pilot.pause()
             assert app._leaving and app.return_code == 0
+    run(scenario())
+
+
+async def palette(pilot, command: str):
+    """Open the command palette, type `command`, run the best match."""
+    await pilot.press("ctrl+p")
+    await pilot.pause()
+    await type_text(pilot, command)
+    await pilot.pause(0.3)  # the palette searches its providers in the background
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+def test_command_palette_offers_the_chats_actions(tiny):
+    from textual.command import CommandPalette
+
+    from app.tui_screens import ChatListScreen, SettingsScreen
+
+    app = make_app(tiny)
+
+    async def scenario():
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, "hello")
+            await palette(pilot, "Toggle thinking")
+            saved = ChatStore().load(app.session.chat.id).settings
+            assert app.session.thinking is False and saved[TEMPLATE_KWARGS] == {"enable_thinking": False}
+            await palette(pilot, "Toggle thinking")
+            assert app.session.thinking is True
+            await palette(pilot, "Edit last message")
+            assert app.editing == 0 and app.query_one(ChatInput).text == "hello"
+            await pilot.press("escape")
+            await palette(pilot, "Regenerate")
+            await until(pilot, lambda: app.turns == 2 and not app.generating)
+            assert len(app.session.messages) == 2
+            await palette(pilot, "Open a saved chat")
+            assert isinstance(app.screen, ChatListScreen)
+            await pilot.press("escape")
+            await pilot.pause()
+            await palette(pilot, "Settings")
+            assert isinstance(app.screen, SettingsScreen)
+            await pilot.press("escape")
+            await pilot.pause()
+            old = app.session.chat.id
+            await palette(pilot, "New chat")
+            assert app.session.chat.id != old and app.session.messages == []
+            assert not isinstance(app.screen, CommandPalette)
     run(scenario())
