@@ -17,6 +17,7 @@ from textual.containers import Horizontal
 from textual.widgets import Collapsible, Footer, Markdown, Sparkline, Static, TextArea
 
 from app.chat_store import printable
+from app.sizes import human_bytes
 
 
 class UserMessage(Static):
@@ -205,7 +206,7 @@ def status_line(model: str, tps: Optional[float], used: int, limit: int, memory_
     """The status text; in `width` columns (0: any) the model's name is shortened (its start, a folder, goes first)
     so the numbers stay whole. A note comes last: a narrow bar cuts it before anything else."""
     rate = "– tok/s" if tps is None else f"{tps:.1f} tok/s"
-    numbers = " │ ".join([rate, f"ctx {used}/{limit}", f"mem {memory_gb:.2f} GB"])
+    numbers = " │ ".join([rate, f"ctx {used}/{limit}", f"mem {human_bytes(memory_gb * 1e9)}"])
     model = printable(model)
     room = width - len(numbers) - len(" │ ")
     if width and len(model) > room:

@@ -78,7 +78,7 @@ def test_status_bar_drops_the_chart_before_the_memory_figure(tiny):
             bar = app.query_one(StatusBar)
             text = str(bar.render())
             assert not app.query_one(Sparkline).display
-            assert text.endswith("mem 0.00 GB") and len(text) <= bar.size.width
+            assert text.endswith("mem 0 B") and len(text) <= bar.size.width
             assert text.startswith("…") and "4bit" in text  # the name's end (the model) stays
             await pilot.resize_terminal(160, 20)
             await pilot.pause()
