@@ -94,12 +94,15 @@ def cmd_generate(args):
     for flag, value in [("--system", args.system), *(("--stop", s) for s in args.stop or ())]:
         utf8_arg(value or "", flag)
     switches = template_kwargs_of(args)
-    for flag, given in (("--system", args.system), ("--think/--no-think", args.think is not None),
-                        ("--template-kwargs", args.template_kwargs)):
-        if given and not args.chat:
-            raise ValueError(f"{flag} needs --chat (it is part of the chat template)")
+    needs_template = [flag for flag, given in (("--system", args.system), ("--template-kwargs", args.template_kwargs),
+                                               ("--think/--no-think", args.think is not None)) if given]
+    if needs_template and args.raw:
+        raise ValueError(f"{needs_template[0]} is part of the chat template, which --raw leaves out; drop one")
     model, tokenizer, folder = model_arg.load(args.model, args.dtype)
-    if args.chat:
+    if not tokenizer.has_chat_template and (needs_template or args.chat):
+        raise ValueError(f"{needs_template[0] if needs_template else '--chat'} needs a chat template and "
+                         f"{model_arg.display_name(args.model)} has none; prompt it with plain text")
+    if not args.raw and tokenizer.has_chat_template:  # as mlx-lm and Ollama do: the model sees a chat turn
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": prompt}]
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **switches)
@@ -155,14 +158,20 @@ def cmd_generate(args):
 
 def add_generate(sub):
     g = sub.add_parser("generate", help="stream a completion to stdout",
-                       description="Stream a completion of PROMPT to stdout (pipe-friendly: only the generated "
-                                   "text, no colours when not a terminal). A thinking model's reasoning (between "
+                       description="Stream the model's reply to PROMPT to stdout (pipe-friendly: only the generated "
+                                   "text, no colours when not a terminal). The prompt is sent as a chat turn, "
+                                   "through the model's chat template, when it has one (--raw sends it as is, for "
+                                   "a plain completion). A thinking model's reasoning (between "
                                    "<think> and </think>) goes to stderr, dimmed in a terminal; --hide-thinking "
                                    "drops it.", epilog=EPILOG_MODEL)
     add_model(g)
     g.add_argument("-p", "--prompt", required=True, help="the prompt, or - to read it from stdin")
-    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    g.add_argument("--system", default=None, help="system prompt (with --chat)")
+    form = g.add_mutually_exclusive_group()
+    form.add_argument("--raw", action="store_true",
+                      help="send the prompt as is (default: wrapped in the model's chat template when it has one)")
+    form.add_argument("--chat", action="store_true",
+                      help="wrap the prompt in the chat template (the default; kept for older scripts)")
+    g.add_argument("--system", default=None, help="system prompt (in the chat template)")
     g.add_argument("--max-tokens", type=positive_int, default=256,
                    help="most tokens to generate (default 256; generation also stops at the model's context length)")
     g.add_argument("--context", type=positive_int, default=None, metavar="TOKENS",
@@ -174,7 +183,7 @@ def add_generate(sub):
                    help="stop at TEXT (repeatable)")
     g.add_argument("--hide-thinking", action="store_true",
                    help="do not show a thinking model's reasoning (stdout gets only the answer either way)")
-    add_template_switches(g, " (with --chat)")
+    add_template_switches(g, " (not with --raw)")
     add_sampling(g, " (default: greedy)")
     g.add_argument("--draft", default=None, metavar="mtp|MODEL",
                    help="speculative decoding: the model's own MTP module, or a small draft model (folder or Hub id)")

@@ -51,7 +51,7 @@ def test_no_command_prints_help(capsys):
 
 def test_generate_equals_api_generate(tiny_folder, tiny, capsys):
     model, tok = tiny
-    args = ["generate", "-m", str(tiny_folder), "-p", "Once upon a time", "--max-tokens", "40", "--temp", "0.9",
+    args = ["generate", "-m", str(tiny_folder), "-p", "Once upon a time", "--raw", "--max-tokens", "40", "--temp", "0.9",
             "--top-p", "0.95", "--top-k", "50", "--seed", "7"]
     assert cli.main(args) == 0
     out = capsys.readouterr().out

@@ -30,7 +30,62 @@ def test_generate_context_limits_the_reply(tiny_folder, capsys):
     from app import model_arg
 
     _, tokenizer, _ = model_arg.load(str(tiny_folder))
-    assert cli.main(["generate", "-m", str(tiny_folder), "-p", "Hello", "--context", "12",
+    assert cli.main(["generate", "-m", str(tiny_folder), "-p", "Hello", "--raw", "--context", "12",
                      "--max-tokens", "100", "--temp", "0"]) == 0
     out = capsys.readouterr().out
     assert len(tokenizer.encode(out, add_special_tokens=False)) <= 12 - len(tokenizer.encode("Hello"))
+
+
+# ---------------------------------------------------------------- generate: the chat template by default
+
+
+def generated(tiny, ids_or_text, n=20):
+    import mlxmodels
+
+    return mlxmodels.generate(*tiny, ids_or_text, max_tokens=n)
+
+
+def test_generate_applies_the_chat_template_by_default(tiny_folder, tiny, capsys):
+    _, tok = tiny
+    chat = tok.apply_chat_template([{"role": "user", "content": "What is MLX?"}], tokenize=True)
+    assert chat != tok.encode("What is MLX?")
+    for extra in ([], ["--chat"]):  # --chat: the old spelling of the default, still accepted
+        assert cli.main(["generate", "-m", str(tiny_folder), "-p", "What is MLX?", "--max-tokens", "20", *extra]) == 0
+        assert capsys.readouterr().out == generated(tiny, chat)
+    assert cli.main(["generate", "-m", str(tiny_folder), "-p", "What is MLX?", "--max-tokens", "20", "--raw"]) == 0
+    assert capsys.readouterr().out == generated(tiny, "What is MLX?")
+
+
+def test_generate_system_alone_implies_the_template(tiny_folder, tiny, capsys):
+    _, tok = tiny
+    chat = tok.apply_chat_template([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+                                   tokenize=True)
+    assert cli.main(["generate", "-m", str(tiny_folder), "-p", "Hi", "--system", "Be brief.", "--max-tokens",
+                     "20"]) == 0
+    assert capsys.readouterr().out == generated(tiny, chat)
+
+
+@pytest.mark.parametrize("flag", [["--system", "Be brief."], ["--no-think"], ["--template-kwargs", '{"a": 1}']])
+def test_generate_raw_refuses_what_belongs_to_the_template(flag, tiny_folder, capsys):
+    assert cli.main(["generate", "-m", str(tiny_folder), "-p", "Hi", "--raw", *flag]) == 1
+    assert "which --raw leaves out" in one_line(capsys.readouterr().err)
+
+
+def test_generate_raw_and_chat_together_is_a_usage_error(tiny_folder, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "-m", str(tiny_folder), "-p", "Hi", "--raw", "--chat"])
+    assert e.value.code == 2 and "not allowed with" in one_line(capsys.readouterr().err)
+
+
+def test_generate_without_a_template_sends_the_text(tmp_path, capsys):
+    """A base model (no chat template): plain text by default; --system or --chat cannot be honoured."""
+    import mlxmodels
+    from tests.app.tiny import build_tiny
+
+    folder = build_tiny(tmp_path / "base", chat_template="")
+    base = mlxmodels.load(folder)
+    assert cli.main(["generate", "-m", str(folder), "-p", "Once", "--max-tokens", "20"]) == 0
+    assert capsys.readouterr().out == generated(base, "Once")
+    for flag in (["--system", "Be brief."], ["--chat"]):
+        assert cli.main(["generate", "-m", str(folder), "-p", "Once", *flag]) == 1
+        assert "has none; prompt it with plain text" in one_line(capsys.readouterr().err)

@@ -52,7 +52,7 @@ def test_context_and_sampling_from_metadata(tiny_gguf, tmp_path):
 
 
 def test_generate_on_gguf(tiny_gguf, capsys):
-    args = ["generate", "-m", str(tiny_gguf), "-p", "the world", "--max-tokens", "12", "--temp", "0"]
+    args = ["generate", "-m", str(tiny_gguf), "-p", "the world", "--raw", "--max-tokens", "12", "--temp", "0"]
     assert cli.main(args) == 0
     model, tokenizer = mlxmodels.load(tiny_gguf)
     assert capsys.readouterr().out == mlxmodels.generate(model, tokenizer, "the world", max_tokens=12,

@@ -64,7 +64,7 @@ def test_chat_ready_model_from_the_store(store, tiny_gguf, capsys):
     add_model(store, tiny_gguf)
     model, tokenizer = mlxmodels.load("ollama:tiny")
     want = mlxmodels.generate(model, tokenizer, "the world", max_tokens=8, temperature=0.0)
-    assert cli.main(["generate", "-m", "ollama:tiny", "-p", "the world", "--max-tokens", "8", "--temp", "0"]) == 0
+    assert cli.main(["generate", "-m", "ollama:tiny", "-p", "the world", "--raw", "--max-tokens", "8", "--temp", "0"]) == 0
     assert capsys.readouterr().out == want
     assert cli.main(["info", "-m", "ollama:tiny"]) == 0
     out = capsys.readouterr().out

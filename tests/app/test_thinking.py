@@ -250,10 +250,10 @@ def test_generate_no_think_renders_the_closed_reasoning_block(scripted_load, cap
     assert prompts["--no-think"] - prompts["--think"] == len("<think>\n\n</think>\n\n")
 
 
-def test_generate_template_switches_need_chat(capsys):
+def test_generate_template_switches_refused_with_raw(capsys):
     for flag in (["--no-think"], ["--template-kwargs", '{"a": 1}']):
-        assert cli.main(["generate", "-p", "hi", *flag]) == 1
-        assert "needs --chat" in capsys.readouterr().err
+        assert cli.main(["generate", "-p", "hi", "--raw", *flag]) == 1
+        assert "which --raw leaves out" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value, needle", [("{", "not JSON"), ("[1]", "JSON object"), ('{"tools": 1}', "tools"),

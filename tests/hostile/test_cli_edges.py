@@ -126,7 +126,7 @@ def test_stdin_closed_empty_or_endless(capsys, tiny, monkeypatch):
 
 
 def test_prompt_longer_than_the_context(capsys, tiny):
-    rc, out, line = in_process(capsys, "generate", "-m", tiny, "-p", "x" * 100)
+    rc, out, line = in_process(capsys, "generate", "-m", tiny, "-p", "x" * 100, "--raw")
     assert rc == 1 and out == ""
     assert line == ("mlxm: error: the prompt is 100 tokens and the model's context is 64: shorten it, or pass "
                     "--truncate-prompt to keep its last tokens")  # a token per character
@@ -135,14 +135,14 @@ def test_prompt_longer_than_the_context(capsys, tiny):
 
 
 def test_truncate_prompt_keeps_the_last_tokens(capsys, tiny):
-    rc, out, line = in_process(capsys, "generate", "-m", tiny, "-p", "x" * 100, "--truncate-prompt",
+    rc, out, line = in_process(capsys, "generate", "-m", tiny, "-p", "x" * 100, "--raw", "--truncate-prompt",
                                "--max-tokens", "8", "-v")
     assert rc == 0 and out
     assert "prompt: 56 tokens" in line and "first 44 tokens were dropped" in line  # room for 8 more
 
 
 def test_generation_stops_at_the_end_of_the_context(capsys, tiny):
-    rc, out, line = in_process(capsys, "generate", "-m", tiny, "-p", "x" * 60, "--max-tokens", "100", "-v")
+    rc, out, line = in_process(capsys, "generate", "-m", tiny, "-p", "x" * 60, "--raw", "--max-tokens", "100", "-v")
     assert rc == 0 and "prompt: 60 tokens" in line
     assert int(line.split("generation: ")[1].split()[0]) <= 4
 
