@@ -27,6 +27,21 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class Version(argparse.Action):
+    """`mlxm --version`: ours and MLX's (what a bug report needs first; `mlxm doctor` tells the rest)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import mlx.core as mx
+
+        from app.doctor import _ours
+
+        print(f"mlxm (mlxmodels) {_ours()}, MLX {mx.__version__}")
+        parser.exit()
+
+
 def add_model(p, dtype=True):
     p.add_argument("-m", "--model", default=None, metavar="MODEL",
                    help="local model folder or Hugging Face Hub id (default: the built-in small model)")
@@ -171,7 +186,7 @@ def add_generate(sub):
                       help="send the prompt as is (default: wrapped in the model's chat template when it has one)")
     form.add_argument("--chat", action="store_true",
                       help="wrap the prompt in the chat template (the default; kept for older scripts)")
-    g.add_argument("--system", default=None, help="system prompt (in the chat template)")
+    g.add_argument("--system", "--system-prompt", default=None, help="system prompt (in the chat template)")
     g.add_argument("--max-tokens", type=positive_int, default=256,
                    help="most tokens to generate (default 256; generation also stops at the model's context length)")
     g.add_argument("--context", type=positive_int, default=None, metavar="TOKENS",
@@ -185,9 +200,10 @@ def add_generate(sub):
                    help="do not show a thinking model's reasoning (stdout gets only the answer either way)")
     add_template_switches(g, " (not with --raw)")
     add_sampling(g, " (default: greedy)")
-    g.add_argument("--draft", default=None, metavar="mtp|MODEL",
+    g.add_argument("--draft", "--draft-model", default=None, metavar="mtp|MODEL",
                    help="speculative decoding: the model's own MTP module, or a small draft model (folder or Hub id)")
-    g.add_argument("--num-draft", type=positive_int, default=3, help="most drafted tokens per step (default 3; fewer while drafts are rejected)")
+    g.add_argument("--num-draft", "--num-draft-tokens", type=positive_int, default=3,
+                   help="most drafted tokens per step (default 3; fewer while drafts are rejected)")
     g.add_argument("-v", "--verbose", action="store_true", help="print speed and memory to stderr")
     g.set_defaults(func=cmd_generate)
 
@@ -231,7 +247,7 @@ def add_chat(sub):
                                    "Chats are saved in the user data folder ($MLXM_DATA_DIR overrides it).",
                        epilog=EPILOG_MODEL)
     add_model(c)
-    c.add_argument("--system", default=None, help="system prompt for a new chat")
+    c.add_argument("--system", "--system-prompt", default=None, help="system prompt for a new chat")
     c.add_argument("--max-tokens", type=positive_int, default=1024, help="longest reply in tokens (default 1024)")
     c.add_argument("--context", type=positive_int, default=None, metavar="TOKENS",
                    help="context limit in tokens (default: the model's maximum); the oldest turns are dropped past it")
@@ -276,7 +292,11 @@ def add_bench(sub):
 
 
 def parser():
-    p = Parser(prog="mlxm", description="Run the modern open-weights decoder family on MLX.")
+    p = Parser(prog="mlxm", description="Run the modern open-weights decoder family on MLX. mlx-lm's flag "
+                                        "spellings are accepted too (--system-prompt, --draft-model, "
+                                        "--num-draft-tokens, --q-bits, --q-group-size, --hf-path, --mlx-path, "
+                                        "--num-trials).")
+    p.add_argument("--version", action=Version, help="print the versions of mlxmodels and MLX, and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     add_chat(sub)
     add_generate(sub)
@@ -303,7 +323,13 @@ def main(argv=None):
 def _main(argv):
     import mlxmodels  # noqa: F401  (first: on Linux it loads a fast BLAS, which must come before mlx.core)
 
+    from app import mlx_lm_flags
+
     p = parser()
+    try:
+        argv = mlx_lm_flags.rewrite(sys.argv[1:] if argv is None else argv)
+    except ValueError as e:
+        p.error(str(e))
     args = p.parse_args(argv)
     if args.command is None:
         p.print_help(sys.stderr)

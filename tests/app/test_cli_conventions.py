@@ -3,6 +3,8 @@ issue 15's command-line conventions."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from app import cli
@@ -89,3 +91,63 @@ def test_generate_without_a_template_sends_the_text(tmp_path, capsys):
     for flag in (["--system", "Be brief."], ["--chat"]):
         assert cli.main(["generate", "-m", str(folder), "-p", "Once", *flag]) == 1
         assert "has none; prompt it with plain text" in one_line(capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------- mlx-lm's flag spellings, mlxm --version
+
+
+def parsed(argv):
+    from app import mlx_lm_flags
+
+    return vars(cli.parser().parse_args(mlx_lm_flags.rewrite(argv)))
+
+
+@pytest.mark.parametrize("theirs, ours", [
+    (["chat", "--system-prompt", "Be brief."], ["chat", "--system", "Be brief."]),
+    (["generate", "-p", "hi", "--system-prompt=Be brief."], ["generate", "-p", "hi", "--system", "Be brief."]),
+    (["generate", "-p", "hi", "--draft-model", "org/small"], ["generate", "-p", "hi", "--draft", "org/small"]),
+    (["generate", "-p", "hi", "--num-draft-tokens", "5"], ["generate", "-p", "hi", "--num-draft", "5"]),
+    (["convert", "src", "out", "--q-bits", "8"], ["convert", "src", "out", "--bits", "8"]),
+    (["convert", "src", "out", "--q-group-size=32"], ["convert", "src", "out", "--group-size", "32"]),
+    (["convert", "--hf-path", "org/m", "--mlx-path", "out", "-q"], ["convert", "org/m", "out", "-q"]),
+    (["convert", "--mlx-path=-out", "--hf-path=org/m"], ["convert", "--", "org/m", "-out"]),
+    (["bench", "--num-trials", "3"], ["bench", "--trials", "3"]),
+])
+def test_mlx_lm_spellings_mean_our_flags(theirs, ours):
+    assert parsed(theirs) == parsed(ours)
+
+
+def test_mlx_lm_spellings_leave_the_rest_alone():
+    from app import mlx_lm_flags
+
+    argv = ["generate", "-p", "--q-bits", "--", "--hf-path"]  # not convert's, and nothing after --
+    assert mlx_lm_flags.rewrite(argv) == argv
+    assert mlx_lm_flags.rewrite(["convert", "a", "b", "--", "--q-bits"]) == ["convert", "a", "b", "--", "--q-bits"]
+
+
+@pytest.mark.parametrize("argv, needle", [(["convert", "--hf-path", "org/m"], "needs --mlx-path"),
+                                          (["convert", "--hf-path", "a", "--hf-path", "b", "--mlx-path", "c"],
+                                           "--hf-path is given twice"),
+                                          (["convert", "--q-bits", "7", "a", "b"], "--bits: invalid choice")])
+def test_mlx_lm_spellings_mistakes_are_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and needle in one_line(capsys.readouterr().err)
+
+
+def test_convert_with_mlx_lms_command_line(tiny_folder, tmp_path, capsys):
+    """mlx-lm's own README command, spelled its way, makes the folder ours makes."""
+    out = tmp_path / "q"
+    assert cli.main(["convert", "--hf-path", str(tiny_folder), "--mlx-path", str(out), "-q", "--q-bits", "8",
+                     "--q-group-size", "32"]) == 0
+    q = json.loads((out / "config.json").read_text())["quantization"]
+    assert q["bits"] == 8 and q["group_size"] == 32
+
+
+def test_version(capsys):
+    import mlx.core as mx
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("mlxm (mlxmodels) ") and f"MLX {mx.__version__}" in out
