@@ -27,7 +27,7 @@ from tests.hostile.cli import ROOT, assert_refused, mlxm
 from tests.hostile.terminal import CTRL_C, CTRL_Q, Terminal
 
 NOISE = ["--temp", "5", "--seed", "2", "--max-tokens", "5000"]  # ~1000 sampled tokens: seconds of streaming
-READY = "Ctrl+Q quits"  # the end of the help line: the app is up
+READY = "in an empty input, quits"  # the end of the help line: the app is up
 
 
 def chat_in_terminal(*args: str) -> Terminal:
