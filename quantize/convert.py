@@ -319,8 +319,17 @@ class Converter:
 
     @property
     def parameters(self) -> int:
-        """Parameters of the float model (quantized weights count unpacked, as mlx-lm counts them)."""
-        return sum(math.prod(shape) for shape in self.expected.values())
+        """Parameters of the float model (quantized weights count unpacked, as mlx-lm counts them: a GGUF source's
+        model is built quantized, and its packed words and scales are not parameters)."""
+        total = sum(math.prod(shape) for shape in self.expected.values())
+        for path, module in self.model.named_modules():
+            if hasattr(module, "bits") and "scales" in module:
+                prefix = f"{path}." if path else ""
+                packed = self.expected[prefix + "weight"]
+                total += math.prod(packed) * 32 // module.bits - math.prod(packed)
+                total -= sum(math.prod(self.expected[prefix + k]) for k in ("scales", "biases")
+                             if prefix + k in self.expected)
+        return total
 
     @property
     def source_bytes(self) -> int:

@@ -67,6 +67,10 @@ def test_tiny_kept_as_stored(tiny_gguf, tmp_path):
     assert cfg["quantization"]["bits"] == 4 and cfg["quantization"]["group_size"] == 32
     assert cfg["quantization"]["model.layers.0.mlp.up_proj"] == {"group_size": 32, "bits": 8}
     assert result.quantization == cfg["quantization"]
+    # the parameters of the float model, not the packed words: as many as the requantized folder counts
+    again = convert(tiny_gguf, tmp_path / "q8", Options(quantize=True,
+                                                       setting=recipes.Setting.for_mode("affine", 8, 32)))
+    assert result.parameters == again.parameters and 4 < result.bits_per_weight < 16  # norms, F16 tensors
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation == {"temperature": 0.7, "top_k": 40, "top_p": 0.9, "do_sample": True, "bos_token_id": 1,
                           "eos_token_id": [2]}
