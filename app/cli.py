@@ -1,4 +1,4 @@
-"""`mlxm`: the command-line entry point (chat, generate, convert, bench, info, doctor).
+"""`mlxm`: the command-line entry point (chat, generate, convert, bench, info, doctor, ls, rm).
 
 User mistakes (a missing folder, an unknown model type, a bad flag value) print one line, `mlxm: error: ...`, and
 exit non-zero: 2 for a bad command line, 1 for anything wrong with the model or the files. Tracebacks are kept
@@ -308,6 +308,9 @@ def parser():
     from app import doctor
 
     doctor.add_parser(sub)
+    from app import models_cmd
+
+    models_cmd.add_parsers(sub)
     return p
 
 
@@ -346,6 +349,9 @@ def _main(argv):
         return 1
     try:
         args.func(args)
+        from app import models_cmd
+
+        models_cmd.remember_run(args)  # convert's OUT and -m GGUF files, for `mlxm ls`
     except BrokenPipeError:  # `mlxm generate ... | head`: the reader left; stay quiet
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
