@@ -357,13 +357,14 @@ def run_interleaved(a: Worker, b: Worker, trials: int, own_stats: bool = False) 
 
 
 def summarize(trials: List[dict]) -> Dict[str, Dict[str, float]]:
-    """metric -> {median, min, max} over trials."""
+    """metric -> {median, min, max, mean, sd} over trials (sd: the sample standard deviation, 0 for one trial)."""
     out = {}
     for m in METRICS + CPU_METRICS:
         if m not in trials[0]:
             continue
         vals = [t[m] for t in trials]
-        out[m] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+        out[m] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
+                  "mean": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0}
     return out
 
 
@@ -374,6 +375,11 @@ def ratios(ours: Dict[str, Dict[str, float]], peer: Dict[str, Dict[str, float]])
 
 def fmt_spread(s: Dict[str, float], digits: int = 1) -> str:
     return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
+
+
+def fmt_mean(s: Dict[str, float], digits: int = 1) -> str:
+    """'123.4 ± 5.6' (mean ± standard deviation), '-' for a summary made before they were recorded."""
+    return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}" if "mean" in s else "-"
 
 
 def bytes_spread(s: Dict[str, float]) -> str:
@@ -387,22 +393,25 @@ def bytes_spread(s: Dict[str, float]) -> str:
 
 
 def table(rows: List[dict]) -> str:
-    """Markdown table; each row: setting, tool, dtype, summary (or a ratio row). The last two columns are tokens per
-    CPU-second (see CPU_METRICS), "-" where a run did not record them."""
-    head = ("| setting | tool | computes in | prompt tok/s | gen tok/s | TTFT s | peak memory | prompt tok/CPU-s "
-            "| gen tok/CPU-s |\n|---|---|---|---|---|---|---|---|---|")
+    """Markdown table; each row: setting, tool, dtype, summary (or a ratio row). Prompt and generation tok/s come
+    as mean ± standard deviation and as median [min-max]; the last two columns are tokens per CPU-second (see
+    CPU_METRICS), "-" where a run did not record them."""
+    head = ("| setting | tool | computes in | prompt tok/s | prompt median [min-max] | gen tok/s "
+            "| gen median [min-max] | TTFT s | peak memory | prompt tok/CPU-s | gen tok/CPU-s |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         if "ratio" in r:
             q = r["ratio"]
             cpu = [f"{q[m]:.2f}" if m in q else "-" for m in CPU_METRICS]
-            lines.append(f"| {r['setting']} | **ours ÷ mlx-lm** | | **{q['prompt_tps']:.2f}** | "
+            lines.append(f"| {r['setting']} | **mlxmodels ÷ mlx-lm** | | | **{q['prompt_tps']:.2f}** | | "
                          f"**{q['generation_tps']:.2f}** | {q['ttft_s']:.2f} | {q['peak_memory_gb']:.2f} | "
                          f"{cpu[0]} | {cpu[1]} |")
         else:
             s = r["summary"]
             cpu = [fmt_spread(s[m]) if m in s else "-" for m in CPU_METRICS]
-            lines.append(f"| {r['setting']} | {r['tool']} | {r['dtype']} | {fmt_spread(s['prompt_tps'])} | "
+            lines.append(f"| {r['setting']} | {r['tool']} | {r['dtype']} | {fmt_mean(s['prompt_tps'])} | "
+                         f"{fmt_spread(s['prompt_tps'])} | {fmt_mean(s['generation_tps'])} | "
                          f"{fmt_spread(s['generation_tps'])} | {fmt_spread(s['ttft_s'], 2)} | "
                          f"{bytes_spread(s['peak_memory_gb'])} | {cpu[0]} | {cpu[1]} |")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
-"""`mlxm bench`: prompt and generation tok/s, time to first token and peak memory (median and spread over n
-trials), optionally beside mlx-lm on the same folder, as a table, JSON, and a PNG of tok/s against context length.
+"""`mlxm bench`: prompt and generation tok/s, time to first token and peak memory (mean ± sd, median and spread
+over n trials, for each -p, -g pair of a sweep), optionally beside mlx-lm on the same folder, as a Markdown table,
+CSV or JSON, and a PNG of tok/s against context length.
 
 The measuring is app/bench.py's: each tool runs in its own worker process, both are timed by the same loop, and
 with --compare the two workers take turns (ABBA) so drift on a shared machine hits both alike.
@@ -7,14 +8,19 @@ with --compare the two workers take turns (ABBA) so drift on a shared machine hi
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import csv
 import importlib.util
+import io
+import itertools
 import json
 import os
 import shutil
 import stat
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -22,33 +28,60 @@ from app import signals
 from mlxmodels.config import ModelError
 
 DESCRIPTION = """Measure prompt processing and generation speed (tokens per second), time to first token and peak
-memory on a random prompt of -p tokens followed by -g greedy tokens, over -n trials after a warm-up. Each tool runs
-in its own process. --compare mlx-lm runs mlx-lm on the same folder in the same run (trials interleaved) and prints
-ours / mlx-lm ratios (mlx-lm reads a temporary view of the folder without MTP layers, which it cannot load; if it
+memory on a random prompt of -p tokens followed by -g greedy tokens, over -n trials after a warm-up. Comma lists
+sweep, as llama-bench does (-p 128,512,2048 -g 128: every pair runs, one row per pair and tool; on a terminal each
+finished pair leaves a line on stderr). Tok/s print as mean ± standard deviation and median [min-max]; --output
+csv|json for scripts (JSON keeps every trial and records the versions, OS and chip). Each tool runs in its own
+process. --compare mlx-lm runs mlx-lm on the same folder in the same run (trials interleaved) and prints
+mlxmodels / mlx-lm ratios (mlx-lm reads a temporary view of the folder without MTP layers, which it cannot load; if it
 still cannot load the model, ours is reported alone with one line saying why); --plot draws tok/s against context
-length (-p/8 .. -p) to a PNG."""
+length to a PNG (a sweep's -p values, or -p/8 .. -p for one -p), for the first -g."""
+
+
+def length_list(low: int):
+    """A whole number >= low, or a comma list of them (a sweep): '128,512,2048' -> [128, 512, 2048], repeats
+    dropped. A bad item is refused in one line naming it."""
+    from app.flags import number
+
+    def parse(text: str) -> List[int]:
+        items = [t.strip() for t in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"invalid list {text!r} (expected whole numbers >= {low} separated by "
+                                             "commas, e.g. 128,512)")
+        return list(dict.fromkeys(number(int, t, lambda v: v >= low, f"a whole number >= {low}") for t in items))
+
+    return parse
 
 
 def add_parser(sub, add_model):
-    from app.flags import at_least, positive_int
-
-    at_least_two = at_least(2)
+    from app.flags import positive_int
 
     p = sub.add_parser("bench", help="prompt and generation tok/s, time to first token, peak memory",
                        description=DESCRIPTION)
     add_model(p)
-    p.add_argument("-p", "--prompt-tokens", type=positive_int, default=512, metavar="N", help="prompt length (512)")
-    p.add_argument("-g", "--gen-tokens", type=at_least_two, default=128, metavar="N", help="tokens to generate (128)")
-    p.add_argument("-n", "--trials", type=positive_int, default=5, metavar="N", help="timed trials (5)")
+    p.add_argument("-p", "--prompt-tokens", type=length_list(1), default=[512], metavar="N[,N...]",
+                   help="prompt length, or a comma list to sweep (512; e.g. 128,512,2048)")
+    p.add_argument("-g", "--gen-tokens", type=length_list(2), default=[128], metavar="N[,N...]",
+                   help="tokens to generate, or a comma list to sweep (128); every -p, -g pair runs")
+    p.add_argument("-n", "--trials", type=positive_int, default=5, metavar="N", help="timed trials per pair (5)")
     p.add_argument("--compare", choices=["mlx-lm"], default=None, help="also run mlx-lm and print the ratios")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="plot tok/s against context length")
+    p.add_argument("--output", choices=["md", "csv", "json"], default=None,
+                   help="what stdout gets: a Markdown table (md, the default), CSV (one row per pair and tool) or "
+                        "JSON (every trial, and the versions of the tools, MLX, the OS and the chip)")
+    p.add_argument("--json", action="store_true", help="the same as --output json")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="plot tok/s against context length (for the first -g: the -p values of a sweep, or -p/8 .. -p "
+                        "for one -p, which runs those lengths too and warns first when that will take long)")
     p.add_argument("--prefill-step", type=positive_int, default=512, metavar="N", help="prefill chunk size (512)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args) -> None:
+    output = "json" if args.json else (args.output or "md")
+    if args.json and args.output not in (None, "json"):
+        raise ValueError(f"--json and --output {args.output} ask for two formats; give one")
+    args.output = output
     previous = signals.catch()  # a kill or a closed terminal stops the workers and removes the logs, as Ctrl-C
     try:
         report = _bench(args)
@@ -58,13 +91,43 @@ def run(args) -> None:
         sys.exit(signals.exit_status(e))
     finally:
         signals.restore(previous)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    print(json.dumps(report, indent=2) if output == "json" else
+          format_csv(report) if output == "csv" else format_report(report), end="" if output == "csv" else "\n")
     if report.get("peer_view"):
         print(f"mlxm: note: mlx-lm ran on a view of the folder without its {report['peer_view']} tensor(s) of "
               "layers past num_hidden_layers (MTP modules), which it cannot load", file=sys.stderr)
     for tool, why in report.get("peer_failed", {}).items():
         print(f"mlxm: note: --compare {tool} left out: {why}; the table has mlxmodels's results alone",
               file=sys.stderr)
+
+
+TOOL_NAMES = {"ours": "mlxmodels"}  # how tables, CSV and plots name a tool (JSON keeps the keys "ours", "mlx-lm")
+
+
+def tool_name(tool: str) -> str:
+    return TOOL_NAMES.get(tool, tool)
+
+
+def runs_of(report: dict) -> List[dict]:
+    """The per-pair results: a sweep's "runs", or the report itself for one -p, -g pair (the shape it always had)."""
+    return report.get("runs", [report])
+
+
+def versions(compare: Optional[str]) -> dict:
+    """What a comparison needs to be repeated: the tools', MLX's and Python's versions, the OS and the chip."""
+    import platform
+    from importlib import metadata
+
+    import mlx.core as mx
+
+    from app.doctor import _chip, _os, _ours, _safe
+
+    out = {"mlxmodels": _safe(_ours), "mlx": mx.__version__}
+    if compare:
+        out[compare] = _safe(lambda: metadata.version(compare))
+    out.update({"python": platform.python_version(), "os": _safe(_os), "chip": _safe(_chip),
+                "device": _safe(lambda: str(mx.default_device()))})
+    return out
 
 
 def _bench(args) -> dict:
@@ -81,8 +144,9 @@ def _bench(args) -> dict:
     cfg = model_arg.model_config(folder)
     get_adapter(cfg.get("model_type"))  # a model we cannot load fails here
     context = model_arg.context_length(folder)
-    if args.prompt_tokens + args.gen_tokens > context:  # past it positions are undefined (or out of range)
-        raise ValueError(f"-p {args.prompt_tokens} and -g {args.gen_tokens} make {args.prompt_tokens + args.gen_tokens:,}"
+    ps, gs = args.prompt_tokens, args.gen_tokens
+    if max(ps) + max(gs) > context:  # past it positions are undefined (or out of range)
+        raise ValueError(f"-p {max(ps)} and -g {max(gs)} make {max(ps) + max(gs):,}"
                          f" tokens, past the model's context of {context:,}: ask for fewer")
     tools = ["ours"]
     if args.compare == "mlx-lm":
@@ -92,7 +156,8 @@ def _bench(args) -> dict:
         if importlib.util.find_spec("mlx_lm") is None:
             raise ModelError("--compare mlx-lm needs mlx-lm installed: pip install mlx-lm")
         tools.append("mlx-lm")
-    progress = _Progress(on_terminal() and not args.json)
+    progress = _Progress(on_terminal() and args.output != "json")
+    pairs = list(itertools.product(ps, gs))
     logs, keep = None, False
     try:
         with contextlib.ExitStack() as stack:
@@ -105,15 +170,25 @@ def _bench(args) -> dict:
                 folders["mlx-lm"] = str(view)
             with signals.held():  # the folder's name is recorded before a signal can stop us
                 logs = Path(tempfile.mkdtemp(prefix="mlxm-bench-"))  # the workers' stderr: kept if one fails
-            report = measure(folders, args.prompt_tokens, args.gen_tokens, args.trials, args.dtype,
-                             args.prefill_step, progress, logs)
-            report["model"] = model_arg.display_name(args.model)
-            if left_out and "mlx-lm" in report["tools"]:
+            runs, failed, start = [], {}, time.monotonic()
+            for i, (p, g) in enumerate(pairs, 1):
+                r = measure(folders, p, g, args.trials, args.dtype, args.prefill_step, progress, logs)
+                failed.update(r.pop("peer_failed", {}))
+                folders = {t: f for t, f in folders.items() if t not in failed}  # a peer that failed stays out
+                runs.append(r)
+                if len(pairs) > 1:
+                    progress.line(_finished(i, len(pairs), r, time.monotonic() - start))
+            top = {"folder": str(folder), "model": model_arg.display_name(args.model), "trials": args.trials,
+                   "prefill_step": args.prefill_step, "versions": versions(args.compare)}
+            report = {**runs[0], **top} if len(runs) == 1 else {**top, "runs": runs}
+            if failed:
+                report["peer_failed"] = failed
+            if left_out and "mlx-lm" in folders:
                 report["peer_view"] = left_out
-            keep = bool(report.get("peer_failed"))  # the note names the peer's log
+            keep = bool(failed)  # the note names the peer's log
             if args.plot:
-                ran = {t: f for t, f in folders.items() if t in report["tools"]}
-                report["plot"] = plot(report, args.plot, ran, args.dtype, args.prefill_step, progress, logs)
+                report["plot"] = plot(runs, report["model"], args.plot, folders, args.dtype, args.prefill_step,
+                                      progress, logs)
     except BenchmarkFailed:
         keep = True  # its error names its log
         raise
@@ -124,6 +199,20 @@ def _bench(args) -> dict:
     return report
 
 
+def _duration(s: float) -> str:
+    s = round(s)
+    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def _finished(i: int, n: int, run: dict, elapsed: float) -> str:
+    """The line a finished pair of a sweep leaves: its medians and how long the rest should take at this pace."""
+    speeds = ", ".join(f"{tool_name(t)} {r['prompt_tps']['median']:.1f} / {r['generation_tps']['median']:.1f}"
+                       for t, r in run["tools"].items())
+    left = f", about {_duration(elapsed / i * (n - i))} left" if i < n else ""
+    return (f"[{i}/{n}] p{run['prompt_tokens']} g{run['gen_tokens']}: {speeds} prompt / generation tok/s "
+            f"({_duration(elapsed)} so far{left})")
+
+
 class _Progress:
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -131,6 +220,11 @@ class _Progress:
     def __call__(self, text: str) -> None:
         if self.enabled:
             print(f"\r\x1b[2K{text}", end="", file=sys.stderr, flush=True)
+
+    def line(self, text: str) -> None:
+        """A line that stays (a finished pair of a sweep), where the progress line is drawn."""
+        if self.enabled:
+            print(f"\r\x1b[2K{text}", file=sys.stderr, flush=True)
 
     def done(self) -> None:
         self("")
@@ -208,31 +302,59 @@ def measure(folders: Dict[str, str], p: int, g: int, n: int, dtype: Optional[str
     return report
 
 
-def plot(report: dict, path: str, folders: Dict[str, str], dtype: Optional[str], step: int,
+PLOT_WARN_S = 60.0  # a --plot sweep estimated to take longer than this is announced first
+
+
+def plot(runs: List[dict], model: str, path: str, folders: Dict[str, str], dtype: Optional[str], step: int,
          progress=lambda s: None, logs: Optional[Path] = None) -> dict:
-    """One trial per tool at each context length p/8, p/4, p/2 (p itself comes from the main run)."""
+    """tok/s against context length for the first -g: a sweep's -p values (measured already), or for one -p one
+    trial per tool at p/8, p/4 and p/2 (p itself comes from the main run)."""
     from app.png_plot import line_chart
 
     tools = list(folders)
-    p, g = report["prompt_tokens"], report["gen_tokens"]
-    contexts = sorted({max(8, p >> k) for k in range(4)})
+    g = runs[0]["gen_tokens"]
+    at_g = {r["prompt_tokens"]: r for r in runs if r["gen_tokens"] == g}
+    if len(at_g) > 1:
+        contexts = sorted(at_g)
+    else:
+        p = next(iter(at_g))
+        contexts = sorted({max(8, p >> k) for k in range(4)})
+        extra = [c for c in contexts if c not in at_g]
+        estimate = plot_estimate(at_g[p], extra)
+        if extra and estimate > PLOT_WARN_S:
+            progress("")  # the note must not follow a progress line
+            print(f"mlxm: note: --plot runs {len(extra)} more context length(s) ({', '.join(map(str, extra))}), "
+                  f"about {_duration(estimate)} (estimated from the p{p} g{g} run: each tool's load time plus a "
+                  "warm-up and a trial at its median speeds); Ctrl-C stops it", file=sys.stderr, flush=True)
     points = []
     for c in contexts:
-        if c == p:
-            row = {t: {m: report["tools"][t][m]["median"] for m in ("prompt_tps", "generation_tps")} for t in tools}
+        if c in at_g:
+            row = {t: {m: at_g[c]["tools"][t][m]["median"] for m in ("prompt_tps", "generation_tps")} for t in tools}
         else:
             progress(f"plot: context {c} ...")
             with _running(folders, c, g, dtype, step, logs) as workers:
                 results = _trials(workers, 1)
             row = {t: {m: r[0][m] for m in ("prompt_tps", "generation_tps")} for t, r in zip(tools, results)}
         points.append({"context": c, **row})
-    dt = report["tools"]["ours"]["dtype"]
-    png = line_chart(f"mlxm bench: {report.get('model', '')} ({dt}), {g} generated tokens", contexts, [
-        ("prompt tok/s", {t: [pt[t]["prompt_tps"] for pt in points] for t in tools}),
-        ("generation tok/s", {t: [pt[t]["generation_tps"] for pt in points] for t in tools}),
+    dt = runs[0]["tools"]["ours"]["dtype"]
+    png = line_chart(f"mlxm bench: {model} ({dt}), {g} generated tokens", contexts, [
+        ("prompt tok/s", {tool_name(t): [pt[t]["prompt_tps"] for pt in points] for t in tools}),
+        ("generation tok/s", {tool_name(t): [pt[t]["generation_tps"] for pt in points] for t in tools}),
     ], "context (tokens)")
     _write_plot(Path(path), png)
     return {"file": str(path), "points": points}
+
+
+def plot_estimate(run: dict, contexts: List[int]) -> float:
+    """Seconds the plot's extra context lengths should take, from a measured run: per tool and length, a load
+    (its load_s) and two generations (warm-up and trial) at the run's median prompt and generation tok/s; shorter
+    prompts are a little faster each, so this leans long."""
+    g, total = run["gen_tokens"], 0.0
+    for r in run["tools"].values():
+        gen = (g - 1) / r["generation_tps"]["median"] if r["generation_tps"]["median"] > 0 else 0.0
+        for c in contexts:
+            total += (r.get("load_s") or 0.0) + 2 * (c / r["prompt_tps"]["median"] + gen)
+    return total
 
 
 def _check_plot_path(path: Path) -> None:
@@ -284,16 +406,46 @@ def _write_plot(path: Path, data: bytes) -> None:
 def format_report(report: dict) -> str:
     from app import bench
 
-    setting = f"p{report['prompt_tokens']} g{report['gen_tokens']}"
-    rows = [{"setting": setting, "tool": t, "dtype": r["dtype"], "summary": r} for t, r in report["tools"].items()]
-    if "ratios" in report:
-        rows.append({"setting": setting, "ratio": report["ratios"]})
-    lines = [f"{report['model']}: {report['prompt_tokens']}-token prompt, {report['gen_tokens']} generated tokens, "
-             f"{report['trials']} trial(s); median [min-max]", "", bench.table(rows)]
-    if "ratios" in report:
-        q = report["ratios"]
-        lines += ["", f"ours / mlx-lm: prompt {q['prompt_tps']:.2f}x, generation {q['generation_tps']:.2f}x "
-                      f"(> 1: ours faster), peak memory {q['peak_memory_gb']:.2f}x (< 1: ours smaller)"]
+    runs = runs_of(report)
+    rows = []
+    for r in runs:
+        setting = f"p{r['prompt_tokens']} g{r['gen_tokens']}"
+        rows += [{"setting": setting, "tool": tool_name(t), "dtype": x["dtype"], "summary": x}
+                 for t, x in r["tools"].items()]
+        if "ratios" in r:
+            rows.append({"setting": setting, "ratio": r["ratios"]})
+    what = (f"{runs[0]['prompt_tokens']}-token prompt, {runs[0]['gen_tokens']} generated tokens" if len(runs) == 1
+            else f"{len(runs)} settings (pN gM: N prompt tokens, M generated)")
+    lines = [(f"{report['model']}: {what}, {report['trials']} trial(s) each; tok/s as mean ± standard deviation and "
+              "median [min-max]"), "", bench.table(rows)]
+    compared = [r for r in runs if "ratios" in r]
+    lines += [""] if compared else []
+    for r in compared:
+        q = r["ratios"]
+        at = f" at p{r['prompt_tokens']} g{r['gen_tokens']}" if len(runs) > 1 else ""
+        lines.append(f"mlxmodels / mlx-lm{at}: prompt {q['prompt_tps']:.2f}x, generation "
+                     f"{q['generation_tps']:.2f}x (> 1: mlxmodels faster), peak memory {q['peak_memory_gb']:.2f}x "
+                     "(< 1: mlxmodels smaller)")
     if "plot" in report:
         lines += ["", f"plot: {report['plot']['file']}"]
     return "\n".join(lines)
+
+
+def format_csv(report: dict) -> str:
+    """One row per pair and tool: the setting, then each metric's mean, sd, median, min and max (blank where a
+    run did not record it). Ratios are left to the reader (two rows of the same pair)."""
+    from app import bench
+
+    stats = ("mean", "sd", "median", "min", "max")
+    head = ["model", "prompt_tokens", "gen_tokens", "tool", "dtype", "trials", "load_s"]
+    head += [f"{m}_{k}" for m in bench.METRICS + bench.CPU_METRICS for k in stats]
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(head)
+    for r in runs_of(report):
+        for t, x in r["tools"].items():
+            w.writerow([report["model"], r["prompt_tokens"], r["gen_tokens"], tool_name(t), x["dtype"],
+                        len(x["trials"]), x.get("load_s")]
+                       + [x[m].get(k, "") if m in x else "" for m in bench.METRICS + bench.CPU_METRICS
+                          for k in stats])
+    return out.getvalue()

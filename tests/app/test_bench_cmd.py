@@ -20,8 +20,9 @@ def bench_json(capsys, *args):
 def check_tool(r, n):
     assert r["dtype"] == "float32" and r["load_s"] > 0 and r["weight_bytes"] > 0
     for m in METRICS:
-        assert set(r[m]) == {"median", "min", "max"}, m
+        assert set(r[m]) == {"median", "min", "max", "mean", "sd"}, m
         assert 0 < r[m]["min"] <= r[m]["median"] <= r[m]["max"], (m, r[m])
+        assert r[m]["min"] <= r[m]["mean"] <= r[m]["max"] and r[m]["sd"] >= 0, (m, r[m])
     assert len(r["trials"]) == n and all(t[m] > 0 for t in r["trials"] for m in METRICS)
 
 
@@ -39,7 +40,7 @@ def test_bench_compare_mlx_lm(tiny_folder, capsys):
     for m in METRICS:
         assert abs(r["ratios"][m] - r["tools"]["ours"][m]["median"] / r["tools"]["mlx-lm"][m]["median"]) < 1e-9
     out = format_report(r)  # what the command prints without --json
-    assert "| ours |" in out and "| mlx-lm |" in out and "ours / mlx-lm: prompt" in out
+    assert "| mlxmodels |" in out and "| mlx-lm |" in out and "mlxmodels / mlx-lm: prompt" in out
 
 
 def test_bench_plot(tiny_folder, tmp_path, capsys):

@@ -49,7 +49,7 @@ def test_a_peer_that_cannot_load_leaves_our_table(capsys, tiny_folder, own_tmp, 
     monkeypatch.setattr(bench_view, "peer_view", no_weights)
     code, out, err = run(capsys, "-m", tiny_folder, "-p", 16, "-g", 4, "-n", 1, "--compare", "mlx-lm")
     assert code == 0
-    assert "| ours |" in out and "| mlx-lm |" not in out and "ours / mlx-lm" not in out, out
+    assert "| mlxmodels |" in out and "| mlx-lm |" not in out and "mlxmodels / mlx-lm" not in out, out
     assert len(err) == 1, err
     assert err[0].startswith("mlxm: note: --compare mlx-lm left out: the mlx-lm worker exited with status 1: "), err
     assert "Error: " in err[0] and "its log: " in err[0], err  # the exception's line, not the traceback's tail
