@@ -53,7 +53,7 @@ NORM = tensor("output_norm.weight", [64])  # 256 bytes of F32 at offset 0
 VALID = gguf_bytes(LLAMA, [NORM], b"\0" * 256)
 
 
-def refused(tmp_path, blob: bytes, *needles: str, name: str = "model.gguf") -> str:
+def assert_gguf_refused(tmp_path, blob: bytes, *needles: str, name: str = "model.gguf") -> str:
     path = tmp_path / name
     path.write_bytes(blob)
     tic = time.monotonic()
@@ -127,14 +127,14 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_crafted_file_is_refused(tmp_path, case):
     blob, *needles = CASES[case]
-    refused(tmp_path, blob, *needles)
+    assert_gguf_refused(tmp_path, blob, *needles)
 
 
 def test_token_id_outside_the_vocabulary(tmp_path):
     kvs = LLAMA + [string("tokenizer.ggml.model", "gpt2"),
                    kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 2) + text("a") + text("b")),
                    u32("tokenizer.ggml.eos_token_id", 7)]
-    refused(tmp_path, gguf_bytes(kvs, [NORM], b"\0" * 256), "'tokenizer.ggml.eos_token_id' is 7, outside the 2")
+    assert_gguf_refused(tmp_path, gguf_bytes(kvs, [NORM], b"\0" * 256), "'tokenizer.ggml.eos_token_id' is 7, outside the 2")
 
 
 def test_cli_refuses_in_one_line(tmp_path):

@@ -41,7 +41,7 @@ def put(store, text, tag="latest"):
     (store / "manifests" / ollama.HOST / ollama.NAMESPACE / "m" / tag).write_text(text)
 
 
-def refused(*needles):
+def assert_store_refused(*needles):
     with pytest.raises(OllamaError) as e:
         resolve("ollama:m")
     line = str(e.value)
@@ -68,12 +68,12 @@ def test_name_traversal(store, ref):
                                     DIGEST, f"sha256:{DIGEST}/../x", 7, None])
 def test_digest_traversal_or_format(store, digest):
     put(store, manifest([layer(digest=digest)]))
-    refused("digest", "not sha256: and 64 hex digits")
+    assert_store_refused("digest", "not sha256: and 64 hex digits")
 
 
 def test_huge_manifest(store):
     put(store, manifest([layer()]) + " " * (ollama.MAX_MANIFEST + 1))
-    refused("larger than")
+    assert_store_refused("larger than")
 
 
 @pytest.mark.parametrize("text, needle", [("{not json", "not valid JSON"), ("[1, 2]", "no list of layers"),
@@ -86,41 +86,41 @@ def test_malformed_manifest(store, text, needle):
         (store / "manifests" / ollama.HOST / ollama.NAMESPACE / "m" / "latest").write_bytes(text)
     else:
         put(store, text)
-    refused(needle)
+    assert_store_refused(needle)
 
 
 def test_no_model_layer(store):
     put(store, manifest([layer(media="application/vnd.ollama.image.adapter")]))
-    refused("0 model layers", "not a model")
+    assert_store_refused("0 model layers", "not a model")
 
 
 def test_two_model_layers(store):
     put(store, manifest([layer(), layer()]))
-    refused("2 model layers")
+    assert_store_refused("2 model layers")
 
 
 def test_blob_missing(store):
     put(store, manifest([layer(digest="sha256:" + "1" * 64)]))
-    refused("not in", "interrupted", "ollama pull m")
+    assert_store_refused("not in", "interrupted", "ollama pull m")
 
 
 def test_blob_cut_short(store):
     put(store, manifest([layer(size=len(BLOB) + 1)]))
-    refused("manifest says", "ollama pull m")
+    assert_store_refused("manifest says", "ollama pull m")
 
 
 def test_fifo_blob_never_blocks(store):
     fifo_digest = "f" * 64
     os.mkfifo(store / "blobs" / f"sha256-{fifo_digest}")
     put(store, manifest([layer(digest=f"sha256:{fifo_digest}")]))
-    refused("FIFO")
+    assert_store_refused("FIFO")
     assert_refused(mlxm(["generate", "-m", "ollama:m", "-p", "hi"], env={"OLLAMA_MODELS": str(store)}), "FIFO",
                    within=20)
 
 
 def test_fifo_manifest_never_blocks(store):
     os.mkfifo(store / "manifests" / ollama.HOST / ollama.NAMESPACE / "m" / "latest")
-    refused("FIFO")
+    assert_store_refused("FIFO")
 
 
 def test_blob_symlink_out_of_store(store, tmp_path):
@@ -130,14 +130,14 @@ def test_blob_symlink_out_of_store(store, tmp_path):
     blob.unlink()
     blob.symlink_to(secret)
     put(store, manifest([layer()]))
-    refused("outside the store")
+    assert_store_refused("outside the store")
 
 
 def test_manifest_symlink_out_of_store(store, tmp_path):
     outside = tmp_path / "planted"
     outside.write_text(manifest([layer()]))
     (store / "manifests" / ollama.HOST / ollama.NAMESPACE / "m" / "latest").symlink_to(outside)
-    refused("outside the store")
+    assert_store_refused("outside the store")
 
 
 def test_manifest_folder_symlink_out_of_store(store, tmp_path):
