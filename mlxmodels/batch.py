@@ -5,6 +5,9 @@ positions), then admits waiting requests while there is room: a new request is p
 first token in the same step. A sequence that ends (a stop token or its token budget) frees its blocks at once,
 so the next waiting request can use them.
 
+Each request samples with its own settings (`SamplingParams`: temperature, top-k/p, min-p, seed, penalties,
+logprobs; see row_sampling.py); without them it is greedy. `cancel(uid)` drops a request, waiting or running.
+
 Admission keeps one free block per running sequence, so the next decode step usually fits. If the pool still
 runs out (long generations), the most recently admitted sequence is preempted: its blocks are freed and it goes
 back to the front of the queue with everything it has emitted, to be prefilled again later (recomputation, as in
@@ -18,13 +21,13 @@ vLLM). Greedy output is therefore the same as decoding each prompt alone.
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 
 from .generate import prefill
 from .parts.block_pool import PoolExhausted
-from .sample import Sampler, greedy
+from .row_sampling import RowSampler, SamplingParams, sample_rows
 from .vocab import check_ids
 
 
@@ -33,21 +36,25 @@ class BatchResponse:
     uid: int
     token: int
     finish_reason: Optional[str] = None  # None | "stop" (a stop token, which is included) | "length"
+    logprob: Optional[float] = None  # when the request asked for logprobs
+    top_logprobs: Optional[List[Tuple[int, float]]] = None
+    cached_tokens: Optional[int] = None  # on a request's first token: prompt tokens it found in the cache
 
 
 @dataclass
 class _Request:
     uid: int
     prompt: List[int]
-    max_tokens: int
-    stop: frozenset
+    params: SamplingParams
+    rows: RowSampler
     tokens: List[int] = field(default_factory=list)  # emitted so far
     seq: Optional[int] = None  # its sequence in the pool while running
+    cached_tokens: Optional[int] = None  # set at its first admission
 
 
 class BatchGenerator:
     def __init__(self, model, num_blocks: int = 1024, block_size: int = 16, max_batch: int = 16,
-                 sampler: Optional[Sampler] = None, prefill_step_size: int = 512, stop_tokens: Iterable[int] = ()):
+                 prefill_step_size: int = 512, stop_tokens: Iterable[int] = ()):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
@@ -55,15 +62,17 @@ class BatchGenerator:
         self.pool = self.cache.pool
         self.pool.free(self.pool.active[0])  # make_cache's default sequence: ours come from add()
         self.max_batch, self.prefill_step_size = max_batch, prefill_step_size
-        self.sampler = sampler or greedy
         self.stop_tokens = frozenset(stop_tokens)
         self.waiting: Deque[_Request] = deque()
         self.running: List[_Request] = []
         self.preemptions = 0
+        self.prompt_tokens = 0  # of the prompts added
+        self.prefilled_tokens = 0  # run through prefill: prompts less what the cache held, and recomputation
+        self.generated_tokens = 0
         self._next_uid = 0
 
-    def add(self, prompt: Sequence[int], max_tokens: int = 256, stop_tokens: Optional[Iterable[int]] = None) -> int:
-        """Queue a prompt (token ids); returns its uid. It joins the batch at a later step."""
+    def check(self, prompt: Sequence[int], max_tokens: int = 1) -> List[int]:
+        """The prompt as a list of ints, or ValueError if it can never run; changes nothing (any thread)."""
         prompt = [int(t) for t in prompt]
         if not prompt or max_tokens < 1:
             raise ValueError(f"need a non-empty prompt and max_tokens >= 1, got {len(prompt)} tokens, {max_tokens}")
@@ -72,11 +81,34 @@ class BatchGenerator:
         if need > self.pool.num_blocks:
             raise ValueError(f"a prompt of {len(prompt)} tokens needs {need} blocks but the pool has "
                              f"{self.pool.num_blocks}; make the generator with more blocks")
+        return prompt
+
+    def add(self, prompt: Sequence[int], max_tokens: int = 256, stop_tokens: Optional[Iterable[int]] = None,
+            params: Optional[SamplingParams] = None) -> int:
+        """Queue a prompt (token ids); returns its uid. It joins the batch at a later step. `params` (sampling,
+        max_tokens, stop tokens) replace the greedy default made from max_tokens and stop_tokens."""
+        if params is None:
+            stop = self.stop_tokens if stop_tokens is None else frozenset(stop_tokens)
+            params = SamplingParams(max_tokens, temperature=0.0, stop_tokens=stop) if max_tokens >= 1 else None
+        prompt = self.check(prompt, params.max_tokens if params else max_tokens)
         uid = self._next_uid
         self._next_uid += 1
-        stop = self.stop_tokens if stop_tokens is None else frozenset(stop_tokens)
-        self.waiting.append(_Request(uid, prompt, max_tokens, stop))
+        self.waiting.append(_Request(uid, prompt, params, RowSampler(params, prompt)))
+        self.prompt_tokens += len(prompt)
         return uid
+
+    def cancel(self, uid: int) -> bool:
+        """Drop a waiting or running request (its blocks go back at once); False if it is not here (finished)."""
+        for r in self.waiting:
+            if r.uid == uid:
+                self.waiting.remove(r)
+                return True
+        for r in self.running:
+            if r.uid == uid:
+                self.pool.free(r.seq)
+                self.running.remove(r)
+                return True
+        return False
 
     @property
     def idle(self) -> bool:
@@ -85,17 +117,19 @@ class BatchGenerator:
     def _blocks(self, tokens: int) -> int:
         return -(-tokens // self.pool.block_size)
 
-    def _sample(self, logits: mx.array) -> List[int]:
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)  # (B, V)
-        return self.sampler(logprobs, None).tolist()
-
-    def _emit(self, r: _Request, token: int, out: List[BatchResponse]) -> None:
-        r.tokens.append(token)
-        finish = "stop" if token in r.stop else "length" if len(r.tokens) == r.max_tokens else None
-        out.append(BatchResponse(r.uid, token, finish))
-        if finish:
-            self.pool.free(r.seq)
-            self.running.remove(r)
+    def _emit(self, batch: List[_Request], logits: mx.array, out: List[BatchResponse]) -> None:
+        """Sample each request's row of logits (B, V) and hand out the tokens; finished requests leave."""
+        for r, d in zip(batch, sample_rows([r.rows for r in batch], logits)):
+            first = not r.tokens
+            r.tokens.append(d.token)
+            stop = d.token in r.params.stop_tokens
+            finish = "stop" if stop else "length" if len(r.tokens) == r.params.max_tokens else None
+            out.append(BatchResponse(r.uid, d.token, finish, d.logprob, d.top_logprobs,
+                                     r.cached_tokens if first else None))
+            self.generated_tokens += 1
+            if finish:
+                self.pool.free(r.seq)
+                self.running.remove(r)
 
     def _preempt(self) -> None:
         r = self.running.pop()  # the most recently admitted
@@ -116,8 +150,7 @@ class BatchGenerator:
                     raise
                 self._preempt()
                 continue
-            for r, t in zip(batch, self._sample(logits)):
-                self._emit(r, t, out)
+            self._emit(batch, logits, out)
             return
 
     def _admit(self, out: List[BatchResponse]) -> None:
@@ -133,8 +166,11 @@ class BatchGenerator:
             r.seq = self.pool.add_sequence()
             self.pool.active = [r.seq]
             self.running.append(r)
+            if r.cached_tokens is None:
+                r.cached_tokens = 0
             logits = prefill(self.model, context, self.cache, self.prefill_step_size)  # (1, V)
-            self._emit(r, self._sample(logits)[0], out)
+            self.prefilled_tokens += len(context)
+            self._emit([r], logits, out)
 
     def step(self) -> List[BatchResponse]:
         """One token for every running sequence, then prefill newcomers (their first token)."""

@@ -11,6 +11,7 @@ from mlxmodels.config import HFConfig
 from mlxmodels.decoder import Decoder
 from mlxmodels.families import get_adapter
 from mlxmodels.generate import generate_step
+from mlxmodels.row_sampling import SamplingParams
 
 BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             head_dim=32, vocab_size=128, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0)
@@ -102,3 +103,82 @@ def test_generate_batch_and_errors(model, alone):
         gen.add(list(range(17)))
     with pytest.raises(ValueError, match="non-empty prompt"):
         gen.add([])
+
+
+def run_alone(model, prompt, params):
+    gen = BatchGenerator(model, num_blocks=64, block_size=4, max_batch=1)
+    gen.add(prompt, params=params)
+    return collect_responses(gen)[0]
+
+
+def collect_responses(gen):
+    got = {}
+    for responses in gen:
+        for r in responses:
+            got.setdefault(r.uid, []).append(r)
+    return [got[u] for u in sorted(got)]
+
+
+def test_each_request_samples_with_its_own_settings(model, alone):
+    """Seeded sampling, penalties and logprobs per row: every request gets what it gets alone, and the greedy
+    rows beside them are unchanged."""
+    settings = [SamplingParams(MAX, temperature=0.9, top_k=20, seed=7),
+                SamplingParams(MAX, temperature=0.0),
+                SamplingParams(MAX, temperature=0.0, frequency_penalty=1.5, presence_penalty=0.5, logprobs=True),
+                SamplingParams(MAX, temperature=1.2, top_p=0.8, seed=3, repetition_penalty=1.3, top_logprobs=4)]
+    gen = BatchGenerator(model, num_blocks=64, block_size=4, max_batch=4)
+    for p, s in zip(PROMPTS, settings):
+        gen.add(p, params=s)
+    batched = collect_responses(gen)
+    assert [r.token for r in batched[1]] == alone[1]
+    for p, s, got in zip(PROMPTS, settings, batched):
+        solo = run_alone(model, p, s)
+        assert [r.token for r in got] == [r.token for r in solo]
+        np.testing.assert_allclose([r.logprob or 0 for r in got], [r.logprob or 0 for r in solo], atol=1e-4)
+    assert batched[0][0].cached_tokens == 0 and batched[0][1].cached_tokens is None
+    assert all(r.logprob is None for r in batched[0])
+
+
+def test_penalties_and_logprobs_match_a_reference(model):
+    """Frequency/presence penalties on generated tokens only; logprobs of the penalised distribution."""
+    prompt, f, pr = PROMPTS[1], 1.5, 0.5
+
+    def penalise(history, logits):
+        counts = np.bincount(np.array(history)[len(prompt):].astype(np.int64), minlength=logits.shape[-1])
+        return logits - mx.array(f * counts + pr * (counts > 0), logits.dtype)[None]
+
+    want = list(generate_step(model, prompt, model.make_cache(), logits_processors=[penalise], max_tokens=MAX))
+    got = run_alone(model, prompt, SamplingParams(MAX, temperature=0.0, frequency_penalty=f, presence_penalty=pr,
+                                                  top_logprobs=3))
+    assert [r.token for r in got] == [t for t, _ in want]
+    for r, (t, lp) in zip(got, want):
+        assert abs(r.logprob - lp[t].item()) < 1e-4
+        top = np.argsort(-np.array(lp))[:3]
+        assert [i for i, _ in r.top_logprobs] == top.tolist()
+        np.testing.assert_allclose([v for _, v in r.top_logprobs], np.array(lp)[top], atol=1e-4)
+
+
+def test_cancel_frees_and_the_others_go_on(model, alone):
+    gen = BatchGenerator(model, num_blocks=64, block_size=4, max_batch=2)
+    uids = [gen.add(p, MAX) for p in PROMPTS[:4]]
+    tokens = {u: [] for u in uids}
+    for _ in range(3):
+        for r in gen.step():
+            tokens[r.uid].append(r.token)
+    assert gen.cancel(uids[0]) and gen.cancel(uids[3])  # one running, one waiting
+    assert not gen.cancel(uids[0])
+    for responses in gen:
+        for r in responses:
+            tokens[r.uid].append(r.token)
+    assert tokens[uids[1]] == alone[1] and tokens[uids[2]] == alone[2] and tokens[uids[3]] == []
+    assert gen.pool.free_blocks == gen.pool.num_blocks and gen.idle
+    assert gen.prompt_tokens == sum(map(len, PROMPTS[:4]))
+    assert gen.generated_tokens == sum(map(len, tokens.values()))
+
+
+@pytest.mark.parametrize("bad, match", [(dict(top_logprobs=21), "top_logprobs"), (dict(frequency_penalty=3), "-2 to 2"),
+                                        (dict(temperature=-1), "temperature"), (dict(seed=-1), "seed"),
+                                        (dict(max_tokens=0), "max_tokens"), (dict(repetition_penalty=0), "repetition")])
+def test_sampling_params_refuse_bad_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingParams(**dict(dict(max_tokens=4), **bad))
