@@ -127,13 +127,18 @@ def _clear_cache() -> None:
         fn()
 
 
+Progress = Callable[[int, int], None]  # (prompt tokens processed, prompt tokens in all), as mlx-lm's callback
+
+
 def prefill_hidden(model: Decoder, tokens: Union[Sequence[int], mx.array], cache: List[Any], step_size: int = 512,
-                   keep_all: bool = False, interrupt: Optional[Callable[[], bool]] = None) -> mx.array:
+                   keep_all: bool = False, interrupt: Optional[Callable[[], bool]] = None,
+                   progress: Optional[Progress] = None) -> mx.array:
     """Feed `tokens` through the body after what `cache` holds, in chunks of `step_size`; -> the final hidden
     states of every position (1, P, D) with `keep_all`, else of the last (1, 1, D). Each chunk but the last is
     evaluated (through the cache state only, unless its states are kept), so memory stays bounded by one chunk;
     the last stays lazy. `interrupt()` is asked between chunks: True raises Interrupted (the cache then holds part
-    of the prompt), so a long prompt can be abandoned within one chunk's time."""
+    of the prompt), so a long prompt can be abandoned within one chunk's time. `progress(done, total)` is called
+    after each evaluated chunk (mlx-lm's prompt_progress_callback), so a UI can show a long prompt advancing."""
     if step_size < 1:
         raise ValueError(f"prefill step size must be >= 1, got {step_size}")
     ids, tokens = tokens, _as_tokens(tokens)
@@ -146,22 +151,26 @@ def prefill_hidden(model: Decoder, tokens: Union[Sequence[int], mx.array], cache
         if start + step_size < tokens.size:
             mx.eval(h if keep_all else (_cache_arrays(cache) or h))
             _clear_cache()
+            if progress is not None:
+                progress(start + step_size, tokens.size)
         kept.append(h if keep_all else h[:, -1:])
     return mx.concatenate(kept, axis=1) if keep_all else kept[-1]
 
 
 def prefill(model: Any, tokens: Union[Sequence[int], mx.array], cache: List[Any], step_size: int = 512,
-            interrupt: Optional[Callable[[], bool]] = None) -> mx.array:
+            interrupt: Optional[Callable[[], bool]] = None, progress: Optional[Progress] = None) -> mx.array:
     """Feed `tokens` after what `cache` holds; return the last position's logits (1, V), unevaluated.
 
     Our Decoder takes the prompt in one pass (`prefill_hidden`) and runs the output head on the last position only.
     Any other model gets all but the last token in chunks of `step_size`, each evaluated through the cache state
     (or its logits, if the cache holds no arrays we can see), then the last token in a pass of its own.
+    `progress(done, total)` follows each evaluated chunk, as in `prefill_hidden`.
     """
     if step_size < 1:
         raise ValueError(f"prefill step size must be >= 1, got {step_size}")
     if isinstance(model, Decoder):
-        return model.head(prefill_hidden(model, tokens, cache, step_size, interrupt=interrupt))[:, -1, :]
+        return model.head(prefill_hidden(model, tokens, cache, step_size, interrupt=interrupt,
+                                         progress=progress))[:, -1, :]
     ids, tokens = tokens, _as_tokens(tokens)
     check_ids(ids, model)
     n, start = tokens.size, 0
@@ -173,6 +182,8 @@ def prefill(model: Any, tokens: Union[Sequence[int], mx.array], cache: List[Any]
         mx.eval(_cache_arrays(cache) or logits)
         start = end
         _clear_cache()
+        if progress is not None:
+            progress(start, n)
     return model(tokens[None, start:], cache=cache)[:, -1, :]
 
 
@@ -193,10 +204,12 @@ def generate_step(
     prefill_step_size: int = 512,
     key: Optional[mx.array] = None,
     interrupt: Optional[Callable[[], bool]] = None,
+    progress: Optional[Progress] = None,
 ) -> Iterator[Tuple[int, mx.array]]:
     """Yield (token, logprobs (V,)) for up to `max_tokens` tokens (-1: no limit); the caller decides on EOS.
 
     `key` (from `mx.random.key(seed)`) makes sampling reproducible: it is split once per token.
+    `progress(done, total)` follows each evaluated prompt chunk (see `prefill`).
     """
     _check_max_tokens(max_tokens)
     sampler = sampler or greedy
@@ -223,7 +236,7 @@ def generate_step(
                 history = history[-keep:]
         return sample(model(y[None], cache=cache)[:, -1, :])
 
-    y, logprobs = sample(prefill(model, tokens, cache, prefill_step_size, interrupt))
+    y, logprobs = sample(prefill(model, tokens, cache, prefill_step_size, interrupt, progress))
     mx.async_eval(y, logprobs)
     n = 0
     while n != max_tokens:
@@ -307,6 +320,7 @@ def stream_generate(
     num_draft: int = 3,
     adaptive_draft: bool = True,
     interrupt: Optional[Callable[[], bool]] = None,
+    progress: Optional[Progress] = None,
 ) -> Iterator[GenerationResponse]:
     """Stream text pieces. Stops on any EOS id or stop string (neither is emitted) or after `max_tokens`.
 
@@ -315,6 +329,8 @@ def stream_generate(
     `sampler`/`logits_processors` override the ones built from the sampling arguments.
     `interrupt()`, asked between prompt chunks, can abandon a long prompt: Interrupted is raised (start again with a
     new cache: this one holds part of the prompt).
+    `progress(done, total)` is called after each evaluated prompt chunk (not with a draft: speculative decoding
+    feeds the prompt its own way).
     `draft="mtp"` (the model's MTP modules) or a draft model turns on speculative decoding with up to `num_draft`
     drafts per step (fewer while drafts are rejected, unless `adaptive_draft=False`); greedy output is unchanged,
     sampled output keeps the same distribution.
@@ -371,6 +387,7 @@ def stream_generate(
         steps = generate_step(
             model, tokens, cache, sampler, logits_processors,
             max_tokens=max_tokens, prefill_step_size=prefill_step_size, key=key, interrupt=interrupt,
+            progress=progress,
         )
     else:
         from .speculative import DraftStats, ModelDrafter, MTPDrafter, Sampling, speculative_generate_step

@@ -518,3 +518,38 @@ def test_decoder_prefill_is_one_pass_with_the_head_on_the_last_position(tmp_path
     assert sum(fed) == 37 and max(fed) <= step and heads == [1]  # every token once; logits for the last only
     np.testing.assert_allclose(np.array(got[0]), want, rtol=1e-4, atol=1e-4)
     assert cache[0].offset == 37
+
+
+# ---------------------------------------------------------------- prompt progress
+
+
+def test_progress_follows_each_evaluated_chunk_of_a_generic_model():
+    model = SumModel(seed=5)
+    prompt = [int(x) for x in np.random.default_rng(6).integers(0, 64, size=10)]
+    seen = []
+    prefill(model, prompt, model.make_cache(), 4, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(4, 10), (8, 10), (9, 10)]  # all but the last token in chunks; the last goes with the logits
+    seen.clear()
+    list(stream_generate(model, None, prompt, max_tokens=2, prefill_step_size=3,
+                         progress=lambda done, total: seen.append((done, total))))
+    assert seen == [(3, 10), (6, 10), (9, 10)]
+
+
+def test_progress_of_our_decoder_and_with_a_stop_between_chunks(tmp_path):
+    import mlxmodels
+    from mlxmodels.generate import Interrupted
+    from tests.app.tiny import build_tiny
+
+    model, tokenizer = mlxmodels.load(build_tiny(tmp_path))
+    prompt = tokenizer.encode("a prompt of some thirty-odd tokens, fed in chunks")
+    n, seen = len(prompt), []
+    ref = [r.token for r in stream_generate(model, tokenizer, prompt, max_tokens=4, prefill_step_size=n)]
+    got = [r.token for r in stream_generate(model, tokenizer, prompt, max_tokens=4, prefill_step_size=16,
+                                            progress=lambda done, total: seen.append((done, total)))]
+    assert got == ref  # reporting changes nothing it reports on
+    assert seen == [(k, n) for k in range(16, n, 16)]  # the last chunk stays lazy: the first token ends it
+    seen.clear()
+    with pytest.raises(Interrupted):
+        list(stream_generate(model, tokenizer, prompt, max_tokens=4, prefill_step_size=8,
+                             progress=lambda done, total: seen.append(done), interrupt=lambda: bool(seen)))
+    assert seen == [8]
