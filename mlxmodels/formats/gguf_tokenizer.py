@@ -64,6 +64,10 @@ SPLITS = {"default": "gpt2", "gpt2": "gpt2", "smollm": "digits", "llama3": _LLAM
           "tekken": _TEKKEN, "gpt-4o": _GPT4O, "llama4": _GPT4O, "pixtral": _LLAMA3, "dbrx": _LLAMA3,
           "smaug-bpe": _LLAMA3, "falcon3": _LLAMA3, "deepseek-llm": _DEEPSEEK_LLM, "deepseek-coder": _DEEPSEEK_CODER,
           "deepseek-v3": _DEEPSEEK_V3, "kimi-k2": KIMI.pattern}
+# Llama 3's and Tekken's splits, for which llama.cpp (llama-vocab.cpp) sets two defaults, as their tokenizer.json
+# does: ignore_merges (a piece that is a whole token is taken as is, before any merge: Llama 3's " Việt" is one
+# token its merges never reach) and add_bos where the file has no tokenizer.ggml.add_bos_token.
+LLAMA3_DEFAULTS = {"llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "tekken"}
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -94,8 +98,10 @@ def read_tokenizer(g: GGUFFile):
             special[name] = tokens[token_id]
     eos = {i for key in ("eos_token_id", "eot_token_id", "eom_token_id")
            if (i := _token_id(g, key, len(tokens))) is not None}
-    # llama.cpp adds BOS to a SentencePiece vocabulary whose file does not say otherwise (so does transformers)
-    add_bos = g.get("tokenizer.ggml.add_bos_token", bool, kind == "llama")
+    # llama.cpp adds BOS to a SentencePiece vocabulary whose file does not say otherwise (so does transformers), and
+    # to Llama 3's and Tekken's byte-level ones
+    by_default = kind == "llama" or g.get("tokenizer.ggml.pre", str) in LLAMA3_DEFAULTS
+    add_bos = g.get("tokenizer.ggml.add_bos_token", bool, by_default)
     add_eos = g.get("tokenizer.ggml.add_eos_token", bool, False)
     return tokenizer_from(tk, special_tokens=special, eos_token_ids=eos,
                           bos=special.get("bos_token") if add_bos else None,
@@ -147,15 +153,16 @@ def _byte_level(g: GGUFFile, tokens: list):
     vocab = {t if i in added or set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
              for i, t in enumerate(tokens)}
     merges = _merges(g)
-    try:
-        tk = Tokenizer(models.BPE(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
-    except Exception as e:  # tokenizers raises bare Exception for a merge of unknown tokens
-        raise GGUFError(f"{g.path}: the vocabulary and merges do not form a BPE tokenizer ({e}); "
-                        "re-download it") from None
     pre = g.get("tokenizer.ggml.pre", str, "default")
     if pre not in SPLITS:
         raise GGUFError(f"{g.path}: tokenizer.ggml.pre {pre!r} is a text split mlxmodels does not know yet (known: "
                         f"{', '.join(SPLITS)}); use the model's Hugging Face folder instead")
+    try:
+        tk = Tokenizer(models.BPE(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
+                                  ignore_merges=pre in LLAMA3_DEFAULTS))
+    except Exception as e:  # tokenizers raises bare Exception for a merge of unknown tokens
+        raise GGUFError(f"{g.path}: the vocabulary and merges do not form a BPE tokenizer ({e}); "
+                        "re-download it") from None
     split = SPLITS[pre]
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split in ("gpt2", "digits"))
     if split == "gpt2":

@@ -220,7 +220,7 @@ def llama_cpp_regexes(name: str) -> list[str]:
     import ast
     import re
 
-    src = (DATA / "llama.cpp-deepseek/llama-vocab.cpp.excerpt").read_text(encoding="utf-8")
+    src = (DATA / "llama.cpp-vocab/llama-vocab.cpp.excerpt").read_text(encoding="utf-8")
     body = src[src.index(f"case LLAMA_VOCAB_PRE_TYPE_{name}:"):]
     body = body[body.index("{") + 1:body.index("};")]
     # C++ and Python agree on these literals' escapes (\\ \" \r \n)
@@ -255,31 +255,48 @@ def our_split(tok, text: str) -> list[str]:
     return [bytes(byte_of[c] for c in piece).decode("utf-8") for piece, _ in pre.pre_tokenize_str(text)]
 
 
-@pytest.mark.parametrize("pre", ["deepseek-coder", "deepseek-llm"])
-def test_deepseek_real_vocabularies(tmp_path, pre):
-    """llama.cpp's vocabulary-only GGUFs of deepseek-coder-6.7b and deepseek-llm-7b (tokenizer.ggml.pre as named)
-    and the ids the models' own tokenizer.json gave for llama.cpp's test texts (its .out files, made by
-    convert_hf_to_gguf_update.py with transformers): ours are the same and decode back."""
-    path = tmp_path / f"{pre}.gguf"
-    path.write_bytes(lzma.decompress((DATA / f"llama.cpp-deepseek/ggml-vocab-{pre}.gguf.xz").read_bytes()))
-    tok = ours(path)
-    texts = (DATA / "llama.cpp-deepseek/ggml-vocab-deepseek.gguf.inp").read_text(encoding="utf-8")
+# llama.cpp's vocabulary-only GGUFs (tests/data/tokenizers/SOURCES.md) -> (BOS, EOS, whether BOS is added), as
+# llama.cpp reads them: from the file, else its default (SentencePiece and Llama 3's split add BOS)
+VOCABS = {"deepseek-coder": (32013, 32014, True), "deepseek-llm": (100000, 100001, True),
+          "llama-bpe": (128000, 128001, True), "llama-spm": (1, 2, True), "qwen2": (151643, 151643, False),
+          "gpt-2": (50256, 50256, False)}
+
+
+def real_vocabulary(tmp_path, name):
+    path = tmp_path / f"{name}.gguf"
+    path.write_bytes(lzma.decompress((DATA / f"llama.cpp-vocab/ggml-vocab-{name}.gguf.xz").read_bytes()))
+    return ours(path)
+
+
+@pytest.mark.parametrize("name", VOCABS)
+def test_llama_cpp_real_vocabularies(tmp_path, name):
+    """llama.cpp's vocabulary-only GGUFs of Llama 3 (llama-bpe), Llama 2 (llama-spm), Qwen2, GPT-2, deepseek-coder
+    and deepseek-llm, and the ids each model's own tokenizer.json gave for llama.cpp's test texts (its .out files,
+    made by convert_hf_to_gguf_update.py with transformers): ours are the same and decode back; BOS, EOS and
+    add-BOS are the file's."""
+    tok = real_vocabulary(tmp_path, name)
+    texts = (DATA / "llama.cpp-vocab/ggml-vocab.gguf.inp").read_text(encoding="utf-8")
     texts = texts.split("\n__ggml_vocab_test__\n")
-    expected = (DATA / f"llama.cpp-deepseek/ggml-vocab-{pre}.gguf.out").read_text(encoding="utf-8").split("\n")
+    expected = (DATA / f"llama.cpp-vocab/ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8").split("\n")
     assert len(texts) == len(expected) == 47
     for text, line in zip(texts, expected):
         ids = tok.encode(text, add_special_tokens=False)
-        assert ids == [int(i) for i in line.split()], (pre, text)
+        assert ids == [int(i) for i in line.split()], (name, text)
         assert tok.decode(ids) == text
-    # BOS, EOS and the FIM/user tokens are written outside the byte alphabet and must keep their ids, whole
-    bos, eos = (100000, 100001) if pre == "deepseek-llm" else (32013, 32014)
-    assert tok.encode("x", add_special_tokens=True)[0] == bos  # the file's add_bos_token
-    assert tok.encode("<｜begin▁of▁sentence｜>hi<｜end▁of▁sentence｜>", add_special_tokens=False) == \
-        [bos, *tok.encode("hi", add_special_tokens=False), eos]
-    assert tok.decode([bos, *tok.encode("hi", add_special_tokens=False)], skip_special_tokens=True) == "hi"
-    if pre == "deepseek-coder":
-        assert tok.encode("a<｜fim▁hole｜>b", add_special_tokens=False)[1] == 32015
-        assert tok.vocab_size == 32256
+    bos, eos, add_bos = VOCABS[name]
+    assert (tok.bos_token_id, tok.eos_token_ids) == (bos, {eos})
+    hi = tok.encode("hi", add_special_tokens=False)
+    assert tok.encode("hi", add_special_tokens=True) == ([bos] if add_bos else []) + hi
+    # BOS and EOS stay whole in text (DeepSeek's are written outside the byte alphabet) and decode away as special
+    ids = tok.encode(f"{tok.bos_token}hi{tok.eos_token}", add_special_tokens=False)
+    assert (ids[0], ids[-1]) == (bos, eos)
+    assert tok.decode([bos, *hi, eos], skip_special_tokens=True) == "hi"
+
+
+def test_deepseek_coder_fim_tokens(tmp_path):
+    tok = real_vocabulary(tmp_path, "deepseek-coder")
+    assert tok.encode("a<｜fim▁hole｜>b", add_special_tokens=False)[1] == 32015
+    assert tok.vocab_size == 32256
 
 
 @pytest.mark.parametrize("pre, name", [("deepseek-llm", "DEEPSEEK_LLM"), ("deepseek-coder", "DEEPSEEK_CODER"),
