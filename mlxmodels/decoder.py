@@ -81,7 +81,7 @@ class Decoder(nn.Module):
 
     def make_cache(self, rollback: int = 0, paged: bool = False, **paged_options) -> list:
         """One cache per layer; `rollback` > 0 lets callers `trim` that many tokens after a step.
-        paged=True: paged caches sharing one block pool (options: num_blocks, block_size); any step can be
+        paged=True: paged caches sharing one block pool (options: num_blocks, block_size, prefix_cache); any step can be
         rolled back while its blocks are kept, so `rollback` does not apply."""
         if paged:
             from .parts.paged_cache import make_paged_cache

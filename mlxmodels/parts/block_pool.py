@@ -9,12 +9,20 @@ a sequence writes into it (copy on write). A step first checks that the pool has
 A forward pass over the active sequences is one *step*: the first layer reserves blocks for its T tokens per
 sequence (`begin`), every layer writes and attends through the same `Step`, and the last layer commits the new
 lengths (`layer_done`). Positions (`offsets`) therefore stay those before the step for the whole pass.
+
+With `prefix_cache=True` the pool also remembers which token prefix each full block holds (`prefix_index.py`):
+the caller reports the tokens it stored (`commit_tokens`), and a new sequence starts from the longest run of cached
+blocks its prompt begins with (`claim_prefix`), prefilling only the rest. A keyed block is never written in place:
+a sequence writing into one copies it (when shared) or drops its key (when it is the only holder). Keyed blocks
+of freed sequences stay cached, and count as free, until a sequence needs their room (least recently used first).
 """
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import mlx.core as mx
+
+from .prefix_index import ROOT, PrefixIndex, block_key, prefix_keys
 
 
 class PoolExhausted(RuntimeError):
@@ -25,6 +33,8 @@ class PoolExhausted(RuntimeError):
 class Sequence:
     blocks: List[int] = field(default_factory=list)  # pool block ids in token order
     length: int = 0  # tokens stored
+    tokens: List[int] = field(default_factory=list)  # with prefix caching: the token ids committed so far
+    keys: List[bytes] = field(default_factory=list)  # their full blocks' keys
 
 
 @dataclass
@@ -42,7 +52,7 @@ class Step:
 
 
 class BlockPool:
-    def __init__(self, num_blocks: int, block_size: int = 16):
+    def __init__(self, num_blocks: int, block_size: int = 16, prefix_cache: bool = False):
         if num_blocks < 1 or block_size < 1:
             raise ValueError(f"a block pool needs >= 1 block of >= 1 token, got {num_blocks} x {block_size}")
         self.num_blocks, self.block_size = num_blocks, block_size
@@ -55,25 +65,37 @@ class BlockPool:
         self._trim_round = None  # (epoch, requested n, trimmed n, layers that called) while layers trim in turn
         self._next_id = 0
         self._step: Optional[Step] = None
+        self.prefix = PrefixIndex() if prefix_cache else None
+        self.prefix_queries = 0  # claim_prefix calls
+        self.prefix_query_tokens = 0  # tokens they asked for
+        self.prefix_hit_tokens = 0  # tokens they found cached
 
     # ---- accounting
     @property
     def free_blocks(self) -> int:
-        return len(self._free)
+        """Blocks a sequence can take: never used, or cached (kept for their prefix but held by no sequence)."""
+        return len(self._free) + self.cached_blocks
 
     @property
     def used_blocks(self) -> int:
-        return self.num_blocks - len(self._free)
+        return self.num_blocks - self.free_blocks
+
+    @property
+    def cached_blocks(self) -> int:
+        return self.prefix.cached if self.prefix else 0
 
     def _take(self) -> int:
-        b = self._free.pop()
+        b = self._free.pop() if self._free else self.prefix.evict()  # blank blocks before cached ones
         self._refs[b] = 1
         return b
 
     def _release(self, b: int) -> None:
         self._refs[b] -= 1
         if self._refs[b] == 0:
-            self._free.append(b)
+            if self.prefix and self.prefix.keyed(b):
+                self.prefix.park(b)
+            else:
+                self._free.append(b)
 
     # ---- sequences
     def add_sequence(self) -> int:
@@ -89,7 +111,7 @@ class BlockPool:
         """A new sequence sharing every block of `sid` (regenerate, branches, prefix reuse); no data is copied."""
         src = self._seq(sid)
         new = self.add_sequence()
-        self.seqs[new] = Sequence(list(src.blocks), src.length)
+        self.seqs[new] = Sequence(list(src.blocks), src.length, list(src.tokens), list(src.keys))
         for b in src.blocks:
             self._refs[b] += 1
         return new
@@ -100,9 +122,11 @@ class BlockPool:
         if not 0 <= length <= s.length:
             raise ValueError(f"cannot truncate sequence {sid} of {s.length} tokens to {length}")
         keep = -(-length // self.block_size)
-        for b in s.blocks[keep:]:
+        for b in reversed(s.blocks[keep:]):
             self._release(b)
         s.blocks, s.length = s.blocks[:keep], length
+        del s.tokens[length:]
+        del s.keys[len(s.tokens) // self.block_size:]
 
     def trim(self, layer_id: int, n: int) -> int:
         """Roll the active sequences back n tokens once per round of per-layer calls (each layer cache's `trim`
@@ -121,9 +145,56 @@ class BlockPool:
     def free(self, sid: int) -> None:
         """Forget a sequence; its blocks return to the pool unless another sequence shares them."""
         s = self.seqs.pop(sid)
-        for b in s.blocks:
+        for b in reversed(s.blocks):  # a prefix's last blocks become the least recent: evicted before its first
             self._release(b)
         self.active = [a for a in self.active if a != sid]
+
+    # ---- prefix caching
+    def claim_prefix(self, sid: int, tokens: List[int]) -> int:
+        """Start the empty sequence `sid` with the cached blocks holding the longest block-aligned prefix of
+        `tokens`, shared, not copied; returns the tokens reused (its new length: 0 when prefix caching is off or
+        nothing matched). The last token is never reused, so the caller's prefill of the rest gives its logits;
+        a last block reused in part is copied (or unkeyed) when that token is written."""
+        s = self._seq(sid)
+        if s.length or s.blocks:
+            raise ValueError(f"claim_prefix needs a new, empty sequence; sequence {sid} holds {s.length} tokens")
+        if self.prefix is None:
+            return 0
+        self.prefix_queries += 1
+        self.prefix_query_tokens += len(tokens)
+        tokens = [int(t) for t in tokens]
+        blocks, keys = [], []
+        for key in prefix_keys(tokens, self.block_size):
+            b = self.prefix.lookup(key)
+            if b is None:
+                break
+            blocks.append(b)
+            keys.append(key)
+        n = max(0, min(len(blocks) * self.block_size, len(tokens) - 1))
+        blocks = blocks[:-(-n // self.block_size)]
+        for b in blocks:
+            if self._refs[b] == 0:
+                self.prefix.unpark(b)
+            self._refs[b] += 1
+        s.blocks, s.length, s.tokens, s.keys = blocks, n, tokens[:n], keys[:n // self.block_size]
+        self.prefix_hit_tokens += n
+        return n
+
+    def commit_tokens(self, sid: int, tokens: List[int]) -> None:
+        """Record the token ids just stored in `sid` (in order, after those committed before; claimed tokens
+        count as committed). Each block they fill becomes keyed by its prefix, for later sequences to claim."""
+        if self.prefix is None:
+            return
+        s = self._seq(sid)
+        if len(s.tokens) + len(tokens) > s.length:
+            raise ValueError(f"commit_tokens: sequence {sid} stores {s.length} tokens, {len(s.tokens)} committed "
+                             f"already, so {len(tokens)} more were not all written; commit after the step")
+        s.tokens.extend(int(t) for t in tokens)
+        bs = self.block_size
+        for i in range(len(s.keys), len(s.tokens) // bs):
+            key = block_key(s.keys[-1] if s.keys else ROOT, s.tokens[i * bs:(i + 1) * bs])
+            s.keys.append(key)
+            self.prefix.add(key, s.blocks[i])
 
     def _seq(self, sid: int) -> Sequence:
         if sid not in self.seqs:
@@ -179,6 +250,8 @@ class BlockPool:
                     layer.copy_block(old, new)
                 self._release(old)
                 s.blocks[i] = new
+            elif self.prefix:  # ours alone: a key it has no longer says what it holds
+                self.prefix.drop(old)
         while len(s.blocks) <= last:
             s.blocks.append(self._take())
 

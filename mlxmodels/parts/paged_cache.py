@@ -9,6 +9,10 @@ speculative verification) gathers the sequence's blocks and attends with an expl
 
     cache = model.make_cache(paged=True, num_blocks=512, block_size=16)
     cache.pool.active -> [sequence id]; cache.pool.fork(sid), .truncate(sid, n), .free(sid), .free_blocks
+
+    cache = model.make_cache(paged=True, num_blocks=512, prefix_cache=True)
+    n = cache.pool.claim_prefix(sid, prompt)  # reuse cached blocks; prefill prompt[n:], then
+    cache.pool.commit_tokens(sid, prompt[n:])  # so that later prompts can reuse these blocks
 """
 
 from typing import List, Optional
@@ -161,9 +165,11 @@ class PagedCaches(list):
         self.pool = pool
 
 
-def make_paged_cache(spec: ModelSpec, num_blocks: int = 256, block_size: int = 16) -> PagedCaches:
-    """A paged cache for every layer, sharing one pool, with one empty sequence active (generate.py's case)."""
-    pool = BlockPool(num_blocks, block_size)
+def make_paged_cache(spec: ModelSpec, num_blocks: int = 256, block_size: int = 16,
+                     prefix_cache: bool = False) -> PagedCaches:
+    """A paged cache for every layer, sharing one pool, with one empty sequence active (generate.py's case);
+    prefix_cache=True keys full blocks by their token prefix for `pool.claim_prefix` (see block_pool.py)."""
+    pool = BlockPool(num_blocks, block_size, prefix_cache)
     caches = [PagedLatentCache(pool, layer.attn.kv_lora_rank) if isinstance(layer.attn, MLASpec)
               else PagedKVCache(pool, layer.attn) for layer in spec.layers]
     pool.active = [pool.add_sequence()]
