@@ -82,7 +82,7 @@ class BlockPool:
 
     @property
     def cached_blocks(self) -> int:
-        return self.prefix.cached if self.prefix else 0
+        return self.prefix.cached if self.prefix is not None else 0
 
     def _take(self) -> int:
         b = self._free.pop() if self._free else self.prefix.evict()  # blank blocks before cached ones
@@ -92,7 +92,7 @@ class BlockPool:
     def _release(self, b: int) -> None:
         self._refs[b] -= 1
         if self._refs[b] == 0:
-            if self.prefix and self.prefix.keyed(b):
+            if self.prefix is not None and self.prefix.keyed(b):
                 self.prefix.park(b)
             else:
                 self._free.append(b)
@@ -250,7 +250,7 @@ class BlockPool:
                     layer.copy_block(old, new)
                 self._release(old)
                 s.blocks[i] = new
-            elif self.prefix:  # ours alone: a key it has no longer says what it holds
+            elif self.prefix is not None:  # ours alone: a key it has no longer says what it holds
                 self.prefix.drop(old)
         while len(s.blocks) <= last:
             s.blocks.append(self._take())
