@@ -13,6 +13,11 @@ runs out (long generations), the most recently admitted sequence is preempted: i
 back to the front of the queue with everything it has emitted, to be prefilled again later (recomputation, as in
 vLLM). Greedy output is therefore the same as decoding each prompt alone.
 
+With `prefix_cache=True` the pool keys every full block by the tokens up to its end (block_pool.py): a request
+starts from the cached blocks its prompt begins with and prefills only the rest, and admission counts only the
+blocks still needed. Every step reports the tokens it stored (`commit_tokens`), generated ones included, so the
+next turn of a chat finds its whole history cached, and a preempted request its own blocks.
+
     gen = BatchGenerator(model, num_blocks=1024, max_batch=8)
     uids = [gen.add(p, max_tokens=64) for p in prompts]
     for responses in gen:            # one list per step
@@ -52,13 +57,28 @@ class _Request:
     cached_tokens: Optional[int] = None  # set at its first admission
 
 
+def check_prompt(model, prompt: Sequence[int], max_tokens: int, num_blocks: int, block_size: int) -> List[int]:
+    """The prompt as a list of ints, or ValueError if it can never run in a pool of num_blocks x block_size; Python
+    only (no MLX arrays), so any thread may call it."""
+    prompt = [int(t) for t in prompt]
+    if not prompt or max_tokens < 1:
+        raise ValueError(f"need a non-empty prompt and max_tokens >= 1, got {len(prompt)} tokens, {max_tokens}")
+    check_ids(prompt, model)  # here, not at its prefill: one bad prompt must not fail a step
+    need = -(-(len(prompt) + 1) // block_size)  # the prompt and the first generated token
+    if need > num_blocks:
+        raise ValueError(f"a prompt of {len(prompt)} tokens needs {need} blocks but the pool has {num_blocks}; "
+                         "make the generator with more blocks")
+    return prompt
+
+
 class BatchGenerator:
     def __init__(self, model, num_blocks: int = 1024, block_size: int = 16, max_batch: int = 16,
-                 prefill_step_size: int = 512, stop_tokens: Iterable[int] = ()):
+                 prefill_step_size: int = 512, stop_tokens: Iterable[int] = (), prefix_cache: bool = False):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
-        self.cache = model.make_cache(paged=True, num_blocks=num_blocks, block_size=block_size)
+        self.cache = model.make_cache(paged=True, num_blocks=num_blocks, block_size=block_size,
+                                      prefix_cache=prefix_cache)
         self.pool = self.cache.pool
         self.pool.free(self.pool.active[0])  # make_cache's default sequence: ours come from add()
         self.max_batch, self.prefill_step_size = max_batch, prefill_step_size
@@ -72,16 +92,7 @@ class BatchGenerator:
         self._next_uid = 0
 
     def check(self, prompt: Sequence[int], max_tokens: int = 1) -> List[int]:
-        """The prompt as a list of ints, or ValueError if it can never run; changes nothing (any thread)."""
-        prompt = [int(t) for t in prompt]
-        if not prompt or max_tokens < 1:
-            raise ValueError(f"need a non-empty prompt and max_tokens >= 1, got {len(prompt)} tokens, {max_tokens}")
-        check_ids(prompt, self.model)  # here, not at its prefill: one bad prompt must not fail a step
-        need = self._blocks(len(prompt) + 1)  # the prompt and the first generated token
-        if need > self.pool.num_blocks:
-            raise ValueError(f"a prompt of {len(prompt)} tokens needs {need} blocks but the pool has "
-                             f"{self.pool.num_blocks}; make the generator with more blocks")
-        return prompt
+        return check_prompt(self.model, prompt, max_tokens, self.pool.num_blocks, self.pool.block_size)
 
     def add(self, prompt: Sequence[int], max_tokens: int = 256, stop_tokens: Optional[Iterable[int]] = None,
             params: Optional[SamplingParams] = None) -> int:
@@ -150,6 +161,8 @@ class BatchGenerator:
                     raise
                 self._preempt()
                 continue
+            for r in batch:  # what this step stored, before finished sequences leave the pool
+                self.pool.commit_tokens(r.seq, r.tokens[-1:])
             self._emit(batch, logits, out)
             return
 
@@ -157,20 +170,33 @@ class BatchGenerator:
         while self.waiting and len(self.running) < self.max_batch:
             r = self.waiting[0]
             context = r.prompt + r.tokens  # a preempted request resumes after what it emitted
-            if self._blocks(len(context) + 1) + len(self.running) > self.pool.free_blocks:
+            seq = self.pool.add_sequence()
+            reused = self._claim(seq, context)
+            if reused is None:
+                self.pool.free(seq)
                 if not self.running:
                     raise PoolExhausted(f"request {r.uid} needs {self._blocks(len(context) + 1)} blocks and only "
                                         f"{self.pool.free_blocks} are free with nothing running")
                 return
             self.waiting.popleft()
-            r.seq = self.pool.add_sequence()
-            self.pool.active = [r.seq]
+            r.seq = seq
+            self.pool.active = [seq]
             self.running.append(r)
             if r.cached_tokens is None:
-                r.cached_tokens = 0
-            logits = prefill(self.model, context, self.cache, self.prefill_step_size)  # (1, V)
-            self.prefilled_tokens += len(context)
+                r.cached_tokens = reused
+            logits = prefill(self.model, context[reused:], self.cache, self.prefill_step_size)  # (1, V)
+            self.pool.commit_tokens(seq, context[reused:])
+            self.prefilled_tokens += len(context) - reused
             self._emit([r], logits, out)
+
+    def _claim(self, seq: int, context: List[int]) -> Optional[int]:
+        """Share the cached blocks `context` starts with into the empty `seq`: the tokens reused, or None when
+        the blocks still needed (and one per running sequence, for its next token) are not free."""
+        if self._blocks(len(context) + 1) + len(self.running) <= self.pool.free_blocks:
+            return self.pool.claim_prefix(seq, context)  # room even with no hit: claimed cached blocks were free
+        reused = self.pool.claim_prefix(seq, context)  # claiming takes them out of the free count
+        need = self._blocks(len(context) + 1) - reused // self.pool.block_size  # a partly reused block is copied
+        return reused if need + len(self.running) <= self.pool.free_blocks else None
 
     def step(self) -> List[BatchResponse]:
         """One token for every running sequence, then prefill newcomers (their first token)."""

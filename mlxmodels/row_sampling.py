@@ -49,10 +49,12 @@ class SamplingParams:
         if not isinstance(self.top_logprobs, int) or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             raise ValueError(f"top_logprobs must be a whole number from 0 to {MAX_TOP_LOGPROBS}, "
                              f"got {self.top_logprobs!r}")
-        # the rest is checked where it is used, once, with the samplers' own messages
+        seed = self.seed
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 64):
+            raise ValueError(f"seed must be a whole number from 0 to 2**64 - 1, got {seed!r}")
+        # the rest with the samplers' own messages; no MLX array is made here (any thread may build params)
         make_sampler(self.temperature, self.top_k, self.top_p, self.min_p)
         make_repetition_penalty(self.repetition_penalty)
-        random_key(self.seed)
 
     @property
     def greedy(self) -> bool:

@@ -182,3 +182,32 @@ def test_cancel_frees_and_the_others_go_on(model, alone):
 def test_sampling_params_refuse_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):
         SamplingParams(**dict(dict(max_tokens=4), **bad))
+
+
+def test_a_cached_prefix_is_not_recomputed(model, alone):
+    """Prompts sharing a 12-token prefix: the later ones prefill only their own tail, a repeated prompt only what
+    follows its last full block (its 8th block also holds the first reply's tokens), and every reply equals
+    decoding alone; a prompt of 7 cached blocks reuses all but its last token, writing it into a copy."""
+    prefix = PROMPTS[3][:12]
+    prompts = [prefix + [5, 6, 7], prefix + [9, 9], PROMPTS[3], PROMPTS[3], PROMPTS[3][:28]]
+    want = [[t for t, _ in generate_step(model, p, model.make_cache(), max_tokens=4)] for p in prompts]
+    gen = BatchGenerator(model, num_blocks=64, block_size=4, max_batch=1, prefix_cache=True)
+    for p in prompts:
+        gen.add(p, 4)
+    got = collect_responses(gen)
+    assert [[r.token for r in g] for g in got] == want and want[2] == alone[3][:4]
+    assert [g[0].cached_tokens for g in got] == [0, 12, 12, 28, 27]
+    assert gen.prefilled_tokens == 15 + 2 + 18 + 2 + 1
+    assert gen.pool.prefix_hit_tokens == 12 + 12 + 28 + 27
+    assert gen.pool.used_blocks == 0 and gen.pool.cached_blocks > 0
+
+
+def test_prefix_cache_under_a_short_pool(model, alone):
+    """Cached blocks give way to running sequences (evicted, least recently used first) and preemption resumes
+    from what is still cached: the replies do not change."""
+    gen = BatchGenerator(model, num_blocks=14, block_size=4, max_batch=4, prefix_cache=True)
+    uids = [gen.add(p, MAX) for p in PROMPTS + PROMPTS]
+    tokens, _, _ = collect(gen)
+    assert gen.preemptions > 0
+    assert [tokens[u] for u in uids] == alone + alone
+    assert gen.pool.used_blocks == 0 and gen.prefilled_tokens < 2 * sum(map(len, PROMPTS)) + gen.preemptions * MAX

@@ -8,6 +8,11 @@ on with a fresh generator, so one bad step never wedges the server.
 
 A reply ends with one final event: its last token with "length", or no token (-1) with "stop" (a stop token,
 which is not part of the text), "cancelled" or "error".
+
+Every MLX array the engine uses is made on its thread: since MLX 0.31.2 streams are per thread on the GPU, and a
+lazy array built on another thread fails there ("There is no Stream(gpu, 0) in current thread", as mlx_lm.server
+met). So the generator and its pool are built by the thread, the model's weights are evaluated before it starts,
+and submit() checks prompts in plain Python.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from collections import deque
 from dataclasses import replace
 from typing import Deque, Dict, List, Optional, Tuple
 
-from ..batch import BatchGenerator, BatchResponse
+import mlx.core as mx
+
+from ..batch import BatchGenerator, BatchResponse, check_prompt
 from ..row_sampling import SamplingParams
 from .stream import Event, Stream
 
@@ -60,8 +67,12 @@ class Engine:
         if num_blocks is None:
             num_blocks = max(blocks(context + 1), max_batch * blocks(min(context, BLOCKS_PER_ROW_TOKENS)))
         self.model, self.context, self.max_queue = model, context, max_queue
-        self._options = dict(num_blocks=num_blocks, block_size=block_size, max_batch=max_batch)
-        self.gen = BatchGenerator(model, **self._options)
+        self._options = dict(num_blocks=num_blocks, block_size=block_size, max_batch=max_batch,
+                             prefix_cache=prefix_cache)
+        mx.eval(model.parameters())  # nothing lazy from this thread may reach the engine's
+        self.gen: Optional[BatchGenerator] = None  # built on the engine thread
+        self._ready = threading.Event()
+        self._failed: Optional[BaseException] = None
         self._cond = threading.Condition()
         self._inbox: List[Tuple[Stream, List[int], SamplingParams]] = []
         self._cancels: List[Stream] = []
@@ -76,14 +87,20 @@ class Engine:
         self._recent: Deque[Tuple[float, int]] = deque()  # (time, tokens) per step within RATE_WINDOW
         self._done = dict(prompt_tokens_prefilled_total=0, generation_tokens_total=0, preemptions_total=0)
         self._totals = dict(prompt_tokens_total=0, requests_total=0)
-        self._snapshot: Dict[str, float] = {}
-        self._update_stats()
+        self._snapshot: Dict[str, float] = dict.fromkeys(
+            ["running", "waiting", "kv_blocks_used", "kv_blocks_cached", "prefix_hit_tokens",
+             "prompt_tokens_prefilled_total", "generation_tokens_total", "preemptions_total"], 0)
+        self._snapshot["kv_blocks_free"] = num_blocks
 
     # ---- any thread
     def start(self) -> None:
+        """Start the engine thread; returns once it has built its generator (re-raising what stopped it)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="mlxm-engine", daemon=True)
             self._thread.start()
+            self._ready.wait()
+            if self._failed is not None:
+                raise self._failed
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel every request and stop the thread (waiting up to `timeout` for the step in flight)."""
@@ -92,12 +109,15 @@ class Engine:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout)
-        else:
-            self._finish_all(Event(-1, finish_reason="cancelled"))
+        with self._cond:  # never started (or failed to): queued requests to end
+            inbox, self._inbox = self._inbox, []
+        for stream, _, _ in inbox:
+            stream._put(Event(-1, finish_reason="cancelled"))
 
     def submit(self, prompt: List[int], params: SamplingParams) -> Stream:
         """Queue a request; ValueError for a prompt that cannot run, QueueFull when max_queue are waiting."""
-        prompt = self.gen.check(prompt)
+        o = self._options
+        prompt = check_prompt(self.model, prompt, params.max_tokens, o["num_blocks"], o["block_size"])
         if len(prompt) >= self.context:
             raise ValueError(f"the prompt has {len(prompt)} tokens but the context holds {self.context} (prompt "
                              "and reply together); shorten the prompt or raise the context")
@@ -132,6 +152,13 @@ class Engine:
 
     # ---- the engine thread
     def _run(self) -> None:
+        try:
+            self.gen = BatchGenerator(self.model, **self._options)
+        except BaseException as e:  # noqa: BLE001 - handed to start()
+            self._failed = e
+            return
+        finally:
+            self._ready.set()
         while True:
             with self._cond:
                 while not (self._inbox or self._cancels or self._closed or not self.gen.idle):
@@ -149,7 +176,7 @@ class Engine:
                 self._step()
             else:
                 self._update_stats()  # cancellations alone changed it
-        self._finish_all(Event(-1, finish_reason="cancelled"))
+        self._finish_all(Event(-1, finish_reason="cancelled"), rebuild=False)
 
     def _step(self) -> None:
         try:
@@ -197,7 +224,7 @@ class Engine:
         del self._streams[gid]
         self._admitted.discard(gid)
 
-    def _finish_all(self, event: Event) -> None:
+    def _finish_all(self, event: Event, rebuild: bool = True) -> None:
         """End every open stream with `event` and start over with an empty generator (the old one may be broken
         mid-step, so it is not asked to cancel anything)."""
         with self._cond:
@@ -208,8 +235,9 @@ class Engine:
         self._streams.clear()
         self._gids.clear()
         self._admitted.clear()
-        self._fold_counters()
-        self.gen = BatchGenerator(self.model, **self._options)
+        if rebuild:
+            self._fold_counters()
+            self.gen = BatchGenerator(self.model, **self._options)
         self._update_stats()
 
     def _fold_counters(self) -> None:

@@ -38,7 +38,7 @@ def solo(model):
 
 @pytest.fixture
 def engine(model, request):
-    options = dict(max_batch=4, num_blocks=64, block_size=4)
+    options = dict(max_batch=4, num_blocks=64, block_size=4, prefix_cache=False)
     options.update(getattr(request, "param", {}))
     e = Engine(model, **options)
     e.start()
@@ -85,7 +85,8 @@ def test_batched_greedy_equals_alone(engine, solo):
     assert s["prompt_tokens_total"] == s["prompt_tokens_prefilled_total"] == 2 * sum(map(len, PROMPTS))
 
 
-@pytest.mark.parametrize("engine", [dict(max_batch=8, num_blocks=24, block_size=4)], indirect=True)
+@pytest.mark.parametrize("engine", [dict(max_batch=8, num_blocks=24, block_size=4),
+                                    dict(max_batch=8, num_blocks=24, block_size=4, prefix_cache=True)], indirect=True)
 def test_32_concurrent_streams_with_random_cancels(engine, solo):
     """asyncio readers, a third of them cancelling at a random point; a pool too small for the batch preempts.
     Every reply that ends is its prompt's solo reply, the cancelled ones a prefix of it, and the pool empties."""
@@ -167,3 +168,19 @@ def test_a_failing_step_ends_its_requests_and_the_engine_goes_on(engine, solo, m
     assert (tokens, last.finish_reason, last.error) == ([], "error", "RuntimeError: boom")
     assert read(engine.submit(PROMPTS[0], greedy()))[0] == solo[0]  # a fresh generator took over
     assert_drained(engine)
+
+
+@pytest.mark.parametrize("engine", [dict(prefix_cache=True)], indirect=True)
+def test_a_shared_prefix_is_prefilled_once(engine, model):
+    system = PROMPTS[3][:24]
+    prompts = [system + PROMPTS[0], system + PROMPTS[2]]
+    want = [[t for t, _ in generate_step(model, p, model.make_cache(), max_tokens=MAX)] for p in prompts]
+    streams = [engine.submit(p, greedy()) for p in prompts[:1]]
+    assert read(streams[0])[0] == want[0]
+    streams.append(engine.submit(prompts[1], greedy()))
+    assert read(streams[1])[0] == want[1]
+    assert [s.cached_tokens for s in streams] == [0, 24]
+    assert_drained(engine)
+    s = engine.stats()
+    assert s["prefix_hit_tokens"] == 24 and s["kv_blocks_cached"] > 0
+    assert s["prompt_tokens_prefilled_total"] == s["prompt_tokens_total"] - 24
