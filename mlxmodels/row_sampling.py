@@ -117,8 +117,11 @@ def sample_rows(rows: List[RowSampler], logits: mx.array) -> List[Drawn]:
                                  for i, r in enumerate(rows)])
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)  # (B, V)
     argmax = mx.argmax(logprobs, axis=-1).astype(mx.int32)  # (B,)
-    tokens = mx.concatenate([argmax[i: i + 1] if r.params.greedy else r.draw(logprobs[i: i + 1])
-                             for i, r in enumerate(rows)])  # (B,)
+    if all(r.params.greedy for r in rows):
+        tokens = argmax
+    else:
+        tokens = mx.concatenate([argmax[i: i + 1] if r.params.greedy else r.draw(logprobs[i: i + 1])
+                                 for i, r in enumerate(rows)])  # (B,)
     chosen = mx.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]  # (B,)
     k = max(r.params.top_logprobs for r in rows)
     wanted = [tokens, chosen]

@@ -184,3 +184,16 @@ def test_a_shared_prefix_is_prefilled_once(engine, model):
     s = engine.stats()
     assert s["prefix_hit_tokens"] == 24 and s["kv_blocks_cached"] > 0
     assert s["prompt_tokens_prefilled_total"] == s["prompt_tokens_total"] - 24
+
+
+def test_events_carry_logprobs_and_a_late_async_reader_gets_them_all(engine, solo):
+    stream = engine.submit(PROMPTS[2], greedy(logprobs=True, top_logprobs=2))
+    assert_drained(engine)  # every event is produced before anyone reads
+
+    async def read_all():
+        return [e async for e in stream]
+
+    events = asyncio.run(asyncio.wait_for(read_all(), WAIT))
+    assert [e.token for e in events] == solo[2] and events[-1].finish_reason == "length"
+    for e in events:
+        assert e.logprob <= 0 and len(e.top_logprobs) == 2 and e.top_logprobs[0] == (e.token, e.logprob)
