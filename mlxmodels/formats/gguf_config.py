@@ -164,7 +164,15 @@ def _gemma(g: GGUFFile, arch: str, cfg: dict) -> None:
 def _deepseek(g: GGUFFile, arch: str, cfg: dict) -> None:
     """MLA head sizes (newer files: *_mla keys; older: key/value length), q LoRA absent = none, routing: sigmoid
     gating (expert_gating_func 2) is DeepSeek-V3's noaux_tc, softmax with groups V2's group-limited greedy; YaRN's
-    attention scaling from llama.cpp's log multiplier (0.1 * mscale_all_dim)."""
+    attention scaling from llama.cpp's log multiplier (0.1 * mscale_all_dim); MTP modules: llama.cpp counts them
+    in block_count, after the main layers, and says how many in nextn_predict_layers."""
+    nextn = g.get(f"{arch}.nextn_predict_layers", int) or 0
+    if nextn:
+        layers = cfg.get("num_hidden_layers")
+        if not isinstance(layers, int) or not 0 < nextn < layers:
+            raise GGUFError(f"{g.path}: '{arch}.nextn_predict_layers' is {nextn}, not fewer than the {layers} blocks "
+                            f"('{arch}.block_count'); the file is damaged, re-download it")
+        cfg.update(num_hidden_layers=layers - nextn, num_nextn_predict_layers=nextn)
     p = f"{arch}.attention."
     key = g.get(p + "key_length_mla", int) or g.get(p + "key_length", int)
     value = g.get(p + "value_length_mla", int) or g.get(p + "value_length", int)

@@ -13,6 +13,10 @@ convert_hf_to_gguf.py did to a tensor that must be undone.
 - DeepSeek-V2/V3 `attn_kv_b` (older files) is our adapter's kv_b_proj (split by it); newer files store the halves
   instead, `attn_k_b` (H, kv_lora, nope) and `attn_v_b` (H, v, kv_lora), which are exactly our embed_q and
   unembed_out; a file with both has kv_b skipped.
+- DeepSeek-V3's MTP modules (llama.cpp's NextN): the last `nextn_predict_layers` blocks of `block_count` are
+  decoder blocks like the others plus `blk.N.nextn.*` (eh_proj, enorm, hnorm, shared_head_norm), our MTPBlock's
+  names at `model.layers.N`; their `nextn.embed_tokens` and `nextn.shared_head_head` are copies of the main model's
+  embedding and head, skipped as our folder loader drops them.
 - GPT-2's fused `attn_qkv` is (3 * hidden, hidden) as (out, in) already (convert transposed the Conv1D), which the
   gpt2 adapter splits under its mlx-lm name c_attn; its `output` is a copy of the embedding (the head is tied).
 """
@@ -48,6 +52,8 @@ _MLA = {"attn_q_a": "self_attn.q_a_proj", "attn_q_a_norm": "self_attn.q_a_layern
         "attn_kv_a_mqa": "self_attn.kv_a_proj_with_mqa", "attn_kv_a_norm": "self_attn.kv_a_layernorm",
         "attn_kv_b": "self_attn.kv_b_proj", "attn_k_b": "self_attn.embed_q", "attn_v_b": "self_attn.unembed_out",
         "exp_probs_b": "mlp.gate.e_score_correction"}  # + ".bias": transformers' e_score_correction_bias
+_NEXTN = {"nextn.eh_proj": "eh_proj", "nextn.enorm": "enorm", "nextn.hnorm": "hnorm",
+          "nextn.shared_head_norm": "shared_head.norm", "nextn.embed_tokens": SKIP, "nextn.shared_head_head": SKIP}
 _MODEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
           "rope_freqs": SKIP}  # Llama 3.1 scaling: read into the config by gguf_rope, not a weight
 _LLAMA = {**_ATTN, **_PRE, **_dense("mlp")}
@@ -64,7 +70,8 @@ TABLES = {
     "gemma2": (_MODEL, {**_ATTN, **_POST, **_dense("mlp"), "attn_norm": "input_layernorm",
                         "ffn_norm": "pre_feedforward_layernorm"}, {}),
     "olmo2": (_MODEL, {**_ATTN, **_POST, **_dense("mlp")}, {}),
-    "deepseek2": (_MODEL, {**_ATTN, **_PRE, **_dense("mlp"), **_experts("mlp", shared="shared_experts"), **_MLA}, {}),
+    "deepseek2": (_MODEL, {**_ATTN, **_PRE, **_dense("mlp"), **_experts("mlp", shared="shared_experts"), **_MLA,
+                           **_NEXTN}, {}),
     "gpt2": ({"token_embd": "model.embed_tokens", "position_embd": "model.embed_positions", "output_norm": "model.norm",
               "output": SKIP},
              {"attn_norm": "input_layernorm", "attn_qkv": "self_attn.c_attn", "attn_output": "self_attn.o_proj",
@@ -75,7 +82,7 @@ TABLES = {
 TABLES["gemma3"] = TABLES["gemma2"]
 UNIT_OFFSET_ARCHS = ("gemma2", "gemma3")
 
-_BLOCK = re.compile(r"blk\.(\d+)\.([a-z0-9_]+)\.(weight|bias)")
+_BLOCK = re.compile(r"blk\.(\d+)\.((?:nextn\.)?[a-z0-9_]+)\.(weight|bias)")
 _TOP = re.compile(r"([a-z0-9_]+)\.(weight|bias)")
 
 
@@ -89,7 +96,7 @@ def hf_name(arch: str, name: str, names=()):
         index, key, kind = m.groups()
         if key not in layer or len(index) >= 7:
             return None
-        if key == "attn_kv_b" and f"blk.{index}.attn_k_b.weight" in names:
+        if layer[key] == SKIP or key == "attn_kv_b" and f"blk.{index}.attn_k_b.weight" in names:
             return SKIP
         undo = permuted.get(key) if kind == "weight" else None
         if arch in UNIT_OFFSET_ARCHS and key.endswith("norm"):

@@ -66,6 +66,18 @@ def permute(w, heads):
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+NEXTN = ("eh_proj", "enorm", "hnorm", "embed_tokens", "shared_head.head", "shared_head.norm")
+
+
+def gguf_name(names, stem: str) -> str:
+    """The GGUF name of a tensor stem: DeepSeek's MTP tensors as current llama.cpp's map names them (blk.N.nextn.*,
+    gguf-py/gguf/tensor_mapping.py; the gguf package here predates them), the rest by the package's map."""
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", stem)
+    if m and m[2] in NEXTN:
+        return f"blk.{m[1]}.nextn.{m[2].replace('.', '_')}"
+    return names.get_name(stem)
+
+
 def llama_cpp_tensors(arch: str, folder, c: dict) -> dict:
     """convert_hf_to_gguf's modify_tensors for `arch`, on the saved safetensors: GGUF name -> float32 array."""
     from safetensors.numpy import load_file
@@ -76,7 +88,7 @@ def llama_cpp_tensors(arch: str, folder, c: dict) -> dict:
 
     def put(hf: str, w):
         stem, kind = hf.rsplit(".", 1)
-        out[f"{names.get_name(stem)}.{kind}"] = np.ascontiguousarray(w, np.float32)
+        out[f"{gguf_name(names, stem)}.{kind}"] = np.ascontiguousarray(w, np.float32)
 
     for name, w in load_file(folder / "model.safetensors").items():
         name = name.replace("e_score_correction_bias", "e_score_correction.bias")
@@ -220,14 +232,17 @@ def write_metadata(w, arch: str, c: dict, tensors: dict):
             w.add_rope_scaling_yarn_log_mul(0.1 * rope["mscale_all_dim"])
 
 
-def export(hf, arch: str, folder, path, quantize: bool):
-    """The tiny model as a GGUF file; with `quantize`, layer 0's matrices (and stacked experts) in Q8_0."""
+def export(hf, arch: str, folder, path, quantize: bool, nextn: int = 0):
+    """The tiny model as a GGUF file; with `quantize`, layer 0's matrices (and stacked experts) in Q8_0; `nextn`:
+    how many of `hf`'s last layers are MTP modules (counted in block_count, as DeepSeek-V3.2's convert writes)."""
     c = hf.config.to_dict()
     if arch == "deepseek2":
         c["scoring_func"] = "sigmoid" if c["model_type"] == "deepseek_v3" else "softmax"
     w = gguf.GGUFWriter(str(path), arch)
     tensors = llama_cpp_tensors(arch, folder, c)
     write_metadata(w, arch, c, tensors)
+    if nextn:
+        w.add_nextn_predict_layers(nextn)
     for name, a in tensors.items():
         # convert (and llama-quantize) keep routers in F32 whatever the file type
         small = a.ndim < 2 or a.shape[-1] % 32 or ".ffn_gate_inp." in name
