@@ -6,7 +6,8 @@ first token in the same step. A sequence that ends (a stop token or its token bu
 so the next waiting request can use them.
 
 Each request samples with its own settings (`SamplingParams`: temperature, top-k/p, min-p, seed, penalties,
-logprobs; see row_sampling.py); without them it is greedy. `cancel(uid)` drops a request, waiting or running.
+logprobs; see row_sampling.py); without them it is greedy. `cancel(uid)` drops a request, waiting or running;
+`interrupt(uid)`, asked between the chunks of a long prefill, drops one whose prefill is under way.
 
 Admission keeps one free block per running sequence, so the next decode step usually fits. If the pool still
 runs out (long generations), the most recently admitted sequence is preempted: its blocks are freed and it goes
@@ -26,11 +27,11 @@ next turn of a chat finds its whole history cached, and a preempted request its 
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 
-from .generate import prefill
+from .generate import Interrupted, prefill
 from .parts.block_pool import PoolExhausted
 from .row_sampling import RowSampler, SamplingParams, sample_rows
 from .vocab import check_ids
@@ -73,7 +74,8 @@ def check_prompt(model, prompt: Sequence[int], max_tokens: int, num_blocks: int,
 
 class BatchGenerator:
     def __init__(self, model, num_blocks: int = 1024, block_size: int = 16, max_batch: int = 16,
-                 prefill_step_size: int = 512, stop_tokens: Iterable[int] = (), prefix_cache: bool = False):
+                 prefill_step_size: int = 512, stop_tokens: Iterable[int] = (), prefix_cache: bool = False,
+                 interrupt: Optional[Callable[[int], bool]] = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
@@ -82,6 +84,7 @@ class BatchGenerator:
         self.pool = self.cache.pool
         self.pool.free(self.pool.active[0])  # make_cache's default sequence: ours come from add()
         self.max_batch, self.prefill_step_size = max_batch, prefill_step_size
+        self.interrupt = interrupt  # interrupt(uid) -> True: drop that request between its prefill's chunks
         self.stop_tokens = frozenset(stop_tokens)
         self.waiting: Deque[_Request] = deque()
         self.running: List[_Request] = []
@@ -184,7 +187,13 @@ class BatchGenerator:
             self.running.append(r)
             if r.cached_tokens is None:
                 r.cached_tokens = reused
-            logits = prefill(self.model, context[reused:], self.cache, self.prefill_step_size)  # (1, V)
+            try:
+                logits = prefill(self.model, context[reused:], self.cache, self.prefill_step_size,  # (1, V)
+                                 interrupt=self.interrupt and (lambda uid=r.uid: self.interrupt(uid)))
+            except Interrupted:  # its client left while a long prompt was being fed: it leaves without a token
+                self.pool.free(seq)
+                self.running.remove(r)
+                continue
             self.pool.commit_tokens(seq, context[reused:])
             self.prefilled_tokens += len(context) - reused
             self._emit([r], logits, out)

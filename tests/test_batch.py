@@ -211,3 +211,18 @@ def test_prefix_cache_under_a_short_pool(model, alone):
     assert gen.preemptions > 0
     assert [tokens[u] for u in uids] == alone + alone
     assert gen.pool.used_blocks == 0 and gen.prefilled_tokens < 2 * sum(map(len, PROMPTS)) + gen.preemptions * MAX
+
+
+def test_interrupt_drops_a_request_during_its_prefill(model, alone):
+    asked = []
+
+    def interrupt(uid):
+        asked.append(uid)
+        return uid == 1
+
+    gen = BatchGenerator(model, num_blocks=64, block_size=4, max_batch=2, prefill_step_size=8, interrupt=interrupt)
+    uids = [gen.add(p, MAX) for p in PROMPTS[2:5]]  # 3, 30 and 9 tokens
+    got = collect_responses(gen)
+    assert [[r.token for r in g] for g in got] == [alone[2], alone[4]]
+    assert [g[0].uid for g in got] == [uids[0], uids[2]] and 1 in asked
+    assert gen.pool.free_blocks == gen.pool.num_blocks and gen.idle

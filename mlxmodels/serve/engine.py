@@ -153,7 +153,7 @@ class Engine:
     # ---- the engine thread
     def _run(self) -> None:
         try:
-            self.gen = BatchGenerator(self.model, **self._options)
+            self.gen = self._generator()
         except BaseException as e:  # noqa: BLE001 - handed to start()
             self._failed = e
             return
@@ -177,6 +177,15 @@ class Engine:
             else:
                 self._update_stats()  # cancellations alone changed it
         self._finish_all(Event(-1, finish_reason="cancelled"), rebuild=False)
+
+    def _generator(self) -> BatchGenerator:
+        return BatchGenerator(self.model, interrupt=self._cancel_pending, **self._options)
+
+    def _cancel_pending(self, gid: int) -> bool:
+        """Asked between the chunks of a long prefill: its client has gone, stop feeding the prompt."""
+        stream = self._streams.get(gid)
+        with self._cond:
+            return stream is not None and any(s is stream for s in self._cancels)
 
     def _step(self) -> None:
         try:
@@ -237,7 +246,7 @@ class Engine:
         self._admitted.clear()
         if rebuild:
             self._fold_counters()
-            self.gen = BatchGenerator(self.model, **self._options)
+            self.gen = self._generator()
         self._update_stats()
 
     def _fold_counters(self) -> None:

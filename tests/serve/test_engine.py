@@ -197,3 +197,24 @@ def test_events_carry_logprobs_and_a_late_async_reader_gets_them_all(engine, sol
     assert [e.token for e in events] == solo[2] and events[-1].finish_reason == "length"
     for e in events:
         assert e.logprob <= 0 and len(e.top_logprobs) == 2 and e.top_logprobs[0] == (e.token, e.logprob)
+
+
+def test_a_client_leaving_during_a_long_prefill_stops_it(engine):
+    """The client cancels while the first of seven prompt chunks runs: the rest of the prompt is never fed."""
+    engine.gen.prefill_step_size = 32
+    asked, submitted, box = [], threading.Event(), {}
+    ask = engine.gen.interrupt
+
+    def cancel_then_ask(gid):  # on the engine thread, between the first and second chunk
+        assert submitted.wait(WAIT)
+        box["stream"].cancel()
+        asked.append(gid)
+        return ask(gid)
+
+    engine.gen.interrupt = cancel_then_ask
+    box["stream"] = engine.submit((PROMPTS[3] * 7)[:200], greedy())
+    submitted.set()
+    tokens, last = read(box["stream"])
+    assert (tokens, last.finish_reason, len(asked)) == ([], "cancelled", 1)
+    assert_drained(engine)
+    assert engine.stats()["prompt_tokens_prefilled_total"] == 0
