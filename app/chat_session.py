@@ -21,9 +21,10 @@ from __future__ import annotations
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 from app.chat_store import TEMPLATE_KWARGS, Chat, Sampling, check_template_kwargs
+from app.reply_stats import stats_of
 from mlxmodels.reasoning import Splitter, markers_for, split_stream, starts_inside
 
 PLAIN_STOP = ["\nUser:"]
@@ -204,9 +205,10 @@ class ChatSession:
         """Ask the running turn to stop after the current token (thread-safe)."""
         self._stop.set()
 
-    def reply(self, turn: Turn) -> Iterator:
-        """Stream the reply (ReasoningResponse pieces: text split into reasoning and answer) and record it; a stopped
-        reply is kept as it is."""
+    def reply(self, turn: Turn, progress: Optional[Callable[[int, int], None]] = None) -> Iterator:
+        """Stream the reply (ReasoningResponse pieces: text split into reasoning and answer) and record it with its
+        stats (app.reply_stats); a stopped reply is kept as it is. `progress(done, total)` follows the prompt's
+        chunks (of `turn.feed`, as stream_generate reports them)."""
         import mlxmodels
         from mlxmodels.generate import Interrupted
 
@@ -217,16 +219,18 @@ class ChatSession:
         self._stop.clear()
         self.cache_tokens = self.cache_tokens + turn.feed
         tokens: List[int] = []
+        last = None  # the latest response: its stats are the reply's
         stopped = False
         splitter = Splitter(self.markers, turn.inside)
         stream = split_stream(mlxmodels.stream_generate(
             self.model, self.tokenizer, turn.feed, max_tokens=turn.max_tokens, temperature=s.temperature,
             top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, repetition_penalty=s.repetition_penalty, seed=seed,
             stop=None if getattr(self.tokenizer, "has_chat_template", False) else PLAIN_STOP, cache=self.cache,
-            interrupt=self._stop.is_set), splitter)
+            interrupt=self._stop.is_set, progress=progress), splitter)
         try:
             for r in stream:
                 tokens.append(r.token)
+                last = r
                 yield r
                 if self._stop.is_set():
                     stopped = True
@@ -252,6 +256,8 @@ class ChatSession:
                     message.update(reasoning_content=splitter.reasoning, reasoning_tokens=splitter.reasoning_tokens)
                 if stopped:
                     message["stopped"] = True
+                if last is not None:
+                    message["stats"] = stats_of(last)
                 self.messages.append(message)
 
 

@@ -37,7 +37,9 @@ from app.chat_store import Chat, ChatStore, data_dir, printable
 from app.tui_screens import ChatListScreen, SettingsScreen
 from app.tui_terminal import HangupSafeDriver
 from app.tui_widgets import (EMPTY, NO_ANSWER, THINKING, WAITING, AssistantMessage, ChatFooter, ChatInput, Notice,
-                             StatusRow, ThinkingSection, UserMessage)
+                             ReplyStats, StatusRow, ThinkingSection, UserMessage)
+from app.greedy_hint import same_reply_hint
+from app.reply_stats import progress_text
 
 HELP = ("Enter sends · Shift+Enter or Ctrl+J: new line · Esc or Ctrl+C stops a reply · Ctrl+R regenerates · "
         "Ctrl+E edits your last message (↑ in an empty input too; again: the one before) · Ctrl+N new chat · "
@@ -57,6 +59,7 @@ CSS = """
 .thinking > Contents { padding: 0 0 0 2; }
 .thinking CollapsibleTitle { color: $text-muted; padding: 0; }
 .thinking .reasoning { color: $text-muted; }
+#log.-stats .assistant { margin-bottom: 0; }
 .message.dropped { opacity: 50%; }
 .message.editing { border: double $warning; }
 .notice { color: $text-muted; margin: 0 0 1 0; padding: 0 1; }
@@ -105,6 +108,7 @@ class ChatApp(App):
         Binding("ctrl+t", "settings", "Settings"),
         Binding("ctrl+q", "quit", "Quit", priority=True),
         Binding("ctrl+c", "interrupt", show=False, priority=True),  # over the inputs' copy: it copies as before
+        Binding("ctrl+s", "toggle_stats", "Stats", show=False),
     ]
 
     class TurnStarted(Message):
@@ -121,6 +125,13 @@ class ChatApp(App):
             super().__init__()
             self.reasoning, self.answer, self.thinking = reasoning, answer, thinking
             self.reasoning_tokens, self.tps, self.tokens = reasoning_tokens, tps, tokens
+
+    class Progress(Message):
+        """`done` of the prompt's `total` tokens are in the cache (the reused ones included)."""
+
+        def __init__(self, done: int, total: int):
+            super().__init__()
+            self.done, self.total = done, total
 
     class Failed(Message):
         def __init__(self, error: str):
@@ -150,6 +161,7 @@ class ChatApp(App):
         self._last_draw = 0.0
         self._tokens = 0
         self._worker = None  # the Textual worker awaiting the current turn
+        self._replaced: Optional[dict] = None  # the reply a regenerate dropped, to compare with the new one
         # One long-lived thread for all MLX work: MLX keeps streams and mx.compile traces per thread, so turns
         # reuse the traces, and the thread can free them itself before it ends (`_end_mlx_work`).
         self._mlx = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx")
@@ -205,6 +217,7 @@ class ChatApp(App):
                 widgets.append(ThinkingSection(reasoning, m.get("reasoning_tokens", 0), i))
             empty = None if m["content"] else NO_ANSWER if reasoning else EMPTY
             widgets.append(AssistantMessage(m["content"], i, stopped=m.get("stopped", False), placeholder=empty))
+            widgets.append(ReplyStats(m.get("stats"), i))
         await log.mount_all(widgets)
         self.mark_dropped()
         log.scroll_end(animate=False)
@@ -275,7 +288,11 @@ class ChatApp(App):
         try:
             turn = self.session.prepare()
             self.post_message(self.TurnStarted(turn))
-            for r in self.session.reply(turn):
+
+            def progress(done: int, total: int) -> None:  # the session counts what it feeds; we show the prompt
+                self.post_message(self.Progress(turn.reused + done, turn.prompt_len))
+
+            for r in self.session.reply(turn, progress):
                 self.post_message(self.Piece(r.reasoning, r.answer, r.thinking, r.reasoning_tokens, r.generation_tps,
                                              r.generation_tokens))
         except Exception as e:  # shown in the UI; the app keeps running
@@ -320,6 +337,10 @@ class ChatApp(App):
                 self.query_one(Sparkline).data = list(self.tps_history)
             self.update_status()
 
+    def on_chat_app_progress(self, event: Progress) -> None:
+        if self._reply is not None and self._tokens == 0:  # until the first token
+            self._reply.show_placeholder(progress_text(event.done, event.total))
+
     async def on_chat_app_failed(self, event: Failed) -> None:
         await self.show_error(event.error)
 
@@ -337,6 +358,13 @@ class ChatApp(App):
                 await self._reply.remove()
             elif self._stream is None:  # tokens, but no answer: all of it was reasoning (or nothing at all)
                 self._reply.show_placeholder(NO_ANSWER if self._thinking is not None else EMPTY)
+            if replied:
+                await self.log_view.mount(ReplyStats(msgs[-1].get("stats"), self._reply.index), after=self._reply)
+                hint = same_reply_hint(self._replaced, msgs[-1], self.session.sampling)
+                if hint:
+                    await self.log_view.mount(Notice(hint, "info"))
+                    self.notify(hint, timeout=8, markup=False)
+        self._replaced = None
         if self.tps is not None:
             self.tps_history.append(self.tps)
             self.query_one(Sparkline).data = list(self.tps_history)
@@ -363,7 +391,8 @@ class ChatApp(App):
 
     # ------------------------------------------------------------ actions
 
-    MAIN_SCREEN_ACTIONS = {"send", "stop", "regenerate", "edit", "new_chat", "open_chats", "settings"}
+    MAIN_SCREEN_ACTIONS = {"send", "stop", "regenerate", "edit", "new_chat", "open_chats", "settings",
+                           "toggle_stats"}
 
     def check_action(self, action: str, parameters) -> Optional[bool]:
         """The chat's keys do nothing while a dialog (saved chats, settings) is open."""
@@ -396,11 +425,14 @@ class ChatApp(App):
     async def action_regenerate(self) -> None:
         if not await self._idle():
             return
+        msgs = self.session.messages
+        replaced = dict(msgs[-1]) if msgs and msgs[-1]["role"] == "assistant" else None
         try:
             self.session.drop_last_reply()
         except ValueError as e:
             await self.show_error(str(e))
             return
+        self._replaced = replaced
         await self.render_log()
         self.start_reply()
 
@@ -489,7 +521,14 @@ class ChatApp(App):
                                 self.action_toggle_thinking)
             yield SystemCommand("Regenerate", "Answer your last message again (Ctrl+R)", self.action_regenerate)
             yield SystemCommand("Edit last message", "Edit and resend your last message (Ctrl+E)", self.action_edit)
+            yield SystemCommand("Toggle reply stats", "Tokens, speed and time to first token under every reply "
+                                "(Ctrl+S)", self.action_toggle_stats)
         yield from super().get_system_commands(screen)
+
+    def action_toggle_stats(self) -> None:
+        """Show or hide every reply's stats line (ReplyStats): a view setting, not saved with the chat."""
+        log = self.log_view
+        log.set_class(not log.has_class(ReplyStats.STATS_SHOWN), ReplyStats.STATS_SHOWN)
 
     async def action_toggle_thinking(self) -> None:
         """Thinking off when it is on or the template's default (on, for the models that have the switch), else on."""

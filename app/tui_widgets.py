@@ -17,6 +17,7 @@ from textual.containers import Horizontal
 from textual.widgets import Collapsible, Footer, Markdown, Sparkline, Static, TextArea
 
 from app.chat_store import printable
+from app.reply_stats import stats_line
 from app.sizes import human_bytes
 
 
@@ -71,6 +72,22 @@ class AssistantMessage(Markdown):
         if markdown:
             self._placeholder.display = False
         return super().append(markdown)
+
+
+class ReplyStats(Static):
+    """The line under a reply with what it cost (app.reply_stats). Every reply's is there, hidden until the log has
+    the STATS_SHOWN class (toggled by a key), so showing them all is one class change, not a redraw."""
+
+    STATS_SHOWN = "-stats"
+    SCOPED_CSS = False  # the rule that shows it names its parent
+    DEFAULT_CSS = """
+    ReplyStats { display: none; color: $text-muted; margin: 0 0 1 0; padding: 0 1; }
+    .-stats > ReplyStats { display: block; }
+    """
+
+    def __init__(self, stats: dict, index: Optional[int] = None):
+        super().__init__(stats_line(stats), markup=False, classes="stats")
+        self.index = index
 
 
 class ThinkingSection(Collapsible):

@@ -91,7 +91,9 @@ def test_stop_keeps_partial_reply_and_exact_cache(tiny):
         if len(got) == 5:
             s.stop()
     assert len(got) == 5
+    stats = s.messages[-1].pop("stats")  # a stopped reply's stats count what it had generated
     assert s.messages[-1] == {"role": "assistant", "content": "".join(r.text for r in got), "stopped": True}
+    assert stats["generation_tokens"] == 5 and stats["prompt_tokens"] == t.prompt_len
     assert s.cache[0].offset == s.context_used == t.prompt_len + 5
 
 

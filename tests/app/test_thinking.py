@@ -38,6 +38,7 @@ def test_the_reply_is_saved_as_answer_and_reasoning_and_the_reasoning_goes_back_
     responses = turn(s, "2+2?")
     assert "".join(r.text for r in responses) == REPLY  # the raw stream is unchanged
     assert "".join(r.reasoning for r in responses) == REASONING and "".join(r.answer for r in responses) == ANSWER
+    assert s.messages[-1].pop("stats")["generation_tokens"] == len(responses)  # what it cost (app.reply_stats)
     assert s.messages[-1] == {"role": "assistant", "content": ANSWER, "reasoning_content": REASONING,
                               "reasoning_tokens": REASONING_TOKENS}
     s.add_user("and 3+3?")
@@ -81,7 +82,7 @@ def test_a_prompt_ending_inside_the_reasoning_makes_the_whole_reply_reasoning(ti
 def test_a_plain_reply_has_no_reasoning_fields(tiny):
     s = ChatSession(ScriptedModel(tiny, "Just text."), tiny[1], 256, Chat(settings=Sampling(max_tokens=40).to_dict()))
     turn(s, "hi")
-    assert s.messages[-1] == {"role": "assistant", "content": "Just text."}
+    assert set(s.messages[-1]) == {"role", "content", "stats"} and s.messages[-1]["content"] == "Just text."
 
 
 # ---------------------------------------------------------------- saved chats
