@@ -167,16 +167,34 @@ class Engine:
                     break
                 inbox, self._inbox = self._inbox, []
                 cancels, self._cancels = self._cancels, []
-            for stream, prompt, params in inbox:
-                gid = self.gen.add(prompt, params=params)
-                self._streams[gid], self._gids[stream.uid] = stream, gid
-            for stream in cancels:
-                self._drop(stream, Event(-1, finish_reason="cancelled"))
-            if not self.gen.idle:
-                self._step()
-            else:
-                self._update_stats()  # cancellations alone changed it
+            try:
+                self._turn(inbox, cancels)
+            except Exception as e:  # noqa: BLE001 - any failure ends the open requests, never the engine
+                log.exception("engine step failed")
+                error = Event(-1, finish_reason="error", error=f"{type(e).__name__}: {e}")
+                for stream, _, _ in inbox:  # those it had not added yet
+                    stream._put(error)
+                self._finish_all(error)
         self._finish_all(Event(-1, finish_reason="cancelled"), rebuild=False)
+
+    def _turn(self, inbox: List[Tuple[Stream, List[int], SamplingParams]], cancels: List[Stream]) -> None:
+        """New requests join, cancelled ones leave, then one step if anything runs."""
+        for stream, prompt, params in inbox:
+            gid = self.gen.add(prompt, params=params)
+            self._streams[gid], self._gids[stream.uid] = stream, gid
+        for stream in cancels:
+            self._drop(stream, Event(-1, finish_reason="cancelled"))
+        if self.gen.idle:
+            self._update_stats()  # cancellations alone changed it
+            return
+        responses = self.gen.step()
+        for r in responses:
+            self._deliver(r)
+        with self._cond:
+            self._recent.append((time.monotonic(), len(responses)))
+            while self._recent and self._recent[0][0] < time.monotonic() - RATE_WINDOW:
+                self._recent.popleft()
+        self._update_stats()
 
     def _generator(self) -> BatchGenerator:
         return BatchGenerator(self.model, interrupt=self._cancel_pending, **self._options)
@@ -186,21 +204,6 @@ class Engine:
         stream = self._streams.get(gid)
         with self._cond:
             return stream is not None and any(s is stream for s in self._cancels)
-
-    def _step(self) -> None:
-        try:
-            responses = self.gen.step()
-        except Exception as e:  # noqa: BLE001 - any failure ends the open requests, never the engine
-            log.exception("engine step failed")
-            self._finish_all(Event(-1, finish_reason="error", error=f"{type(e).__name__}: {e}"))
-            return
-        for r in responses:
-            self._deliver(r)
-        with self._cond:
-            self._recent.append((time.monotonic(), len(responses)))
-            while self._recent and self._recent[0][0] < time.monotonic() - RATE_WINDOW:
-                self._recent.popleft()
-        self._update_stats()
 
     def _deliver(self, r: BatchResponse) -> None:
         stream = self._streams[r.uid]

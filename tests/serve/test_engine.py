@@ -159,11 +159,12 @@ def test_a_full_queue_refuses_and_close_cancels_everything(model):
         e.submit(PROMPTS[2], greedy())
 
 
-def test_a_failing_step_ends_its_requests_and_the_engine_goes_on(engine, solo, monkeypatch):
-    def broken():
+@pytest.mark.parametrize("method", ["step", "add"])
+def test_a_failing_step_ends_its_requests_and_the_engine_goes_on(engine, solo, monkeypatch, method):
+    def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(engine.gen, "step", broken)
+    monkeypatch.setattr(engine.gen, method, broken)
     tokens, last = read(engine.submit(PROMPTS[0], greedy()))
     assert (tokens, last.finish_reason, last.error) == ([], "error", "RuntimeError: boom")
     assert read(engine.submit(PROMPTS[0], greedy()))[0] == solo[0]  # a fresh generator took over
