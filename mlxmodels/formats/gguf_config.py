@@ -147,6 +147,8 @@ def _rotated_dims(g: GGUFFile, arch: str, cfg: dict) -> int:
 def _llama(g: GGUFFile, arch: str, cfg: dict) -> None:
     if cfg.get("num_local_experts"):  # Mixtral is stored as llama with experts
         cfg["model_type"] = "mixtral"
+    if "blk.0.attn_q.bias" in g.tensors:  # no key says it: llama.cpp loads the biases where the file has them
+        cfg["attention_bias"] = True
 
 
 def _gemma(g: GGUFFile, arch: str, cfg: dict) -> None:

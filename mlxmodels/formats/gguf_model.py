@@ -97,7 +97,7 @@ class GGUFCheckpoint:
 
     def _unpermute(self, info: TensorInfo, heads_key: str) -> np.ndarray:
         rows, heads = info.rows_shape[0], self.config.get(heads_key) or self.config.require("num_attention_heads")
-        if len(info.shape) != 2 or rows % (2 * heads):
+        if len(info.shape) > 2 or rows % (2 * heads):  # a weight (rows, in) or a bias (rows,)
             raise GGUFError(f"{self.path}: tensor {info.name!r} has shape {list(info.rows_shape)}, which is not "
                             f"{heads} heads of an even size ({heads_key}); the metadata and the weights disagree")
         return gguf_names.unpermute_rows(rows, heads)

@@ -4,7 +4,8 @@ convert_hf_to_gguf.py did to a tensor that must be undone.
 - Q/K row permutation (LlamaModel and its subclasses that keep `undo_permute`: llama, smollm3; not llama4, qwen*,
   gemma*, olmo2, deepseek2, whose llama.cpp RoPE is the NeoX or the interleaved kind the HF weights already use):
   llama.cpp's RoPE rotates adjacent pairs, Hugging Face's the two halves of each head, so within each head rows
-  [0, h/2) and [h/2, h) were interleaved. `unpermute_rows` gives the row order that undoes it. Rows are whole
+  [0, h/2) and [h/2, h) were interleaved, and so were the Q/K biases of a model with attention_bias.
+  `unpermute_rows` gives the row order that undoes it. Rows are whole
   (quantization blocks run along a row), so taking rows of the packed weight, its scales and its biases undoes it
   exactly on quantized tensors too.
 - Gemma 2/3 norms (every `*norm.weight`): llama.cpp stores 1 + w, our (1 + w) RMSNorm wants w: `UNIT_OFFSET`.
@@ -98,7 +99,7 @@ def hf_name(arch: str, name: str, names=()):
             return None
         if layer[key] == SKIP or key == "attn_kv_b" and f"blk.{index}.attn_k_b.weight" in names:
             return SKIP
-        undo = permuted.get(key) if kind == "weight" else None
+        undo = permuted.get(key)
         if arch in UNIT_OFFSET_ARCHS and key.endswith("norm"):
             undo = UNIT_OFFSET
         return f"model.layers.{int(index)}.{layer[key]}{'_' if key == 'exp_probs_b' else '.'}{kind}", undo

@@ -44,6 +44,9 @@ CASES = {
                                                     rope_scaling=dict(rope_type="linear", factor=8.0)), "hf"),
     "mixtral": ("llama", "mixtral", dict(BASE, num_local_experts=4, num_experts_per_tok=2), "hf"),
     "llama": ("llama", "llama", dict(BASE), "gguf"),
+    # attention_bias: q/k/v/o biases, the Q/K ones permuted by convert as their weights' rows (no key says so:
+    # transformers' GGUF loader builds the model without biases, hence the model as the oracle)
+    "llama-attention-bias": ("llama", "llama", dict(BASE, attention_bias=True), "hf"),
     # Llama 3.1's scaling, which convert writes as a rope_freqs tensor of per-frequency factors
     "llama-llama3-rope": ("llama", "llama", dict(BASE, rope_scaling=dict(
         rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
@@ -92,7 +95,8 @@ def llama_cpp_tensors(arch: str, folder, c: dict) -> dict:
 
     for name, w in load_file(folder / "model.safetensors").items():
         name = name.replace("e_score_correction_bias", "e_score_correction.bias")
-        if arch in ("llama", "smollm3") and name.endswith(("q_proj.weight", "k_proj.weight")):
+        if arch in ("llama", "smollm3") and name.endswith(("q_proj.weight", "k_proj.weight", "q_proj.bias",
+                                                           "k_proj.bias")):
             w = permute(w, c["num_attention_heads"] if "q_proj" in name else c["num_key_value_heads"])
         if arch.startswith("gemma") and name.endswith("norm.weight"):
             w = w + 1
