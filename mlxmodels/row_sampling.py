@@ -116,12 +116,15 @@ def sample_rows(rows: List[RowSampler], logits: mx.array) -> List[Drawn]:
         logits = mx.concatenate([logits[i: i + 1] if r.plain else r.process(logits[i: i + 1])
                                  for i, r in enumerate(rows)])
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)  # (B, V)
+    # over the logprobs, as generate_step's greedy sampler: rounding can tie two logits there, not here
     argmax = mx.argmax(logprobs, axis=-1).astype(mx.int32)  # (B,)
-    if all(r.params.greedy for r in rows):
-        tokens = argmax
-    else:
-        tokens = mx.concatenate([argmax[i: i + 1] if r.params.greedy else r.draw(logprobs[i: i + 1])
-                                 for i, r in enumerate(rows)])  # (B,)
+    if all(r.params.greedy and not (r.params.logprobs or r.params.top_logprobs) for r in rows):
+        tokens_l = argmax.tolist()  # the common case: nothing else to read
+        for r, t in zip(rows, tokens_l):
+            r.record(t)
+        return [Drawn(t) for t in tokens_l]
+    tokens = mx.concatenate([argmax[i: i + 1] if r.params.greedy else r.draw(logprobs[i: i + 1])
+                             for i, r in enumerate(rows)])  # (B,)
     chosen = mx.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]  # (B,)
     k = max(r.params.top_logprobs for r in rows)
     wanted = [tokens, chosen]
