@@ -41,9 +41,13 @@ class GGUFCheckpoint:
                     raise GGUFError(f"{self.path}: tensor {info.name!r} is {info.type_name}, which mlxmodels does "
                                     f"not read from GGUF yet (it reads {READABLE}); use a file of one of those "
                                     "types or the model's Hugging Face folder")
+                if mapped[1] == gguf_names.GATE_UP and (len(info.shape) != 3 or info.rows_shape[1] % 2):
+                    raise GGUFError(f"{self.path}: tensor {info.name!r} has shape {list(info.rows_shape)}, not "
+                                    "(experts, 2 * rows, columns) of fused gate and up experts; the file is damaged")
                 self.plan[info.name] = mapped
-            quantized = {hf.rsplit(".", 1)[0]: self.file.tensors[name].ggml_type
-                         for name, (hf, _) in self.plan.items() if gguf_quant.bits(self.file.tensors[name].ggml_type)}
+            quantized = {out.rsplit(".", 1)[0]: self.file.tensors[name].ggml_type
+                         for name, (hf, undo) in self.plan.items() for out in gguf_names.outputs(hf, undo)
+                         if gguf_quant.bits(self.file.tensors[name].ggml_type)}
             cfg = config(self.file, quantized)
             check_config(cfg, f"{self.path} (the config its metadata gives)")
             self.config = HFConfig(cfg)
@@ -54,17 +58,21 @@ class GGUFCheckpoint:
     def placeholders(self) -> dict:
         """Lazy zeros named and shaped as `weights()` will be: never evaluated, so nothing is read."""
         out = {}
-        for name, (hf, _) in self.plan.items():
+        for name, (gguf_hf, undo) in self.plan.items():
             info = self.file.tensors[name]
             width = gguf_quant.bits(info.ggml_type)
+            names = gguf_names.outputs(gguf_hf, undo)
             *lead, k = info.rows_shape
-            if width is None:
-                out[hf] = mx.zeros(info.rows_shape, _float_dtype(info))
-                continue
-            stem = hf.rsplit(".", 1)[0]
-            out[f"{stem}.weight"] = mx.zeros((*lead, k * width // 32), mx.uint32)
-            out[f"{stem}.scales"] = mx.zeros((*lead, k // gguf_quant.GROUP), mx.float16)
-            out[f"{stem}.biases"] = mx.zeros((*lead, k // gguf_quant.GROUP), mx.float16)
+            if len(names) > 1:  # fused gate/up: each half of the rows
+                lead[-1] //= len(names)
+            for hf in names:
+                if width is None:
+                    out[hf] = mx.zeros((*lead, k), _float_dtype(info))
+                    continue
+                stem = hf.rsplit(".", 1)[0]
+                out[f"{stem}.weight"] = mx.zeros((*lead, k * width // 32), mx.uint32)
+                out[f"{stem}.scales"] = mx.zeros((*lead, k // gguf_quant.GROUP), mx.float16)
+                out[f"{stem}.biases"] = mx.zeros((*lead, k // gguf_quant.GROUP), mx.float16)
         return out
 
     def weights(self) -> dict:
@@ -84,15 +92,20 @@ class GGUFCheckpoint:
                 raise GGUFError(f"{self.path}: norm tensor {name!r} is {info.type_name}; llama.cpp stores norms as "
                                 "floats, so the file is damaged: re-download it")
             parts = {"weight": gguf_names.without_unit_offset(parts["weight"], info.ggml_type == gguf_quant.BF16)}
-        elif heads_key is not None:
+        elif heads_key not in (None, gguf_names.GATE_UP):
             index = self._unpermute(info, heads_key)
             parts = {k: v[index] for k, v in parts.items()}
-        stem = hf.rsplit(".", 1)[0]
+        names = gguf_names.outputs(hf, heads_key)
         out = {}
-        for part, array in parts.items():
-            key = hf if part == "weight" else f"{stem}.{part}"
-            bf16 = info.ggml_type == gguf_quant.BF16 and array.dtype == np.uint16
-            out[key] = mx.array(array).view(mx.bfloat16) if bf16 else mx.array(array)
+        for i, target in enumerate(names):
+            stem = target.rsplit(".", 1)[0]
+            for part, array in parts.items():
+                if len(names) > 1:  # (E, 2 * rows, ...): gate's rows, then up's
+                    rows = array.shape[-2] // len(names)
+                    array = array[..., i * rows:(i + 1) * rows, :]
+                key = target if part == "weight" else f"{stem}.{part}"
+                bf16 = info.ggml_type == gguf_quant.BF16 and array.dtype == np.uint16
+                out[key] = mx.array(array).view(mx.bfloat16) if bf16 else mx.array(array)
         return out
 
     def _unpermute(self, info: TensorInfo, heads_key: str) -> np.ndarray:

@@ -11,6 +11,9 @@ convert_hf_to_gguf.py did to a tensor that must be undone.
 - Gemma 2/3 norms (every `*norm.weight`): llama.cpp stores 1 + w, our (1 + w) RMSNorm wants w: `UNIT_OFFSET`.
 - Experts (Mixtral in `llama`, qwen3moe, deepseek2, llama4): stacked (E, out, in) as `ffn_{gate,up,down}_exps`, the
   layout our SwitchMLP holds, under the adapter's MoE module names.
+- Fused experts `ffn_gate_up_exps` (E, 2 * ff, hidden), gate rows first, which convert writes with
+  --fuse-gate-up-exps; of our architectures only deepseek2's llama.cpp loader reads them (llama, qwen3moe and llama4
+  files cannot have them): `GATE_UP`, split in halves along the rows (whole rows, so exact on quantized tensors).
 - DeepSeek-V2/V3 `attn_kv_b` (older files) is our adapter's kv_b_proj (split by it); newer files store the halves
   instead, `attn_k_b` (H, kv_lora, nope) and `attn_v_b` (H, v, kv_lora), which are exactly our embed_q and
   unembed_out; a file with both has kv_b skipped.
@@ -30,6 +33,7 @@ import numpy as np
 
 UNIT_OFFSET = "unit_offset"  # the stored norm is 1 + w
 SKIP = "skip"  # known to llama.cpp, not read (a copy of another tensor)
+GATE_UP = "gate_up"  # fused experts: the first half of the rows is gate_proj, the second up_proj
 
 _ATTN = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
          "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
@@ -72,7 +76,7 @@ TABLES = {
                         "ffn_norm": "pre_feedforward_layernorm"}, {}),
     "olmo2": (_MODEL, {**_ATTN, **_POST, **_dense("mlp")}, {}),
     "deepseek2": (_MODEL, {**_ATTN, **_PRE, **_dense("mlp"), **_experts("mlp", shared="shared_experts"), **_MLA,
-                           **_NEXTN}, {}),
+                           **_NEXTN, "ffn_gate_up_exps": "mlp.switch_mlp.gate_up_proj"}, {}),
     "gpt2": ({"token_embd": "model.embed_tokens", "position_embd": "model.embed_positions", "output_norm": "model.norm",
               "output": SKIP},
              {"attn_norm": "input_layernorm", "attn_qkv": "self_attn.c_attn", "attn_output": "self_attn.o_proj",
@@ -88,8 +92,8 @@ _TOP = re.compile(r"([a-z0-9_]+)\.(weight|bias)")
 
 
 def hf_name(arch: str, name: str, names=()):
-    """(Hugging Face name, how to undo llama.cpp's transform: None, UNIT_OFFSET or the config key giving the head
-    count of rows to un-permute), SKIP for a tensor not read, or None when the name is not in the architecture's
+    """(Hugging Face name, how to undo llama.cpp's transform: None, UNIT_OFFSET, GATE_UP or the config key giving the
+    head count of rows to un-permute), SKIP for a tensor not read, or None when the name is not in the architecture's
     table. `names`: every tensor name of the file (a DeepSeek kv_b is skipped where its halves are stored)."""
     top, layer, permuted = TABLES[arch]
     m = _BLOCK.fullmatch(name)
@@ -99,7 +103,7 @@ def hf_name(arch: str, name: str, names=()):
             return None
         if layer[key] == SKIP or key == "attn_kv_b" and f"blk.{index}.attn_k_b.weight" in names:
             return SKIP
-        undo = permuted.get(key)
+        undo = GATE_UP if key == "ffn_gate_up_exps" else permuted.get(key)
         if arch in UNIT_OFFSET_ARCHS and key.endswith("norm"):
             undo = UNIT_OFFSET
         return f"model.layers.{int(index)}.{layer[key]}{'_' if key == 'exp_probs_b' else '.'}{kind}", undo
@@ -125,3 +129,10 @@ def without_unit_offset(weight: np.ndarray, bfloat16: bool) -> np.ndarray:
     if bfloat16:
         weight = (weight.astype(np.uint32) << 16).view(np.float32)
     return weight.astype(np.float32) - np.float32(1)
+
+
+def outputs(hf: str, undo) -> list:
+    """The Hugging Face names one GGUF tensor becomes: its own, or gate_proj and up_proj for a fused GATE_UP."""
+    if undo == GATE_UP:
+        return [hf.replace("gate_up_proj", "gate_proj"), hf.replace("gate_up_proj", "up_proj")]
+    return [hf]

@@ -236,14 +236,18 @@ def write_metadata(w, arch: str, c: dict, tensors: dict):
             w.add_rope_scaling_yarn_log_mul(0.1 * rope["mscale_all_dim"])
 
 
-def export(hf, arch: str, folder, path, quantize: bool, nextn: int = 0):
+def export(hf, arch: str, folder, path, quantize: bool, nextn: int = 0, fuse_gate_up: bool = False):
     """The tiny model as a GGUF file; with `quantize`, layer 0's matrices (and stacked experts) in Q8_0; `nextn`:
-    how many of `hf`'s last layers are MTP modules (counted in block_count, as DeepSeek-V3.2's convert writes)."""
+    how many of `hf`'s last layers are MTP modules (counted in block_count, as DeepSeek-V3.2's convert writes);
+    `fuse_gate_up`: experts as convert's --fuse-gate-up-exps writes them."""
     c = hf.config.to_dict()
     if arch == "deepseek2":
         c["scoring_func"] = "sigmoid" if c["model_type"] == "deepseek_v3" else "softmax"
     w = gguf.GGUFWriter(str(path), arch)
     tensors = llama_cpp_tensors(arch, folder, c)
+    for gate in [n for n in tensors if fuse_gate_up and ".ffn_gate_exps." in n]:  # (E, 2 * ff, hidden), gate first
+        up = tensors.pop(gate.replace("gate_exps", "up_exps"))
+        tensors[gate.replace("gate_exps", "gate_up_exps")] = np.concatenate([tensors.pop(gate), up], axis=1)
     write_metadata(w, arch, c, tensors)
     if nextn:
         w.add_nextn_predict_layers(nextn)
@@ -276,3 +280,22 @@ def test_architecture_matches_transformers(tmp_path, name):
     got = np.array(model(mx.array(ids)).astype(mx.float32))
     want = hf_logits(hf, ids)
     assert np.abs(got - want).max() < TOL, (name, np.abs(got - want).max())
+
+
+def test_deepseek_fused_gate_up_experts(tmp_path):
+    """Experts as convert's --fuse-gate-up-exps writes them (deepseek2 is the one of our architectures whose llama.cpp
+    loader reads them): in Q8_0, the same weights, bit for bit, as the file with them apart; in F32, transformers'
+    logits."""
+    arch, model_type, cfg, _ = CASES["deepseek_v3"]
+    hf = build_hf(model_type, tmp_path / "hf", seed=3, **dict(cfg, first_k_dense_replace=0))
+    apart = export(hf, arch, tmp_path / "hf", tmp_path / "apart.gguf", quantize=True)
+    fused = export(hf, arch, tmp_path / "hf", tmp_path / "fused.gguf", quantize=True, fuse_gate_up=True)
+    assert {t.name for t in gguf.GGUFReader(fused).tensors} >= {"blk.0.ffn_gate_up_exps.weight"}
+    want = dict(tree_flatten(mlxmodels.load(apart, dtype="float32")[0].parameters()))
+    got = dict(tree_flatten(mlxmodels.load(fused, dtype="float32")[0].parameters()))
+    assert "model.layers.0.mlp.switch_mlp.gate_proj.scales" in got  # Q8_0 kept quantized
+    assert got.keys() == want.keys() and all(mx.array_equal(got[k], want[k]).item() for k in got)
+    model, _ = mlxmodels.load(export(hf, arch, tmp_path / "hf", tmp_path / "f32.gguf", quantize=False,
+                                     fuse_gate_up=True), dtype="float32")
+    ids = np.random.default_rng(0).integers(0, 256, (1, 40))
+    assert np.abs(np.array(model(mx.array(ids)).astype(mx.float32)) - hf_logits(hf, ids)).max() < TOL
