@@ -7,6 +7,7 @@ tokens this turn fed: the ones the cache already held (an earlier turn's prefix)
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 STATS_KEYS = ("prompt_tokens", "prompt_tps", "generation_tokens", "generation_tps", "ttft")
@@ -25,7 +26,7 @@ def stats_line(stats: Optional[dict]) -> str:
     "" for a reply without stats (one saved before they were kept) or with stats not as we write them (chat files
     are untrusted: chat_store checks them, and this line never fails on what it missed)."""
     numbers = [stats.get(k) for k in STATS_KEYS] if isinstance(stats, dict) else []
-    if len(numbers) != len(STATS_KEYS) or not all(isinstance(v, (int, float)) and v == v for v in numbers):
+    if len(numbers) != len(STATS_KEYS) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
         return ""
     n, p = stats["generation_tokens"], stats["prompt_tokens"]
     return (f"{n:,} token{'s' * (n != 1)} at {stats['generation_tps']:.1f} tok/s · "

@@ -3,6 +3,8 @@ a reply or its code, exporting the chat, the hint when a greedy regenerate repea
 
 import threading
 
+import pytest
+
 from app.chat_store import ChatStore
 from app.reply_stats import STATS_KEYS
 from app.tui_widgets import AssistantMessage, Notice, ReplyStats
@@ -143,3 +145,145 @@ def test_a_fixed_seed_says_so_and_random_sampling_says_nothing(tiny):
                            regenerated(make_app(tiny, temperature=1.0)))
     assert any("seed is fixed (7)" in n for n in seeded)
     assert not any("Same reply" in n for n in free)
+
+
+CODE_REPLY = "Two ways:\n\n```python\nprint('a')\n```\n\nor\n\n```sh\necho b\necho c\n```\n"
+
+
+def messages_notified(app) -> list:
+    return [n.message for n in app._notifications]
+
+
+def test_copy_the_last_reply_and_its_code_blocks(tiny):
+    from app.tui_reply_screens import CodeBlockScreen
+    from tests.app.pilot import ScriptedModel
+
+    app = make_app(tiny, limit=512, max_tokens=80, model=ScriptedModel(tiny, CODE_REPLY))
+
+    async def scenario():
+        async with app.run_test(size=(60, 20)) as pilot:
+            await pilot.press("f2")
+            assert app.clipboard == "" and "No reply to copy yet." in messages_notified(app)
+            await send(pilot, "show me")
+            await pilot.press("f2")
+            assert app.clipboard == app.session.messages[-1]["content"] and app.clipboard.strip() == CODE_REPLY.strip()
+            await pilot.press("f3")  # two blocks: a chooser, the last one first
+            await pilot.pause()
+            assert isinstance(app.screen, CodeBlockScreen)
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.clipboard == "echo b\necho c\n" and not isinstance(app.screen, CodeBlockScreen)
+            await palette(pilot, "Copy code block")
+            await pilot.press("up", "enter")
+            await pilot.pause()
+            assert app.clipboard == "print('a')\n"
+            await pilot.press("f3", "escape")  # closed: nothing copied
+            await pilot.pause()
+            assert app.clipboard == "print('a')\n"
+            await palette(pilot, "Copy reply")
+            assert app.clipboard == app.session.messages[-1]["content"]
+    run(scenario())
+
+
+def test_one_code_block_is_copied_at_once_and_none_says_so(tiny):
+    from tests.app.pilot import ScriptedModel
+
+    model = ScriptedModel(tiny, "Run:\n\n```\nls -l\n```")
+    app = make_app(tiny, limit=512, max_tokens=40, model=model)
+
+    async def scenario():
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, "how?")
+            await pilot.press("f3")
+            assert app.clipboard == "ls -l\n" and len(app.screen_stack) == 1
+            model.script = tiny[1].encode("No code.", add_special_tokens=False) + model.script[-1:]
+            await send(pilot, "and?")
+            await pilot.press("f3")
+            assert "The last reply has no code block." in messages_notified(app)
+    run(scenario())
+
+
+@pytest.fixture
+def out(tmp_path, monkeypatch):
+    """The current folder for an export: empty (the data folder is beside it)."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def test_export_writes_markdown_and_asks_before_replacing(tiny, out):
+    from app.tui_reply_screens import ExportScreen
+
+    tmp_path = out
+
+    app = make_app(tiny)
+
+    async def scenario():
+        async with app.run_test(size=(60, 20)) as pilot:
+            await pilot.press("f4")
+            assert "Nothing to export yet; send a message first." in messages_notified(app)
+            await send(pilot, "what is this")
+            app.session.messages[-1]["reasoning_content"] = "first a thought"
+            await pilot.press("f4")
+            await pilot.pause()
+            assert isinstance(app.screen, ExportScreen)
+            await pilot.press("enter")
+            await pilot.pause()
+            path = tmp_path / "what-is-this.md"
+            text = path.read_text()
+            assert text.startswith("# what is this\n") and "## You\n\nwhat is this\n" in text
+            assert "<details>\n<summary>Thinking</summary>\n\n> first a thought\n" in text
+            assert app.session.messages[-1]["content"].strip() in text
+            assert f"Exported to {path.name}." in messages_notified(app)
+            path.write_text("mine")
+            await pilot.press("f4")
+            await pilot.pause()
+            await pilot.press("enter")  # it exists: refused, and said so
+            await pilot.pause()
+            error = str(app.screen.query_one("#error").render())
+            assert "already exists" in error and path.read_text() == "mine"
+            assert app.screen.query_one("#export").region.bottom <= 20  # reachable on a small screen
+            await pilot.press("enter")  # confirmed
+            await pilot.pause()
+            assert path.read_text() == text and not isinstance(app.screen, ExportScreen)
+            assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+    run(scenario())
+
+
+def test_export_to_a_missing_folder_or_a_full_disk_is_one_line(tiny, out, monkeypatch):
+    import errno
+    import os
+
+    from textual.widgets import Input
+
+    from app import chat_export
+
+    tmp_path = out
+
+    app = make_app(tiny)
+
+    async def scenario():
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, "hi")
+            await palette(pilot, "Export to Markdown")
+            field = app.screen.query_one(Input)
+            field.value = str(tmp_path / "nowhere" / "x.md")
+            await pilot.press("enter")
+            await pilot.pause()
+            assert str(app.screen.query_one("#error").render()).startswith(f"{tmp_path / 'nowhere'}: no such folder")
+
+            def full(*args):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            with monkeypatch.context() as disk:
+                disk.setattr(chat_export.os, "replace", full)
+                field.value = str(tmp_path)  # a folder: the default name inside it
+                await pilot.press("enter")
+                await pilot.pause()
+            error = str(app.screen.query_one("#error").render())
+            assert error == f"Could not write {tmp_path / 'hi.md'}: {os.strerror(errno.ENOSPC)}"
+            assert list(tmp_path.iterdir()) == []  # nothing half-written, no temporary file
+            await pilot.press("enter")
+            await pilot.pause()
+            assert (tmp_path / "hi.md").is_file() and len(app.screen_stack) == 1
+    run(scenario())
