@@ -160,3 +160,25 @@ def test_real_tokens_of_a_model_tokenizer(tmp_path):
     assert sent["index"] == 0 and sent["id"].startswith("call_")
     assert sent["function"] == {"name": "f", "arguments": '{"x": 1}'}
     assert parser.tool_calls == [{k: v for k, v in sent.items() if k != "index"}]
+
+
+@pytest.mark.parametrize("vocabulary, template, reply", [
+    ("qwen2", THINK_TEMPLATE + HERMES_TEMPLATE,
+     '<think>\nDas Wetter in Köln? Nachsehen 🙂\n</think>\n\nGern.\n<tool_call>\n' + WEATHER + '\n</tool_call>'),
+    ("llama-bpe", LLAMA_TEMPLATE, '{"name": "get_weather", "parameters": {"city": "Köln"}}'),
+])
+def test_real_vocabularies(tmp_path, vocabulary, template, reply):
+    """A real byte-level BPE (llama.cpp's Qwen2 and Llama 3 vocabularies) cuts words, markers and characters its
+    own way; the reply comes out whole."""
+    from tests.formats.test_gguf_tokenizer import real_vocabulary
+
+    tokenizer = real_vocabulary(tmp_path, vocabulary)
+    tokenizer.chat_template = template
+    ids = tokenizer.encode(reply, add_special_tokens=False)
+    assert 1 < len(ids) < len(reply.encode())  # tokens of several bytes, not one per character
+    parser = ReplyParser(tokenizer, "<|assistant|>", [], chat=True, tools=True)
+    deltas = [parser.feed(t) for t in ids] + [parser.finish()]
+    thinking = "<think>" in reply
+    assert "".join(d.reasoning for d in deltas) == ("Das Wetter in Köln? Nachsehen 🙂" if thinking else "")
+    assert "".join(d.content for d in deltas) == ("Gern.\n" if thinking else "")
+    assert [c["function"] for c in parser.tool_calls] == [{"name": "get_weather", "arguments": '{"city": "Köln"}'}]
