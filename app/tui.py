@@ -231,7 +231,7 @@ class ChatApp(App):
 
     def mark_dropped(self) -> None:
         start = self.session.chat.context_start
-        for w in self.log_view.query(".message"):
+        for w in self.log_view.query(".message, .stats"):  # a reply's stats line dims with it
             w.set_class(getattr(w, "index", None) is not None and w.index < start, "dropped")
 
     def update_status(self, note: str = "") -> None:

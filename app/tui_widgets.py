@@ -83,6 +83,7 @@ class ReplyStats(Static):
     DEFAULT_CSS = """
     ReplyStats { display: none; color: $text-muted; margin: 0 0 1 0; padding: 0 1; }
     .-stats > ReplyStats { display: block; }
+    ReplyStats.dropped { opacity: 50%; }
     """
 
     def __init__(self, stats: dict, index: Optional[int] = None):

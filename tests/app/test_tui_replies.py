@@ -68,6 +68,21 @@ def test_stats_at_60x20_and_for_a_reply_saved_without_them(tiny):
     run(scenario())
 
 
+def test_stats_of_replies_out_of_the_context_dim_with_them(tiny):
+    app = make_app(tiny, limit=96, max_tokens=16)
+
+    async def scenario():
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("ctrl+s")
+            for i in range(6):
+                await send(pilot, f"question {i}")
+            start = app.session.chat.context_start
+            dimmed = [w.index for w in app.query(ReplyStats) if w.has_class("dropped")]
+            assert start > 0 and dimmed == [i for i in range(1, start, 2)]
+            assert len(shown_stats(app)) == 6
+    run(scenario())
+
+
 class GatedModel(SlowModel):
     """The tiny model, holding the second chunk of a prompt until the test opens the gate."""
 
