@@ -54,12 +54,16 @@ def held_prefix(text: str, marker: str) -> int:
 
 
 class HermesParser:
-    """`<tool_call>{json}</tool_call>` blocks among content (Qwen, Hermes)."""
+    """`<tool_call>{json}</tool_call>` blocks among content (Qwen, Hermes). The whitespace around a call goes with it
+    (the templates write it when they render the call back: `content + "\\n<tool_call>..."`), so a reply of calls
+    alone has no content; other whitespace is content, held back until the text after it shows it is not a call's."""
 
     def __init__(self, new_id: Callable[[], str] = new_call_id):
         self.new_id = new_id
         self._buf = ""  # text not yet returned: a tag's beginning, or a whole block up to its closing tag
         self._inside = False
+        self._space = ""  # whitespace at the end of the content so far: dropped if a call follows
+        self._after_call = False  # the last thing was a call: the whitespace after it is dropped
 
     def feed(self, text: str, final: bool = False) -> Tuple[str, List[dict]]:
         buf, content, calls = self._buf + text, "", []
@@ -68,13 +72,13 @@ class HermesParser:
                 at = buf.find(HERMES_OPEN)
                 if at < 0:
                     keep = 0 if final else held_prefix(buf, HERMES_OPEN)
-                    content, buf = content + buf[:len(buf) - keep], buf[len(buf) - keep:]
+                    content, buf = content + self._content(buf[:len(buf) - keep]), buf[len(buf) - keep:]
                     break
-                content, buf, self._inside = content + buf[:at], buf[at:], True
+                content, buf, self._inside = content + self._content(buf[:at]), buf[at:], True
             end = buf.find(HERMES_CLOSE)
             if end < 0:
                 if final:  # never closed: what the model wrote is content
-                    content, buf = content + buf, ""
+                    content, buf = content + self._content(buf), ""
                 break
             block, buf = buf[:end + len(HERMES_CLOSE)], buf[end + len(HERMES_CLOSE):]
             self._inside = False
@@ -84,11 +88,24 @@ class HermesParser:
             except ValueError:
                 call = None
             if call is None:
-                content += block
+                content += self._content(block)
             else:
                 calls.append(call)
+                self._space, self._after_call = "", True
+        if final:
+            content, self._space = content + self._space, ""
         self._buf = buf
         return content, calls
+
+    def _content(self, text: str) -> str:
+        """What content `text` adds: none of the whitespace after a call, and its own trailing whitespace later."""
+        if self._after_call:
+            text = text.lstrip()
+            self._after_call = not text
+        text = self._space + text
+        body = text.rstrip()
+        self._space = text[len(body):]
+        return body
 
 
 class LlamaJsonParser:

@@ -38,15 +38,17 @@ WEATHER = '{"name": "get_weather", "arguments": {"city": "Köln", "unit": "celsi
 
 @pytest.mark.parametrize("text, content, calls", [
     ("No tools needed.", "No tools needed.", []),
+    (" Spaces \n stay\n\n", " Spaces \n stay\n\n", []),  # no call: whitespace is content
+    (f"<tool_call>{WEATHER}</tool_call>\n\nDone. ", "Done. ", [call(0, "get_weather", '{"city": "Köln", "unit": "celsius"}')]),
     (f"<tool_call>\n{WEATHER}\n</tool_call>", "",
      [call(0, "get_weather", '{"city": "Köln", "unit": "celsius"}')]),
     (f"Checking.\n<tool_call>\n{WEATHER}\n</tool_call>\n<tool_call>\n"
-     '{"name": "get_time", "arguments": {}}\n</tool_call>', "Checking.\n\n",
+     '{"name": "get_time", "arguments": {}}\n</tool_call>\n', "Checking.",
      [call(0, "get_weather", '{"city": "Köln", "unit": "celsius"}'), call(1, "get_time", "{}")]),
     ('<tool_call>{"name": "f", "arguments": "{\\"a\\": 1}"}</tool_call>', "", [call(0, "f", '{"a": 1}')]),
     ('<tool_call>{"name": "f"}</tool_call>', "", [call(0, "f", "{}")]),
     # not calls: they stay the text the model wrote
-    ("<tool_call>{not json}</tool_call> after", "<tool_call>{not json}</tool_call> after", []),
+    ("x\n<tool_call>{not json}</tool_call> after\n", "x\n<tool_call>{not json}</tool_call> after\n", []),
     ('<tool_call>{"arguments": {}}</tool_call>', '<tool_call>{"arguments": {}}</tool_call>', []),
     ('<tool_call>{"name": "f", "arguments": [1]}</tool_call>', '<tool_call>{"name": "f", "arguments": [1]}</tool_call>',
      []),
@@ -62,10 +64,11 @@ def test_hermes(text, content, calls):
 
 def test_hermes_streams_content_and_holds_only_what_may_be_a_call():
     parser = HermesParser(ids())
-    assert parser.feed("Hi <tool") == ("Hi ", [])
-    assert parser.feed("s> and <tool_call>{") == ("<tools> and ", [])
-    assert parser.feed('"name": "f"}</tool_call>') == ("", [call(0, "f", "{}")])
-    assert parser.feed("", final=True) == ("", [])
+    assert parser.feed("Hi <tool") == ("Hi", [])
+    assert parser.feed("s> and <tool_call>{") == (" <tools> and", [])  # the space before a call goes with it
+    assert parser.feed('"name": "f"}</tool_call>\n') == ("", [call(0, "f", "{}")])
+    assert parser.feed("\n  ok ") == ("ok", [])
+    assert parser.feed("", final=True) == (" ", [])
 
 
 @pytest.mark.parametrize("text, content, calls", [
