@@ -68,6 +68,23 @@ def test_stats_at_60x20_and_for_a_reply_saved_without_them(tiny):
     run(scenario())
 
 
+@pytest.mark.parametrize("stats", [[], "fast", {"prompt_tokens": "1"}, {**dict.fromkeys(STATS_KEYS, 1), "ttft": None},
+                                   {**dict.fromkeys(STATS_KEYS, 1.0), "prompt_tps": float("nan")}])
+def test_stats_not_as_we_write_them_show_nothing(tiny, stats):
+    from app.chat_store import Chat
+
+    chat = Chat(model="tiny", messages=[{"role": "user", "content": "hi"},
+                                        {"role": "assistant", "content": "hello", "stats": stats}])
+    app = make_app(tiny, chat=chat)
+
+    async def scenario():
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            assert shown_stats(app) == [""]
+    run(scenario())
+
+
 def test_stats_of_replies_out_of_the_context_dim_with_them(tiny):
     app = make_app(tiny, limit=96, max_tokens=16)
 
