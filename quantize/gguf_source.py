@@ -18,6 +18,7 @@ import mlx.core as mx
 
 from mlxmodels.formats.gguf_generation import generation_config
 from mlxmodels.formats.gguf_model import GGUFCheckpoint
+from mlxmodels.formats.gguf_names import outputs
 from mlxmodels.formats.safetensors import dtype_name
 
 
@@ -39,17 +40,19 @@ class GGUFSource:
             self.dequantize = dequantize
             self.where, self.infos = {}, {}
             every = self.ckpt.placeholders()
-            for name, (hf, _) in self.ckpt.plan.items():
-                stem = hf.rsplit(".", 1)[0]
-                parts = {k: every[k] for k in (hf, f"{stem}.scales", f"{stem}.biases") if k in every}
-                stored = {k: p.nbytes for k, p in parts.items()}  # what is read: the progress counts these
-                if dequantize and len(parts) == 3:  # a triplet becomes one float32 weight of the unpacked shape
-                    packed = parts[hf].shape
-                    parts = {hf: mx.zeros((*packed[:-1], packed[-1] * 32 // self._params(stem)["bits"]), mx.float32)}
-                    stored = {hf: sum(stored.values())}
-                for key, p in parts.items():
-                    self.where[key] = name
-                    self.infos[key] = Info(tuple(p.shape), dtype_name(p.dtype), stored[key])
+            for name, (fused, undo) in self.ckpt.plan.items():
+                for hf in outputs(fused, undo):  # a fused gate_up tensor gives two outputs
+                    stem = hf.rsplit(".", 1)[0]
+                    parts = {k: every[k] for k in (hf, f"{stem}.scales", f"{stem}.biases") if k in every}
+                    stored = {k: p.nbytes for k, p in parts.items()}  # what is read: the progress counts these
+                    if dequantize and len(parts) == 3:  # a triplet becomes one float32 weight of the unpacked shape
+                        packed = parts[hf].shape
+                        unpacked = packed[-1] * 32 // self._params(stem)["bits"]
+                        parts = {hf: mx.zeros((*packed[:-1], unpacked), mx.float32)}
+                        stored = {hf: sum(stored.values())}
+                    for key, p in parts.items():
+                        self.where[key] = name
+                        self.infos[key] = Info(tuple(p.shape), dtype_name(p.dtype), stored[key])
         except BaseException:
             self.ckpt.close()
             raise
@@ -71,13 +74,18 @@ class GGUFSource:
 
     def _read(self, gguf_name: str) -> dict:
         parts = self.ckpt.tensor(gguf_name)
-        if not (self.dequantize and len(parts) == 3):
+        if not self.dequantize:
             return parts
-        hf = self.ckpt.plan[gguf_name][0]
-        stem = hf.rsplit(".", 1)[0]
-        scales, biases = (parts[f"{stem}.{k}"].astype(mx.float32) for k in ("scales", "biases"))
-        params = self._params(stem)
-        return {hf: mx.dequantize(parts[hf], scales, biases, group_size=params["group_size"], bits=params["bits"])}
+        out = {}
+        for hf in outputs(*self.ckpt.plan[gguf_name]):
+            stem = hf.rsplit(".", 1)[0]
+            if f"{stem}.scales" not in parts:
+                out[hf] = parts[hf]
+                continue
+            scales, biases = (parts[f"{stem}.{k}"].astype(mx.float32) for k in ("scales", "biases"))
+            params = self._params(stem)
+            out[hf] = mx.dequantize(parts[hf], scales, biases, group_size=params["group_size"], bits=params["bits"])
+        return out
 
     def side_files(self) -> dict:
         """name -> bytes: tokenizer.json and tokenizer_config.json (when the file has a tokenizer) and

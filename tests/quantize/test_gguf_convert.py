@@ -121,3 +121,26 @@ def test_smollm2_converts_for_mlx_lm(smollm2, tmp_path):  # noqa: F811 (fixture)
         want = logits(ours, ids)
         # float32 throughout; the two models differ only in the order of their sums (measured 1.1e-4 at ~38)
         assert np.abs(logits(theirs, ids) - want).max() < 5e-4
+
+
+def test_fused_gate_up_experts_convert(tmp_path):
+    """A GGUF with experts fused as convert's --fuse-gate-up-exps writes them converts: kept, the folder holds the
+    loader's very weights (gate and up apart); requantized to 8 bits, the logits stay close to the file's."""
+    from mlx.utils import tree_flatten
+
+    from tests.formats.test_gguf_archs import CASES, build_hf, export
+
+    arch, model_type, cfg, _ = CASES["deepseek_v3"]
+    hf = build_hf(model_type, tmp_path / "hf", seed=3, **dict(cfg, first_k_dense_replace=0))
+    fused = export(hf, arch, tmp_path / "hf", tmp_path / "fused.gguf", quantize=True, fuse_gate_up=True)
+    ours, _ = mlxmodels.load(fused, dtype="float32")
+    kept, _ = mlxmodels.load(convert(fused, tmp_path / "kept").folder, dtype="float32")
+    want, got = dict(tree_flatten(ours.parameters())), dict(tree_flatten(kept.parameters()))
+    assert "model.layers.0.mlp.switch_mlp.up_proj.scales" in got
+    assert got.keys() == want.keys() and all(mx.array_equal(got[k], want[k]).item() for k in got)
+    setting = recipes.Setting.for_mode("affine", bits=8, group_size=32)
+    again, _ = mlxmodels.load(convert(fused, tmp_path / "q8", Options(quantize=True, setting=setting)).folder,
+                              dtype="float32")
+    ids = [1, 5, 9, 30, 77, 100, 3]
+    a, b = logits(ours, ids), logits(again, ids)
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
