@@ -15,7 +15,6 @@ Anything wrong is a RequestError naming the field (`messages[2].content`); a tem
 from __future__ import annotations
 
 import json
-from typing import List, Optional, Tuple
 
 from mlxmodels.tokenizer import TokenizerError
 
@@ -27,7 +26,7 @@ RESERVED = ("messages", "tools", "documents", "add_generation_prompt", "tokenize
 REASONING = ("reasoning_content", "reasoning")  # an earlier reply's reasoning, sent back by clients
 
 
-def chat_prompt(tokenizer, messages: list, tools: Optional[list], template_kwargs: dict) -> Tuple[List[int], str]:
+def chat_prompt(tokenizer, messages: list, tools: list | None, template_kwargs: dict) -> tuple[list[int], str]:
     """(prompt ids, prompt text) for a chat request, through the model's chat template."""
     if not getattr(tokenizer, "chat_template", None):
         raise RequestError("this model has no chat template: send the prompt as text to /v1/completions",
@@ -45,7 +44,7 @@ def chat_prompt(tokenizer, messages: list, tools: Optional[list], template_kwarg
     return tokenizer.encode(text, add_special_tokens=False), text
 
 
-def convert_messages(messages) -> List[dict]:
+def convert_messages(messages) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list of {'role': ..., 'content': ...} objects",
                            param="messages")
@@ -102,7 +101,7 @@ def _text(content, where: str) -> str:
     return "\n".join(texts)
 
 
-def _tool_calls(calls, where: str) -> List[dict]:
+def _tool_calls(calls, where: str) -> list[dict]:
     if not isinstance(calls, list):
         raise RequestError(f"{where} must be a list of tool calls", param=where)
     out = []
@@ -128,7 +127,7 @@ def _tool_calls(calls, where: str) -> List[dict]:
     return out
 
 
-def check_tools(tools) -> Optional[list]:
+def check_tools(tools) -> list | None:
     """The tools as given, once each is a function with a name and, if any, an object of parameters."""
     if tools is None:
         return None

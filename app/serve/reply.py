@@ -14,7 +14,6 @@ what the whole text gives however the reply was cut into tokens:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
 
 from mlxmodels.reasoning import Splitter, markers_for
 
@@ -27,7 +26,7 @@ class Delta:
     (`index`, `id`, `type`, `function` with the whole `name` and `arguments`)."""
     content: str = ""
     reasoning: str = ""
-    tool_calls: List[dict] = field(default_factory=list)
+    tool_calls: list[dict] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.content or self.reasoning or self.tool_calls)
@@ -37,7 +36,7 @@ class StopStrings:
     """Cuts text fed piece by piece at the first stop string completed (the one ending first; of two ending at the
     same character, the longer), holding back any end of the text that may begin one."""
 
-    def __init__(self, stops: List[str]):
+    def __init__(self, stops: list[str]):
         self.stops = [s for s in stops if s]
         self.stopped = False
         self._buf = ""
@@ -73,14 +72,14 @@ class ReplyParser:
     `stopped`: a stop string ended the reply; `tool_calls`: the calls parsed so far, as the message's `tool_calls`
     (no `index`); `content` and `reasoning`: everything returned so far."""
 
-    def __init__(self, tokenizer, prompt_text: str, stop: List[str], chat: bool, tools: bool, new_call_id=None):
+    def __init__(self, tokenizer, prompt_text: str, stop: list[str], chat: bool, tools: bool, new_call_id=None):
         self._detok = tokenizer.detokenizer()
         self._stops = StopStrings(stop)
-        self._splitter: Optional[Splitter] = (Splitter.for_prompt(tokenizer, prompt_text)
+        self._splitter: Splitter | None = (Splitter.for_prompt(tokenizer, prompt_text)
                                               if chat and thinks(tokenizer) else None)
         parser = calls_lib.for_template(getattr(tokenizer, "chat_template", None)) if chat and tools else None
         self._calls = parser(new_call_id or calls_lib.new_call_id) if parser else None
-        self.tool_calls: List[dict] = []
+        self.tool_calls: list[dict] = []
         self.content = self.reasoning = ""
         self._finished = False
 
@@ -114,7 +113,7 @@ class ReplyParser:
         first = len(self.tool_calls) - len(calls)
         return Delta(content, reasoning, [{"index": first + n, **c} for n, c in enumerate(calls)])
 
-    def _split(self, text: str, final: bool) -> Tuple[str, str]:
+    def _split(self, text: str, final: bool) -> tuple[str, str]:
         if self._splitter is None:
             return "", text
         parts = [self._splitter.feed(text)] if text else []
@@ -122,7 +121,7 @@ class ReplyParser:
             parts.append(self._splitter.finish())
         return "".join(p.reasoning for p in parts), "".join(p.answer for p in parts)
 
-    def _parse(self, text: str, final: bool) -> Tuple[str, List[dict]]:
+    def _parse(self, text: str, final: bool) -> tuple[str, list[dict]]:
         if self._calls is None:
             return text, []
         return self._calls.feed(text, final)

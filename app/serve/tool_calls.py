@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Callable, List, Optional, Tuple
+from collections.abc import Callable
 
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
@@ -25,7 +25,7 @@ def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
 
-def call_from(obj, arguments_keys: Tuple[str, ...], new_id: Callable[[], str]) -> Optional[dict]:
+def call_from(obj, arguments_keys: tuple[str, ...], new_id: Callable[[], str]) -> dict | None:
     """OpenAI's tool call for a parsed JSON object `{"name": ..., <arguments key>: {...}}`, None if it is not one.
     Arguments become a JSON string, as OpenAI sends them; given as a string, they must hold a JSON object."""
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
@@ -65,7 +65,7 @@ class HermesParser:
         self._space = ""  # whitespace at the end of the content so far: dropped if a call follows
         self._after_call = False  # the last thing was a call: the whitespace after it is dropped
 
-    def feed(self, text: str, final: bool = False) -> Tuple[str, List[dict]]:
+    def feed(self, text: str, final: bool = False) -> tuple[str, list[dict]]:
         buf, content, calls = self._buf + text, "", []
         while True:
             if not self._inside:
@@ -117,7 +117,7 @@ class LlamaJsonParser:
         self._buf = ""
         self._state = "before"  # before: undecided; call: holding a JSON reply; text: passing everything through
 
-    def feed(self, text: str, final: bool = False) -> Tuple[str, List[dict]]:
+    def feed(self, text: str, final: bool = False) -> tuple[str, list[dict]]:
         if self._state == "text":
             return text, []
         self._buf += text
@@ -143,10 +143,9 @@ class LlamaJsonParser:
             return "call"
         return "before" if not head and not final else "text"
 
-    def _parse(self, text: str) -> List[dict]:
+    def _parse(self, text: str) -> list[dict]:
         text = text.strip()
-        if text.startswith(PYTHON_TAG):
-            text = text[len(PYTHON_TAG):]
+        text = text.removeprefix(PYTHON_TAG)
         decoder, calls, at = json.JSONDecoder(), [], 0
         while True:
             while at < len(text) and (text[at].isspace() or text[at] == ";"):
@@ -163,7 +162,7 @@ class LlamaJsonParser:
             calls.append(call)
 
 
-def for_template(template: Optional[str]):
+def for_template(template: str | None):
     """The parser class for the calls a model with this chat template writes; None when it shows no format we
     parse (its replies stay content)."""
     template = template or ""

@@ -113,9 +113,10 @@ WEATHER = '{"name": "get_weather", "arguments": {"city": "Köln"}}'
     (LLAMA_TEMPLATE, '{"name": "f", "parameters": {"x": 1}', True, True, out('{"name": "f", "parameters": {"x": 1}')),
     (TEMPLATE, f"<tool_call>{WEATHER}</tool_call>", True, True, out(f"<tool_call>{WEATHER}</tool_call>")),
     # a thinking model's calls come after its reasoning; a call inside the reasoning is only thought
-    (THINK_TEMPLATE + HERMES_TEMPLATE, f"<think>maybe <tool_call>{WEATHER}</tool_call></think>"
-     f"<tool_call>{WEATHER}</tool_call>", True, True,
-     out(reasoning=f"maybe <tool_call>{WEATHER}</tool_call>", tool_calls=[call(0, "get_weather", '{"city": "Köln"}')])),
+    (THINK_TEMPLATE + HERMES_TEMPLATE, (f"<think>maybe <tool_call>{WEATHER}</tool_call></think>"
+                                        f"<tool_call>{WEATHER}</tool_call>"), True, True,
+     out(reasoning=f"maybe <tool_call>{WEATHER}</tool_call>",
+         tool_calls=[call(0, "get_weather", '{"city": "Köln"}')])),
 ])
 def test_tool_calls_of_chats_that_offered_tools(template, text, chat, tools, expected):
     assert parse([text], template, chat=chat, tools=tools) == expected

@@ -39,11 +39,12 @@ WEATHER = '{"name": "get_weather", "arguments": {"city": "Köln", "unit": "celsi
 @pytest.mark.parametrize("text, content, calls", [
     ("No tools needed.", "No tools needed.", []),
     (" Spaces \n stay\n\n", " Spaces \n stay\n\n", []),  # no call: whitespace is content
-    (f"<tool_call>{WEATHER}</tool_call>\n\nDone. ", "Done. ", [call(0, "get_weather", '{"city": "Köln", "unit": "celsius"}')]),
+    (f"<tool_call>{WEATHER}</tool_call>\n\nDone. ", "Done. ",
+     [call(0, "get_weather", '{"city": "Köln", "unit": "celsius"}')]),
     (f"<tool_call>\n{WEATHER}\n</tool_call>", "",
      [call(0, "get_weather", '{"city": "Köln", "unit": "celsius"}')]),
-    (f"Checking.\n<tool_call>\n{WEATHER}\n</tool_call>\n<tool_call>\n"
-     '{"name": "get_time", "arguments": {}}\n</tool_call>\n', "Checking.",
+    ((f"Checking.\n<tool_call>\n{WEATHER}\n</tool_call>\n<tool_call>\n"
+      '{"name": "get_time", "arguments": {}}\n</tool_call>\n'), "Checking.",
      [call(0, "get_weather", '{"city": "Köln", "unit": "celsius"}'), call(1, "get_time", "{}")]),
     ('<tool_call>{"name": "f", "arguments": "{\\"a\\": 1}"}</tool_call>', "", [call(0, "f", '{"a": 1}')]),
     ('<tool_call>{"name": "f"}</tool_call>', "", [call(0, "f", "{}")]),
