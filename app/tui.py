@@ -34,10 +34,9 @@ from textual.widgets import Markdown, Sparkline
 
 from app.chat_session import ChatSession, Turn
 from app.chat_store import Chat, ChatStore, data_dir, printable
-from app.clipboard import code_blocks, last_reply
 from app.greedy_hint import same_reply_hint
 from app.reply_stats import progress_text
-from app.tui_reply_screens import CodeBlockScreen, ExportScreen
+from app.tui_replies import ReplyActions
 from app.tui_screens import ChatListScreen, SettingsScreen
 from app.tui_terminal import HangupSafeDriver
 from app.tui_widgets import (EMPTY, NO_ANSWER, THINKING, WAITING, AssistantMessage, ChatFooter, ChatInput, Notice,
@@ -96,7 +95,7 @@ class Meter:
         return mx.get_active_memory() / 1e9
 
 
-class ChatApp(App):
+class ChatApp(ReplyActions, App):
     TITLE = "mlxm chat"
     CSS = CSS
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (80, "-wide")]  # a narrow screen's dialogs take its whole width
@@ -397,7 +396,7 @@ class ChatApp(App):
     # ------------------------------------------------------------ actions
 
     MAIN_SCREEN_ACTIONS = {"send", "stop", "regenerate", "edit", "new_chat", "open_chats", "settings",
-                           "toggle_stats", "copy_reply", "copy_code", "export"}
+                           *ReplyActions.ACTIONS}
 
     def check_action(self, action: str, parameters) -> Optional[bool]:
         """The chat's keys do nothing while a dialog (saved chats, settings) is open."""
@@ -526,53 +525,8 @@ class ChatApp(App):
                                 self.action_toggle_thinking)
             yield SystemCommand("Regenerate", "Answer your last message again (Ctrl+R)", self.action_regenerate)
             yield SystemCommand("Edit last message", "Edit and resend your last message (Ctrl+E)", self.action_edit)
-            yield SystemCommand("Toggle reply stats", "Tokens, speed and time to first token under every reply "
-                                "(Ctrl+S)", self.action_toggle_stats)
-            yield SystemCommand("Copy reply", "The last reply to the clipboard (F2)", self.action_copy_reply)
-            yield SystemCommand("Copy code block", "A code block of the last reply to the clipboard (F3)",
-                                self.action_copy_code)
-            yield SystemCommand("Export to Markdown", "This chat as a Markdown file (F4)", self.action_export)
+            yield from self.reply_commands()
         yield from super().get_system_commands(screen)
-
-    def action_toggle_stats(self) -> None:
-        """Show or hide every reply's stats line (ReplyStats): a view setting, not saved with the chat."""
-        log = self.log_view
-        log.set_class(not log.has_class(ReplyStats.STATS_SHOWN), ReplyStats.STATS_SHOWN)
-
-    def action_copy_reply(self) -> None:
-        reply = last_reply(self.session.messages)
-        if reply is None:
-            self.notify("No reply to copy yet.")
-            return
-        self.copy_to_clipboard(reply["content"])
-        self.notify(f"Copied the last reply ({len(reply['content']):,} characters).")
-
-    def action_copy_code(self) -> None:
-        """The last reply's code block, or, when it has several, the one picked in a dialog."""
-        reply = last_reply(self.session.messages)
-        blocks = code_blocks(reply["content"]) if reply is not None else []
-        if not blocks:
-            self.notify("The last reply has no code block." if reply else "No reply to copy yet.")
-            return
-
-        def copy(index: Optional[int]) -> None:
-            if index is not None:
-                self.copy_to_clipboard(blocks[index].code)
-                self.notify(f"Copied the {blocks[index].language or 'code'} block "
-                            f"({len(blocks[index].code.splitlines())} lines).", markup=False)
-        if len(blocks) == 1:
-            copy(0)
-        else:
-            self.push_screen(CodeBlockScreen(blocks), copy)
-
-    async def action_export(self) -> None:
-        if not await self._idle():
-            return
-        if not self.session.messages:
-            self.notify("Nothing to export yet; send a message first.")
-            return
-        self.push_screen(ExportScreen(self.session.chat),
-                         lambda path: path and self.notify(f"Exported to {path}.", markup=False))
 
     async def action_toggle_thinking(self) -> None:
         """Thinking off when it is on or the template's default (on, for the models that have the switch), else on."""
