@@ -61,7 +61,7 @@ class ExportScreen(ModalScreen[Optional[Path]]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="dialog"):
             yield Label("Export the chat to Markdown", classes="title")
-            yield Label("File (a folder takes the name below)")
+            yield Label("File, or a folder to write it in")
             yield Input(default_name(self.chat), id="path", compact=True)
             yield Static("", id="error", markup=False)
             with Horizontal(id="buttons"):

@@ -7,7 +7,8 @@ what the whole text gives however the reply was cut into tokens:
 2. the stop strings: text that may be a stop string's beginning waits; the reply ends at the first stop string to
    be completed, the text before it kept (`stopped`: the caller cancels the stream, finish reason "stop");
 3. for a chat with a thinking template, the reasoning split (mlxmodels/reasoning.py);
-4. for a chat that offered tools, the answer's tool calls (tool_calls.py, the format the template shows).
+4. for a chat that offered tools, the answer's tool calls (tool_calls.py, the format the template shows; the ids
+   OpenAI's `call_...`, or the nine letters and digits Mistral's templates require).
 /v1/completions (`chat=False`) gets stages 1 and 2 only.
 """
 
@@ -78,7 +79,7 @@ class ReplyParser:
         self._splitter: Splitter | None = (Splitter.for_prompt(tokenizer, prompt_text)
                                               if chat and thinks(tokenizer) else None)
         parser = calls_lib.for_template(getattr(tokenizer, "chat_template", None)) if chat and tools else None
-        self._calls = parser(new_call_id or calls_lib.new_call_id) if parser else None
+        self._calls = None if parser is None else parser(new_call_id) if new_call_id else parser()
         self.tool_calls: list[dict] = []
         self.content = self.reasoning = ""
         self._finished = False

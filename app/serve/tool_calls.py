@@ -3,8 +3,9 @@
 Each model family writes its calls its own way, and its chat template shows which (`for_template` reads it):
 - Qwen 2.5/3 and Hermes wrap each call in tags anywhere in the answer:
   `<tool_call>\\n{"name": "f", "arguments": {...}}\\n</tool_call>`;
-- Llama 3.1/3.2 answer with nothing but the call: `{"name": "f", "parameters": {...}}`, after `<|python_tag|>` or
-  not, several separated by `;`.
+- Llama 3.1/3.2/4 answer with nothing but the call: `{"name": "f", "parameters": {...}}`, after `<|python_tag|>` or
+  not, several separated by `;`;
+- Mistral (Nemo, Small) ends its answer with `[TOOL_CALLS][{"name": "f", "arguments": {...}}, ...]`.
 A parser is fed the answer piece by piece and returns the content it lets through and the calls it completed; text
 that may still turn into a call (a tag's beginning, an opening `{`) is held back until it is decided, so the pieces
 add up to what parsing the whole text gives however it was cut. A call that does not parse (bad JSON, no name,
@@ -14,15 +15,23 @@ arguments that are not an object) is not a call: its text stays content, exactly
 from __future__ import annotations
 
 import json
+import secrets
+import string
 import uuid
 from collections.abc import Callable
 
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
+MISTRAL_TAG = "[TOOL_CALLS]"
 
 
 def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
+
+
+def new_mistral_id() -> str:
+    """Nine letters and digits: Mistral's templates refuse any other id when the call comes back in a chat."""
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(9))
 
 
 def call_from(obj, arguments_keys: tuple[str, ...], new_id: Callable[[], str]) -> dict | None:
@@ -162,12 +171,48 @@ class LlamaJsonParser:
             calls.append(call)
 
 
+class MistralParser:
+    """Content, then `[TOOL_CALLS]` and a JSON list of calls to the end of the reply (Mistral's v3 tokenizers): the
+    content streams until the tag, the calls are parsed when the reply ends."""
+
+    def __init__(self, new_id: Callable[[], str] = new_mistral_id):
+        self.new_id = new_id
+        self._buf = ""
+        self._calling = False  # the tag was met: everything after it is held for the calls
+
+    def feed(self, text: str, final: bool = False) -> tuple[str, list[dict]]:
+        buf, content = self._buf + text, ""
+        if not self._calling:
+            at = buf.find(MISTRAL_TAG)
+            if at < 0:
+                keep = 0 if final else held_prefix(buf, MISTRAL_TAG)
+                self._buf = buf[len(buf) - keep:]
+                return buf[:len(buf) - keep], []
+            content, buf, self._calling = buf[:at], buf[at:], True
+        self._buf = "" if final else buf
+        if not final:
+            return content, []
+        calls = self._parse(buf[len(MISTRAL_TAG):])
+        return (content, calls) if calls else (content + buf, [])
+
+    def _parse(self, text: str) -> list[dict]:
+        try:
+            objs = json.loads(text)
+        except ValueError:
+            return []
+        objs = objs if isinstance(objs, list) else [objs]
+        calls = [call_from(obj, ("arguments",), self.new_id) for obj in objs]
+        return [] if None in calls else calls
+
+
 def for_template(template: str | None):
     """The parser class for the calls a model with this chat template writes; None when it shows no format we
     parse (its replies stay content)."""
     template = template or ""
     if HERMES_OPEN in template:
         return HermesParser
+    if MISTRAL_TAG in template:
+        return MistralParser
     if '"parameters"' in template and '{"name"' in template:
         return LlamaJsonParser
     return None

@@ -8,6 +8,7 @@ import pytest
 
 from app.serve.chat import chat_prompt
 from app.serve.errors import RequestError
+from app.serve.reply import ReplyParser
 from mlxmodels.tokenizer import load_tokenizer
 from tests.app.tiny import save_ascii_tokenizer
 from tests.oracle import save_byte_tokenizer
@@ -156,3 +157,33 @@ def test_a_model_without_a_chat_template(tmp_path):
     save_ascii_tokenizer(tmp_path, chat_template="")
     with pytest.raises(RequestError, match="no chat template.*/v1/completions"):
         chat_prompt(load_tokenizer(tmp_path), [USER], None, {})
+
+
+# what each model writes to call get_weather(city="Köln", unit="celsius")
+REPLIES = {"Qwen3-0.6B.jinja": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Köln", "unit": "celsius"}}'
+                               "\n</tool_call>",
+           "Llama-3.1-8B-Instruct.jinja": '{"name": "get_weather", "parameters": {"city": "Köln", "unit": "celsius"}}',
+           "Mistral-Nemo-Instruct-2407.jinja": '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Köln", '
+                                               '"unit": "celsius"}}]'}
+
+
+@pytest.mark.parametrize("name", REPLIES)
+def test_parsed_calls_come_back_in_the_next_prompt(folders, name):
+    """A call parsed from the model's reply, sent back by the client with its id and the tool's answer, renders as
+    transformers renders it; Qwen's and Llama's templates write back exactly what the model wrote."""
+    ours, theirs = folders[name]
+    question = [{"role": "user", "content": "Wie ist das Wetter in Köln?"}]
+    _, prompt = chat_prompt(ours, question, [WEATHER], {})
+    parser = ReplyParser(ours, prompt, [], chat=True, tools=True)
+    deltas = [parser.feed(t) for t in ours.encode(REPLIES[name], add_special_tokens=False)] + [parser.finish()]
+    assert "".join(d.content for d in deltas) == "" and len(parser.tool_calls) == 1
+    (call,) = parser.tool_calls
+    answer = {"role": "tool", "tool_call_id": call["id"], "content": '{"temp": 21}'}
+    _, text = chat_prompt(ours, question + [{"role": "assistant", "content": None, "tool_calls": [call]}, answer],
+                          [WEATHER], {})
+    sent_back = {**call, "function": {"name": "get_weather", "arguments": ARGS}}
+    assert text == theirs.apply_chat_template(
+        question + [{"role": "assistant", "content": "", "tool_calls": [sent_back]}, answer], tools=[WEATHER],
+        add_generation_prompt=True, tokenize=False)
+    if "Mistral" not in name:  # Mistral's writes the call's id in too
+        assert text.startswith(prompt + REPLIES[name])

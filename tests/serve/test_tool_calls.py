@@ -1,5 +1,6 @@
-"""Tool calls parsed from a reply's text as it streams: Qwen/Hermes `<tool_call>` blocks and Llama 3.1 JSON, the
-format picked from the template; a call that does not parse stays content; the cut of the text changes nothing."""
+"""Tool calls parsed from a reply's text as it streams: Qwen/Hermes `<tool_call>` blocks, Llama 3.1 JSON and
+Mistral's `[TOOL_CALLS]`, the format picked from the template; a call that does not parse stays content; the cut of
+the text changes nothing."""
 
 import itertools
 import json
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.serve.tool_calls import HermesParser, LlamaJsonParser, for_template
+from app.serve.tool_calls import HermesParser, LlamaJsonParser, MistralParser, for_template
 
 TEMPLATES = Path(__file__).parent.parent / "data" / "templates"
 
@@ -100,17 +101,40 @@ def test_llama_text_streams_once_it_cannot_be_a_call():
     assert parser.feed("y") == ("y", [])
 
 
+@pytest.mark.parametrize("text, content, calls", [
+    ('[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Köln"}}]', "",
+     [call(0, "get_weather", '{"city": "Köln"}')]),
+    ('Sure. [TOOL_CALLS] [{"name": "f", "arguments": {}}, {"name": "g", "arguments": {"a": 1}}]\n', "Sure. ",
+     [call(0, "f", "{}"), call(1, "g", '{"a": 1}')]),
+    ('[TOOL_CALLS]{"name": "f", "arguments": {}}', "", [call(0, "f", "{}")]),
+    ("No tools [needed].", "No tools [needed].", []),
+    ('[TOOL_CALLS][{"name": "f", "arguments": [1]}]', '[TOOL_CALLS][{"name": "f", "arguments": [1]}]', []),
+    ('[TOOL_CALLS][{"name": "f"}, 3]', '[TOOL_CALLS][{"name": "f"}, 3]', []),
+    ("[TOOL_CALLS][]", "[TOOL_CALLS][]", []),
+    ('a [TOOL_CALLS][{"name": "f"', 'a [TOOL_CALLS][{"name": "f"', []),  # cut short by the length limit
+    ("a [TOOL_", "a [TOOL_", []),
+])
+def test_mistral(text, content, calls):
+    assert run(MistralParser, [text]) == (content, calls)
+    assert run(MistralParser, list(text)) == (content, calls)
+
+
 def test_call_ids_are_unique_openai_ids():
     parser = HermesParser()
     _, calls = parser.feed(f"<tool_call>{WEATHER}</tool_call><tool_call>{WEATHER}</tool_call>", final=True)
     assert len({c["id"] for c in calls}) == 2
     assert all(c["id"].startswith("call_") and len(c["id"]) > 10 for c in calls)
+    _, calls = MistralParser().feed('[TOOL_CALLS][{"name": "f"}, {"name": "f"}]', final=True)
+    assert len({c["id"] for c in calls}) == 2  # Mistral's templates take back only ids of 9 letters and digits
+    assert all(len(c["id"]) == 9 and c["id"].isalnum() and c["id"].isascii() for c in calls)
 
 
 @pytest.mark.parametrize("name, parser", [
     ("Qwen2.5-0.5B-Instruct.jinja", HermesParser), ("Qwen3-0.6B.jinja", HermesParser),
-    ("Llama-3.1-8B-Instruct.jinja", LlamaJsonParser), ("Llama-3.2-3B-Instruct.jinja", LlamaJsonParser),
-    ("Mistral-7B-Instruct.jinja", None), ("gemma-3-1b-it.jinja", None),
+    ("SmolLM3-3B.jinja", HermesParser), ("Llama-3.1-8B-Instruct.jinja", LlamaJsonParser),
+    ("Llama-3.2-3B-Instruct.jinja", LlamaJsonParser), ("Llama-4.jinja", LlamaJsonParser),
+    ("Mistral-Nemo-Instruct-2407.jinja", MistralParser), ("Mistral-7B-Instruct.jinja", None),
+    ("gemma-3-1b-it.jinja", None), ("DeepSeek-V3.jinja", None),
 ])
 def test_format_from_the_template(name, parser):
     assert for_template((TEMPLATES / name).read_text(encoding="utf-8")) is parser
@@ -118,7 +142,8 @@ def test_format_from_the_template(name, parser):
 
 
 PIECES = ["<tool_call>", "</tool_call>", "<tool_", "call>", "\n", " ", "Hi", "{", "}", '"name": "f"', ", ",
-          '"arguments": {"a": 1}', '"parameters": {}', "<|python_tag|>", ";", "x", "ö🙂"]
+          '"arguments": {"a": 1}', '"parameters": {}', "<|python_tag|>", ";", "x", "ö🙂", "[TOOL_CALLS]", "[TOOL_",
+          "[", "]"]
 
 
 @settings(max_examples=200, deadline=None)
@@ -127,7 +152,7 @@ def test_any_cut_gives_the_whole_texts_result(parts, data):
     text = "".join(parts)
     cuts = sorted(data.draw(st.sets(st.integers(0, len(text)), max_size=8)))
     pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
-    for parser_class in (HermesParser, LlamaJsonParser):
+    for parser_class in (HermesParser, LlamaJsonParser, MistralParser):
         whole = run(parser_class, [text])
         assert run(parser_class, pieces) == whole
         content, calls = whole
