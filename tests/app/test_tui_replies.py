@@ -124,8 +124,7 @@ def test_a_long_prompt_shows_its_progress_in_the_reply(tiny):
             text = "many words " * 120  # 1,320 characters, a token each
             app.query_one("#input").text = text
             await pilot.press("enter")
-            reply = None
-            await until(pilot, lambda: (reply := app._reply) is not None and reply.placeholder != "…")
+            await until(pilot, lambda: app._reply is not None and app._reply.placeholder != "…")  # past WAITING
             total = len(app.session.encode())  # the reply is not in the chat yet: this is the prompt
             assert total > 1024 and app._reply.placeholder == f"prompt 512 / {total:,} tokens"
             model.gate.set()
