@@ -9,6 +9,11 @@ Each request samples with its own settings (`SamplingParams`: temperature, top-k
 logprobs; see row_sampling.py); without them it is greedy. `cancel(uid)` drops a request, waiting or running;
 `interrupt(uid)`, asked between the chunks of a long prefill, drops one whose prefill is under way.
 
+Each step decodes the running sequences first, then admits newcomers. `prefill_budget` bounds the prompt tokens
+one step prefills (a longer prompt still goes, alone): a burst of long prompts is admitted over several steps, so
+the first ones get their first token without waiting for all the others' prefill, and running sequences keep
+decoding in between.
+
 Admission keeps one free block per running sequence, so the next decode step usually fits. If the pool still
 runs out (long generations), the most recently admitted sequence is preempted: its blocks are freed and it goes
 back to the front of the queue with everything it has emitted, to be prefilled again later (recomputation, as in
@@ -75,7 +80,7 @@ def check_prompt(model, prompt: Sequence[int], max_tokens: int, num_blocks: int,
 class BatchGenerator:
     def __init__(self, model, num_blocks: int = 1024, block_size: int = 16, max_batch: int = 16,
                  prefill_step_size: int = 512, stop_tokens: Iterable[int] = (), prefix_cache: bool = False,
-                 interrupt: Optional[Callable[[int], bool]] = None):
+                 interrupt: Optional[Callable[[int], bool]] = None, prefill_budget: Optional[int] = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
@@ -85,6 +90,7 @@ class BatchGenerator:
         self.pool.free(self.pool.active[0])  # make_cache's default sequence: ours come from add()
         self.max_batch, self.prefill_step_size = max_batch, prefill_step_size
         self.interrupt = interrupt  # interrupt(uid) -> True: drop that request between its prefill's chunks
+        self.prefill_budget = prefill_budget  # prompt tokens one step prefills before it stops admitting (None: all)
         self.stop_tokens = frozenset(stop_tokens)
         self.waiting: Deque[_Request] = deque()
         self.running: List[_Request] = []
@@ -170,7 +176,8 @@ class BatchGenerator:
             return
 
     def _admit(self, out: List[BatchResponse]) -> None:
-        while self.waiting and len(self.running) < self.max_batch:
+        spent = 0
+        while self.waiting and len(self.running) < self.max_batch and spent < (self.prefill_budget or spent + 1):
             r = self.waiting[0]
             context = r.prompt + r.tokens  # a preempted request resumes after what it emitted
             seq = self.pool.add_sequence()
@@ -196,6 +203,7 @@ class BatchGenerator:
                 continue
             self.pool.commit_tokens(seq, context[reused:])
             self.prefilled_tokens += len(context) - reused
+            spent += len(context) - reused
             self._emit([r], logits, out)
 
     def _claim(self, seq: int, context: List[int]) -> Optional[int]:

@@ -226,3 +226,16 @@ def test_interrupt_drops_a_request_during_its_prefill(model, alone):
     assert [[r.token for r in g] for g in got] == [alone[2], alone[4]]
     assert [g[0].uid for g in got] == [uids[0], uids[2]] and 1 in asked
     assert gen.pool.free_blocks == gen.pool.num_blocks and gen.idle
+
+
+def test_a_prefill_budget_spreads_admission_over_steps(model, alone):
+    gen = BatchGenerator(model, num_blocks=64, block_size=4, max_batch=8, prefill_budget=20)
+    uids = [gen.add(p, MAX) for p in PROMPTS[1:4]]  # 17, 3 and 30 tokens
+    steps = [gen.step(), gen.step()]
+    assert [r.uid for r in steps[0]] == uids[:2]  # 17 + 3 reach the budget
+    assert [r.uid for r in steps[1]] == uids  # the two decode, then the 30-token prompt goes alone
+    tokens = {u: [] for u in uids}
+    for responses in steps + list(gen):
+        for r in responses:
+            tokens[r.uid].append(r.token)
+    assert list(tokens.values()) == alone[1:4]

@@ -35,6 +35,7 @@ log = logging.getLogger("mlxmodels.serve")
 
 DEFAULT_CONTEXT = 8192  # when the model's own limit is larger or unknown: a KV pool for it stays affordable
 BLOCKS_PER_ROW_TOKENS = 2048  # the default pool holds max_batch sequences of this many tokens (or one full context)
+PREFILL_BUDGET = 2048  # prompt tokens a step prefills before admitting waits for the next (vLLM's batched tokens)
 RATE_WINDOW = 10.0  # seconds over which generation_tokens_per_second is measured
 
 
@@ -53,7 +54,8 @@ def model_context(model) -> Optional[int]:
 
 class Engine:
     def __init__(self, model, *, max_batch: int = 8, max_queue: int = 64, context: Optional[int] = None,
-                 num_blocks: Optional[int] = None, block_size: int = 16, prefix_cache: bool = True):
+                 num_blocks: Optional[int] = None, block_size: int = 16, prefix_cache: bool = True,
+                 prefill_budget: Optional[int] = PREFILL_BUDGET):
         limit = model_context(model)
         if context is None:
             context = min(limit or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
@@ -68,10 +70,11 @@ class Engine:
             num_blocks = max(blocks(context + 1), max_batch * blocks(min(context, BLOCKS_PER_ROW_TOKENS)))
         self.model, self.context, self.max_queue = model, context, max_queue
         self._options = dict(num_blocks=num_blocks, block_size=block_size, max_batch=max_batch,
-                             prefix_cache=prefix_cache)
+                             prefix_cache=prefix_cache, prefill_budget=prefill_budget)
         mx.eval(model.parameters())  # nothing lazy from this thread may reach the engine's
         self.gen: Optional[BatchGenerator] = None  # built on the engine thread
         self._ready = threading.Event()
+        self._stopped = threading.Event()  # the thread has ended every stream (it never returns: see _run)
         self._failed: Optional[BaseException] = None
         self._cond = threading.Condition()
         self._inbox: List[Tuple[Stream, List[int], SamplingParams]] = []
@@ -108,7 +111,7 @@ class Engine:
             self._closed = True
             self._cond.notify()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._stopped.wait(timeout)
         with self._cond:  # never started (or failed to): queued requests to end
             inbox, self._inbox = self._inbox, []
         for stream, _, _ in inbox:
@@ -176,6 +179,11 @@ class Engine:
                     stream._put(error)
                 self._finish_all(error)
         self._finish_all(Event(-1, finish_reason="cancelled"), rebuild=False)
+        self._stopped.set()
+        # Never return: a thread that ran mx.compile'd code and then ended makes the process abort at exit in
+        # about 4 of 10 runs (MLX 0.32 on Linux: "terminate called without an active exception", exit 134),
+        # which would turn a clean shutdown into a crash; a parked daemon thread does not (0 of 30).
+        threading.Event().wait()
 
     def _turn(self, inbox: List[Tuple[Stream, List[int], SamplingParams]], cancels: List[Stream]) -> None:
         """New requests join, cancelled ones leave, then one step if anything runs."""
