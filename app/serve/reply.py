@@ -77,7 +77,7 @@ class ReplyParser:
         self._detok = tokenizer.detokenizer()
         self._stops = StopStrings(stop)
         self._splitter: Splitter | None = (Splitter.for_prompt(tokenizer, prompt_text)
-                                              if chat and thinks(tokenizer) else None)
+                                           if chat and thinks(tokenizer) else None)
         parser = calls_lib.for_template(getattr(tokenizer, "chat_template", None)) if chat and tools else None
         self._calls = None if parser is None else parser(new_call_id) if new_call_id else parser()
         self.tool_calls: list[dict] = []
@@ -107,11 +107,10 @@ class ReplyParser:
     def _through(self, text: str, final: bool) -> Delta:
         reasoning, answer = self._split(text, final)
         content, calls = self._parse(answer, final)
-        for call in calls:
-            self.tool_calls.append(call)
+        first = len(self.tool_calls)
+        self.tool_calls.extend(calls)
         self.content += content
         self.reasoning += reasoning
-        first = len(self.tool_calls) - len(calls)
         return Delta(content, reasoning, [{"index": first + n, **c} for n, c in enumerate(calls)])
 
     def _split(self, text: str, final: bool) -> tuple[str, str]:
