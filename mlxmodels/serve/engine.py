@@ -142,6 +142,7 @@ class Engine:
     def stats(self) -> Dict[str, float]:
         with self._cond:
             out = dict(self._snapshot, **self._totals)
+            out["waiting"] += len(self._inbox)  # submitted, not yet handed to the generator
             now = time.monotonic()
             window = min(RATE_WINDOW, now - self._started)
             recent = sum(n for t, n in self._recent if t > now - RATE_WINDOW)

@@ -156,6 +156,7 @@ def test_a_full_queue_refuses_and_close_cancels_everything(model):
     streams = [e.submit(p, greedy()) for p in PROMPTS[:2]]
     with pytest.raises(QueueFull, match="max_queue 2"):
         e.submit(PROMPTS[2], greedy())
+    assert (e.stats()["waiting"], e.stats()["requests_total"]) == (2, 2)
     e.close()
     assert [read(s)[1].finish_reason for s in streams] == ["cancelled", "cancelled"]
     with pytest.raises(RuntimeError, match="closed"):
