@@ -259,6 +259,8 @@ def test_export_writes_markdown_and_asks_before_replacing(tiny, out):
             await pilot.press("f4")
             await pilot.pause()
             assert isinstance(app.screen, ExportScreen)
+            await pilot.press("ctrl+s", "f2")  # the chat's keys do nothing while a dialog is open
+            assert shown_stats(app) == [] and app.clipboard == ""
             await pilot.press("enter")
             await pilot.pause()
             path = tmp_path / "what-is-this.md"
