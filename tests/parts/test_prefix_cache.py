@@ -10,7 +10,7 @@ import pytest
 from mlxmodels.config import HFConfig
 from mlxmodels.decoder import Decoder
 from mlxmodels.families import get_adapter
-from mlxmodels.parts.block_pool import BlockPool
+from mlxmodels.parts.block_pool import BlockPool, PoolExhausted
 from mlxmodels.parts.paged_cache import PagedKVCache
 from mlxmodels.parts.prefix_index import block_key, prefix_keys
 from mlxmodels.spec import AttnSpec
@@ -27,27 +27,38 @@ def test_keys_name_the_whole_prefix():
     assert keys == [block_key(b"", [1, 2]), block_key(keys[0], [3, 4])], "full blocks only, chained"
 
 
+def code(tokens) -> list:
+    """What a model would store for each token: a function of the whole prefix up to it (as real KV is), so a
+    block reused after the wrong prefix reads back wrong. Integers below 2^24: exact in float32."""
+    out, h = [], 0
+    for t in tokens:
+        h = (h * 31 + int(t) + 1) % 1_000_003
+        out.append(h)
+    return out
+
+
 class Pool:
-    """A prefix-caching pool with two tiny KV layers whose keys hold the token ids, so contents can be read."""
+    """A prefix-caching pool with two tiny KV layers storing `code(tokens)`, so contents can be read and checked."""
 
     def __init__(self, num_blocks: int):
         self.pool = BlockPool(num_blocks, BS, prefix_cache=True)
         self.layers = [PagedKVCache(self.pool, AttnSpec(1, 1, 1)) for _ in range(2)]
 
-    def write(self, sid: int, tokens, commit: bool = True) -> None:
+    def write(self, sid: int, tokens) -> None:
+        """Store `tokens` after the sequence's committed ones (its whole history: tests commit every write)."""
         self.pool.active = [sid]
+        before = self.pool.seqs[sid].tokens
+        k = mx.array(code(before + list(tokens))[len(before):], mx.float32).reshape(1, 1, -1, 1)
         for layer in self.layers:
-            k = mx.array(tokens, mx.float32).reshape(1, 1, -1, 1)
             layer.attend(mx.zeros((1, 1, len(tokens), 1)), k, k, 1.0)
-        if commit:
-            self.pool.commit_tokens(sid, tokens)
+        self.pool.commit_tokens(sid, tokens)
 
-    def stored(self, sid: int) -> list:
-        """The token ids a sequence's blocks hold, read back from every layer (each must agree)."""
+    def holds(self, sid: int, tokens) -> bool:
+        """Whether the sequence's blocks hold exactly `tokens`, read back from every layer."""
         s = self.pool.seqs[sid]
-        rows = [np.array(layer.keys[mx.array(s.blocks)]).reshape(-1)[:s.length].tolist() for layer in self.layers]
-        assert rows[0] == rows[1]
-        return [int(t) for t in rows[0]]
+        blocks = mx.array(s.blocks, mx.int32)
+        rows = [np.array(layer.keys[blocks]).reshape(-1)[:s.length].astype(int).tolist() for layer in self.layers]
+        return rows[0] == rows[1] == code(tokens)
 
     def new(self, tokens, prefill: bool = True):
         """A sequence started from the cache, its prompt's rest written; -> (sid, tokens reused)."""
@@ -68,7 +79,7 @@ def test_claim_shares_the_longest_cached_run_of_blocks():
     assert n == 0 and pool.prefix_queries == 1 and pool.prefix_hit_tokens == 0
     b, n = p.new(PROMPT[:9] + [99, 98])
     assert n == 8 and pool.seqs[b].blocks[:2] == pool.seqs[a].blocks[:2]
-    assert p.stored(b) == PROMPT[:9] + [99, 98] and p.stored(a) == PROMPT
+    assert p.holds(b, PROMPT[:9] + [99, 98]) and p.holds(a, PROMPT)
     assert pool.used_blocks == 3 + 1, "b took only its third block"
     c, n = p.new([10, 11, 12, 0, 14, 15])
     assert n == 0, "the first block differs: nothing after it can match"
@@ -87,7 +98,7 @@ def test_the_last_token_is_never_reused():
     a, _ = p.new(PROMPT[:8])
     b, n = p.new(PROMPT[:8])
     assert n == 7 and pool.seqs[b].blocks[1] != pool.seqs[a].blocks[1], "copied on write"
-    assert p.stored(a) == p.stored(b) == PROMPT[:8]
+    assert p.holds(a, PROMPT[:8]) and p.holds(b, PROMPT[:8])
     one = pool.add_sequence()
     assert pool.claim_prefix(one, [5]) == 0 and pool.length(one) == 0
 
@@ -107,16 +118,16 @@ def test_a_keyed_block_is_never_written_in_place():
     b = pool.fork(a)
     pool.truncate(b, 6)  # into a's keyed second block, which b shares: b writes into a copy
     p.write(b, [70, 71])
-    assert p.stored(a) == PROMPT and p.stored(b) == PROMPT[:6] + [70, 71]
+    assert p.holds(a, PROMPT) and p.holds(b, PROMPT[:6] + [70, 71])
     pool.free(b)
     pool.truncate(a, 5)  # a alone holds that block now: writing drops its key instead
     p.write(a, [80, 81, 82])
-    assert p.stored(a) == PROMPT[:5] + [80, 81, 82]
+    assert p.holds(a, PROMPT[:5] + [80, 81, 82])
     c, n = p.new(PROMPT)
-    assert n == 4 and p.stored(c) == PROMPT, "the old second block is no longer claimable"
+    assert n == 4 and p.holds(c, PROMPT), "the old second block is no longer claimable"
     d, n = p.new(PROMPT[:5] + [80, 81, 82, 7])
     assert n == 8, "a's rewritten block was keyed again by its commit"
-    assert p.stored(d) == PROMPT[:5] + [80, 81, 82, 7]
+    assert p.holds(d, PROMPT[:5] + [80, 81, 82, 7])
 
 
 def test_cached_blocks_are_evicted_least_recently_used_first():
@@ -147,7 +158,56 @@ def test_exhaustion_counts_cached_blocks_as_free():
     sid, _ = p.new(PROMPT[:8])
     p.pool.free(sid)
     sid, _ = p.new(list(range(50, 62)))  # needs all 3: 1 blank, then both cached blocks evicted
-    assert p.pool.cached_blocks == 0 and p.stored(sid) == list(range(50, 62))
+    assert p.pool.cached_blocks == 0 and p.holds(sid, list(range(50, 62)))
+
+
+def test_random_operations_never_corrupt_a_sequence():
+    """Sequences claim, extend, fork, roll back and leave at random in a short pool, with prompts that share
+    prefixes; every live sequence always reads back exactly its tokens, and references add up."""
+    rng = np.random.default_rng(7)
+    p = Pool(12)
+    pool = p.pool
+    stems = [rng.integers(0, 50, 9).tolist() for _ in range(3)]
+    live = {}  # sid -> the tokens it must hold
+    for _ in range(300):
+        op = rng.integers(0, 5)
+        try:
+            if op == 0 or not live:
+                own = rng.integers(0, 50, rng.integers(0, 3)).tolist()
+                tokens = stems[rng.integers(0, 3)][:rng.integers(1, 10)] + own
+                sid = pool.add_sequence()
+                n = pool.claim_prefix(sid, tokens)
+                live[sid] = tokens[:n]
+                p.write(sid, tokens[n:])
+                live[sid] = tokens
+            elif op == 1:
+                sid = list(live)[rng.integers(0, len(live))]
+                extra = rng.integers(0, 50, rng.integers(1, 4)).tolist()
+                p.write(sid, extra)
+                live[sid] = live[sid] + extra
+            elif op == 2:
+                sid = list(live)[rng.integers(0, len(live))]
+                new = pool.fork(sid)
+                live[new] = list(live[sid])
+            elif op == 3:
+                sid = list(live)[rng.integers(0, len(live))]
+                keep = int(rng.integers(0, len(live[sid]) + 1))
+                pool.truncate(sid, keep)
+                live[sid] = live[sid][:keep]
+            else:
+                sid = list(live)[rng.integers(0, len(live))]
+                pool.free(sid)
+                del live[sid]
+        except PoolExhausted:
+            pass  # nothing was written: the sequence keeps what it had
+        for sid, tokens in live.items():
+            assert p.holds(sid, tokens)
+        held = sum(len(pool.seqs[sid].blocks) for sid in live)
+        assert sum(pool._refs) == held and pool.used_blocks == len({b for sid in live for b in pool.seqs[sid].blocks})
+    assert pool.prefix_hit_tokens > 0
+    for sid in list(live):
+        pool.free(sid)
+    assert (pool.used_blocks, pool.free_blocks, sum(pool._refs)) == (0, 12, 0)
 
 
 # ---- through models: a claimed prefix gives the logits of a cold prefill (float32)
