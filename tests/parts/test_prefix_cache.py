@@ -262,6 +262,12 @@ def test_claimed_prefix_gives_cold_logits(model):
     b = assert_claimed_equals_cold(model, cache, IDS[:22] + IDS[30:38], 20, decode=IDS[5:8])
     c = assert_claimed_equals_cold(model, cache, IDS[:24], 23, decode=IDS[8:10])  # whole blocks: last one rewritten
     d = assert_claimed_equals_cold(model, cache, IDS[:22] + IDS[30:38] + IDS[5:8] + IDS[:2], 32)  # b's, shared
+    held = {b: IDS[:22] + IDS[30:38] + IDS[5:8], c: IDS[:24] + IDS[8:10], d: IDS[:22] + IDS[30:38] + IDS[5:8] + IDS[:2]}
+    pool.active = [b, c, d]  # one batched decode step over tables that share blocks, at three positions
+    nxt = IDS[10:13]
+    got = np.array(model(mx.array(nxt)[:, None], cache=cache))[:, 0]  # (3, V)
+    for row, (sid, tokens) in enumerate(held.items()):
+        np.testing.assert_allclose(got[row], cold(model, tokens + [nxt[row]])[-1], atol=TOL, rtol=0)
     for sid in (b, c, d):
         pool.free(sid)
     assert pool.used_blocks == 0 and pool.free_blocks == pool.num_blocks
