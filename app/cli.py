@@ -1,4 +1,4 @@
-"""`mlxm`: the command-line entry point (chat, generate, convert, bench, info, doctor, ls, rm).
+"""`mlxm`: the command-line entry point (chat, generate, serve, convert, bench, info, doctor, ls, rm).
 
 User mistakes (a missing folder, an unknown model type, a bad flag value) print one line, `mlxm: error: ...`, and
 exit non-zero: 2 for a bad command line, 1 for anything wrong with the model or the files. Tracebacks are kept
@@ -11,8 +11,8 @@ import argparse
 import os
 import sys
 
-from app.flags import (min_p_float, non_empty, non_negative_float, non_negative_int, penalty_float, positive_int,
-                       seed_int, template_kwargs_json, unit_float)
+from app.flags import (min_p_float, non_empty, non_negative_float, non_negative_int, penalty_float, port_int,
+                       positive_int, seed_int, template_kwargs_json, unit_float)
 
 EPILOG_MODEL = ("-m takes a local model folder (Hugging Face or mlx-lm layout) or a Hugging Face Hub id such as "
                 "Qwen/Qwen3-0.6B (downloaded once into the Hugging Face cache). Without -m the small default model "
@@ -288,6 +288,38 @@ def add_bench(sub):
     bench_cmd.add_parser(sub, add_model)
 
 
+# ---------------------------------------------------------------- serve
+
+
+def cmd_serve(args):
+    from app.serve import server
+
+    server.run(args)
+
+
+def add_serve(sub):
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching",
+                       description="Serve the model over HTTP in OpenAI's API (/v1/chat/completions, /v1/completions, "
+                                   "/v1/models, streaming or not, tools, logprobs), with /health and /metrics "
+                                   "(Prometheus). Requests are batched as they come (continuous batching on a paged "
+                                   "KV cache) and prompts sharing a prefix reuse its cached blocks. Ctrl+C or "
+                                   "SIGTERM lets replies in flight finish for a few seconds, then stops.",
+                       epilog=EPILOG_MODEL)
+    add_model(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=port_int, default=8080, help="port to listen on (default 8080; 0: any free one)")
+    s.add_argument("--max-batch", type=positive_int, default=8, metavar="N",
+                   help="most sequences generated together (default 8)")
+    s.add_argument("--max-queue", type=non_negative_int, default=64, metavar="N",
+                   help="most requests waiting for a place in the batch; more get 429 (default 64)")
+    s.add_argument("--api-key", type=non_empty, default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every request but /health")
+    s.add_argument("--context", type=positive_int, default=None, metavar="TOKENS",
+                   help="context per request in tokens, prompt and reply together (default: the model's maximum, "
+                        "at most 8192)")
+    s.set_defaults(func=cmd_serve)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -305,6 +337,7 @@ def parser():
     convert_cmd.add_parser(sub)
     add_bench(sub)
     add_info(sub)
+    add_serve(sub)
     from app import doctor
 
     doctor.add_parser(sub)

@@ -54,6 +54,10 @@ def seed_int(text):
     return number(int, text, lambda v: 0 <= v < SEEDS, f"a whole number from 0 to {SEEDS - 1}")
 
 
+def port_int(text):
+    return number(int, text, lambda v: 0 <= v <= 65535, "a port number from 0 to 65535")
+
+
 def at_least(low: int):
     """A whole number >= low (e.g. `at_least(2)` for a window that must score a token)."""
     return lambda text: number(int, text, lambda v: v >= low, f"a whole number >= {low}")
