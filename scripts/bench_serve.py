@@ -7,7 +7,8 @@
 
 Each tool's server is started on a free 127.0.0.1 port (its output kept in a log shown if it fails), ready when
 GET /health answers, and stopped after its runs. Every request is a streaming chat completion at temperature 0 with its own prompt.
-1. Load: for each client count N, N threads each send --requests requests one after another. Aggregate tok/s =
+1. Load: for each client count N, after an untimed round of the same shape (a batch size seen for the first time
+   costs a compile trace in ours), N threads each send --requests requests one after another. Aggregate tok/s =
    completion tokens (the usage the server reports, else the content chunks) / wall time from the first request
    to the last reply; time to first token (TTFT) runs from sending a request to its first content chunk, median
    and p95 over the round's requests.
@@ -185,6 +186,8 @@ def main(argv=None):
             chat(server, [{"role": "user", "content": "warm up"}], 4)
             rounds = []
             for n in clients:
+                # untimed first: batch sizes seen for the first time cost a trace each (mx.compile) in ours
+                load_round(server, n, args, random.Random(n))
                 rounds.append(load_round(server, n, args, rng))
                 r = rounds[-1]
                 print(f"{tool:7s} {n:3d} clients: {r['aggregate_tps']:8.1f} tok/s, TTFT median "
