@@ -113,8 +113,10 @@ async def _json(request: Request):
     body = await request.body()
     try:
         return json.loads(body)
-    except ValueError as e:
+    except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
         raise RequestError(f"the request body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise RequestError("the request body is nested too deeply") from None
 
 
 async def _events(gen: Generation, wire: Wire, include_usage: bool):

@@ -138,3 +138,32 @@ def test_prefix_cache_counts(live):
     metrics = live.request("GET", "/metrics")[1]
     assert f"mlxm_prefix_cache_hit_tokens_total {int(after['prefix_hit_tokens'])}" in metrics
     assert after["prefix_hit_tokens"] >= cached
+
+
+def test_metrics_prometheus_text(live):
+    from app.serve.metrics import SERIES
+
+    def scrape() -> dict:
+        status, text, headers = live.request("GET", "/metrics")
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        samples, kinds = {}, {}
+        for line in text.splitlines():
+            if line.startswith("# TYPE "):
+                _, _, name, kind = line.split()
+                kinds[name] = kind
+            elif not line.startswith("# HELP "):
+                name, value = line.split()
+                samples[name] = float(value)
+        assert set(samples) == set(kinds) == {name for name, _, _ in SERIES.values()}
+        assert all(kinds[name] == "counter" for name in samples if name.endswith("_total"))
+        return samples
+
+    before = scrape()
+    out = live.openai().completions.create(model="tiny", prompt="abc", max_tokens=5, temperature=0)
+    live.wait_idle()
+    after = scrape()
+    assert after["mlxm_requests_total"] == before["mlxm_requests_total"] + 1
+    assert after["mlxm_generation_tokens_total"] - before["mlxm_generation_tokens_total"] == 5
+    assert after["mlxm_prompt_tokens_total"] - before["mlxm_prompt_tokens_total"] == out.usage.prompt_tokens
+    assert after["mlxm_running_sequences"] == after["mlxm_kv_blocks_used"] == 0
+    assert after["mlxm_kv_blocks_free"] == live.engine.stats()["kv_blocks_free"] > 0

@@ -82,6 +82,8 @@ def test_malformed_bodies_and_routes(live):
     assert_error(*live.post(CHAT, b"{not json"), 400)
     assert_error(*live.post(CHAT, [1, 2]), 400)
     assert_error(*live.post(DONE, b""), 400)
+    assert_error(*live.post(DONE, b"\xff\xfe"), 400)
+    assert_error(*live.post(DONE, b"[" * 100000), 400)
     status, body, _ = live.request("GET", "/v1/nowhere")
     assert_error(status, body, 404)
     status, body, _ = live.request("GET", CHAT)
