@@ -19,6 +19,7 @@ import time
 from typing import Optional
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -78,8 +79,12 @@ class Served:
         gen = Generation(stream, parser, ask.sampling["logprobs"])
         wire = Wire(ask.chat, self.model_id, self.tokenizer)
         if ask.stream:
+            async def cancel():  # also when the client left before the reply's first chunk was asked for
+                stream.cancel()
+
             return StreamingResponse(_events(gen, wire, ask.include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                     background=BackgroundTask(cancel))
         return await _whole(request, gen, wire)
 
     def _prompt(self, ask):

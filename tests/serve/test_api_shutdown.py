@@ -1,4 +1,4 @@
-"""Leaving and stopping: a client that leaves a whole (non-streamed) reply cancels it; `mlxm serve` in a real
+"""Leaving and stopping: a client that leaves a reply, streamed or whole, cancels it; `mlxm serve` in a real
 process exits 0 on SIGINT and SIGTERM; a shutdown lets replies in flight finish for the grace time, then cancels
 them, each stream ending with an error event and [DONE]."""
 
@@ -23,10 +23,12 @@ def slow(tiny):
     return SlowModel(tiny[0], delay=0.03), tiny[1]
 
 
-def test_leaving_a_whole_reply_cancels_it(start_server, tiny):
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_leaving_a_reply_cancels_it(start_server, tiny, stream):
+    """The client sends its request and goes, reading nothing (a streamed reply's first chunk never asked for)."""
     live = start_server(*slow(tiny))
     conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=WAIT)
-    conn.request("POST", "/v1/completions", body=json.dumps({"prompt": "abc", "max_tokens": LONG}),
+    conn.request("POST", "/v1/completions", body=json.dumps({"prompt": "abc", "max_tokens": LONG, "stream": stream}),
                  headers={"Content-Type": "application/json"})
     deadline = time.monotonic() + WAIT
     while live.engine.stats()["running"] == 0:
