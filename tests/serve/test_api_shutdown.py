@@ -114,10 +114,17 @@ def test_mlxm_serve_exits_0_on_signal(tiny_folder, sig):
             proc.wait()
 
 
-def test_busy_port_is_one_line(tiny_folder):
+def assert_one_line_error(args, *words):
+    run = subprocess.run([sys.executable, "-m", "app.cli", "serve", *args], capture_output=True, text=True,
+                         timeout=WAIT)
+    assert run.returncode == 1, run.stderr
+    line = run.stderr.strip()
+    assert line.startswith("mlxm: error: ") and "\n" not in line and all(w in line for w in words), line
+
+
+def test_start_up_mistakes_are_one_line(tiny_folder):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        run = subprocess.run([sys.executable, "-m", "app.cli", "serve", "-m", str(tiny_folder), "--port", str(port)],
-                             capture_output=True, text=True, timeout=WAIT)
-    assert run.returncode == 1
-    assert run.stderr.strip().splitlines() == [run.stderr.strip()] and f"127.0.0.1:{port}" in run.stderr
+        assert_one_line_error(["-m", str(tiny_folder), "--port", str(port)], f"127.0.0.1:{port}", "--port")
+    assert_one_line_error(["-m", str(tiny_folder), "--port", "0", "--context", "100000"], "--context", "256")
+    assert_one_line_error(["-m", str(tiny_folder), "--port", "0", "--host", "no.such.host.invalid"], "--host")
