@@ -1,7 +1,7 @@
 """The HTTP layer: Starlette routes over the engine, in OpenAI's wire format.
 
     GET  /health                 {"status": "ok"} (no key needed: for load balancers and scripts waiting on start)
-    GET  /v1/models              the one model served
+    GET  /v1/models              the one model served (and /v1/models/{id}: it alone)
     POST /v1/chat/completions    messages (and tools) through the chat template; streaming or not
     POST /v1/completions         a prompt as text or token ids; streaming or not
     GET  /metrics                Prometheus text from engine.stats()
@@ -49,9 +49,18 @@ class Served:
         self.defaults = defaults or {}
         self.created = int(time.time())
 
+    def _model(self) -> dict:
+        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "mlxm"}
+
     async def models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "mlxm"}]})
+        return JSONResponse({"object": "list", "data": [self._model()]})
+
+    async def model(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name != self.model_id:
+            return error_response(RequestError(f"model {name!r} is not served here; this server runs "
+                                               f"{self.model_id!r}", status=404, code="model_not_found"))
+        return JSONResponse(self._model())
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -200,6 +209,7 @@ def build_app(engine, tokenizer, model_id: str, *, api_key: Optional[str] = None
     """The ASGI app; the engine is started and closed by its owner (server.py)."""
     served = Served(engine, tokenizer, model_id, defaults)
     routes = [Route("/health", served.health), Route("/v1/models", served.models),
+              Route("/v1/models/{name:path}", served.model),
               Route("/metrics", served.metrics),
               Route("/v1/chat/completions", served.chat, methods=["POST"]),
               Route("/v1/completions", served.completions, methods=["POST"])]

@@ -3,6 +3,7 @@ sampling settings directly, streamed or whole; usage, logprobs, stop strings, se
 
 import math
 
+import openai
 import pytest
 
 from app.serve.chat import chat_prompt
@@ -23,7 +24,10 @@ def chat_ids(live, messages=CHAT):
 
 
 def test_models_and_health(live):
-    assert [m.id for m in live.openai().models.list()] == ["tiny"]
+    client = live.openai()
+    assert [m.id for m in client.models.list()] == ["tiny"] and client.models.retrieve("tiny").id == "tiny"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-9")
     assert live.request("GET", "/health")[:2] == (200, {"status": "ok"})
 
 
