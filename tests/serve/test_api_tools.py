@@ -68,3 +68,12 @@ def test_tool_choice_none_offers_no_tools(start_server, scripted):
     assert out.usage.prompt_tokens == plain.usage.prompt_tokens  # the template was not shown the tools
     assert out.choices[0].message.tool_calls is None and out.choices[0].finish_reason == "stop"
     assert out.choices[0].message.content == "Let me check." + SCRIPT.split("Let me check.")[1]
+
+
+def test_chat_template_kwargs_reach_the_template(start_server, scripted):
+    client = start_server(*scripted, max_batch=1).openai()
+    default = client.chat.completions.create(model="tiny", messages=ASK, max_tokens=1, temperature=0)
+    off = client.chat.completions.create(model="tiny", messages=ASK, max_tokens=1, temperature=0,
+                                         extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    # the template closes an empty reasoning block in the prompt (one token per character here)
+    assert off.usage.prompt_tokens - default.usage.prompt_tokens == len("<think>\n\n</think>\n\n")
