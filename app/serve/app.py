@@ -58,9 +58,12 @@ class Served:
     async def model(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name != self.model_id:
-            return error_response(RequestError(f"model {name!r} is not served here; this server runs "
-                                               f"{self.model_id!r}", status=404, code="model_not_found"))
+            return error_response(self._unknown(name, None))
         return JSONResponse(self._model())
+
+    def _unknown(self, name: str, param) -> RequestError:
+        return RequestError(f"model {name!r} is not served here; this server runs {self.model_id!r}", status=404,
+                            param=param, code="model_not_found")
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -78,8 +81,7 @@ class Served:
         try:
             ask = parse(await _json(request), self.defaults)
             if ask.model is not None and ask.model != self.model_id:
-                raise RequestError(f"model {ask.model!r} is not served here; this server runs {self.model_id!r}",
-                                   status=404, param="model", code="model_not_found")
+                raise self._unknown(ask.model, "model")
             ids, text = self._prompt(ask)
             stream = self._submit(ask, ids)
         except RequestError as e:
@@ -111,14 +113,15 @@ class Served:
         try:
             params = SamplingParams(ask.max_tokens or self.engine.context, **ask.sampling,
                                     stop_tokens=frozenset(self.tokenizer.eos_token_ids))
-        except ValueError as e:  # a model default the samplers refuse: the request cannot override it away
+        except ValueError as e:  # what schemas let through and the samplers refuse (a model default among them)
             raise RequestError(str(e)) from None
         try:
             return self.engine.submit(ids, params)
         except QueueFull as e:
             raise RequestError(f"the server is busy: {e}", status=429) from None
-        except ValueError as e:
-            raise RequestError(str(e), param=where, code="context_length_exceeded") from None
+        except ValueError as e:  # too long for the context, or token ids the model does not have
+            code = "context_length_exceeded" if len(ids) >= self.engine.context else None
+            raise RequestError(str(e), param=where, code=code) from None
         except RuntimeError:
             raise RequestError("the server is shutting down", status=503) from None
 
