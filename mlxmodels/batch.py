@@ -19,6 +19,11 @@ runs out (long generations), the most recently admitted sequence is preempted: i
 back to the front of the queue with everything it has emitted, to be prefilled again later (recomputation, as in
 vLLM). Greedy output is therefore the same as decoding each prompt alone.
 
+Decode steps are pipelined (`pipeline=True`): the next step is built on this step's tokens before they are read,
+so the device computes it while Python hands out tokens and admits newcomers. A row that then draws a stop token
+wastes that step (its output is dropped), rows whose budget ends sit it out, newcomers join the step after, and a
+request with a penalty (which needs its tokens) or a short pool makes the step wait. Outputs do not change.
+
 With `prefix_cache=True` the pool keys every full block by the tokens up to its end (block_pool.py): a request
 starts from the cached blocks its prompt begins with and prefills only the rest, and admission counts only the
 blocks still needed. Every step reports the tokens it stored (`commit_tokens`), generated ones included, so the
@@ -38,7 +43,7 @@ import mlx.core as mx
 
 from .generate import Interrupted, prefill
 from .parts.block_pool import PoolExhausted
-from .row_sampling import RowSampler, SamplingParams, sample_rows
+from .row_sampling import Draw, RowSampler, SamplingParams
 from .vocab import check_ids
 
 
@@ -80,7 +85,8 @@ def check_prompt(model, prompt: Sequence[int], max_tokens: int, num_blocks: int,
 class BatchGenerator:
     def __init__(self, model, num_blocks: int = 1024, block_size: int = 16, max_batch: int = 16,
                  prefill_step_size: int = 512, stop_tokens: Iterable[int] = (), prefix_cache: bool = False,
-                 interrupt: Optional[Callable[[int], bool]] = None, prefill_budget: Optional[int] = None):
+                 interrupt: Optional[Callable[[int], bool]] = None, prefill_budget: Optional[int] = None,
+                 pipeline: bool = True):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
@@ -91,6 +97,9 @@ class BatchGenerator:
         self.max_batch, self.prefill_step_size = max_batch, prefill_step_size
         self.interrupt = interrupt  # interrupt(uid) -> True: drop that request between its prefill's chunks
         self.prefill_budget = prefill_budget  # prompt tokens one step prefills before it stops admitting (None: all)
+        self.pipeline = pipeline
+        self._ahead: Optional[Tuple[List[_Request], Draw]] = None  # the next decode step, already queued
+        self.steps_ahead = 0  # decode steps queued before the previous one was read
         self.stop_tokens = frozenset(stop_tokens)
         self.waiting: Deque[_Request] = deque()
         self.running: List[_Request] = []
@@ -137,9 +146,11 @@ class BatchGenerator:
     def _blocks(self, tokens: int) -> int:
         return -(-tokens // self.pool.block_size)
 
-    def _emit(self, batch: List[_Request], logits: mx.array, out: List[BatchResponse]) -> None:
-        """Sample each request's row of logits (B, V) and hand out the tokens; finished requests leave."""
-        for r, d in zip(batch, sample_rows([r.rows for r in batch], logits)):
+    def _emit(self, batch: List[_Request], draw: Draw, out: List[BatchResponse]) -> None:
+        """Hand out the tokens drawn for `batch`; requests that left meanwhile are skipped, finished ones leave."""
+        for r, d in zip(batch, draw.read()):
+            if r not in self.running:  # cancelled, or ended by a stop token, after its step was queued
+                continue
             first = not r.tokens
             r.tokens.append(d.token)
             stop = d.token in r.params.stop_tokens
@@ -151,6 +162,11 @@ class BatchGenerator:
                 self.pool.free(r.seq)
                 self.running.remove(r)
 
+    def _forward(self, batch: List[_Request], y: mx.array) -> Draw:
+        """One decode step of `batch` on its last tokens y (B, 1), queued, not evaluated."""
+        self.pool.active = [r.seq for r in batch]
+        return Draw([r.rows for r in batch], self.model(y, cache=self.cache)[:, -1, :])
+
     def _preempt(self) -> None:
         r = self.running.pop()  # the most recently admitted
         self.pool.free(r.seq)
@@ -159,21 +175,47 @@ class BatchGenerator:
         self.preemptions += 1
 
     def _decode(self, out: List[BatchResponse]) -> None:
-        while self.running:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and not any(r in self.running for r in ahead[0]):
+            ahead = None  # everyone it was queued for has left
+        while ahead is None and self.running:
             batch = list(self.running)
-            self.pool.active = [r.seq for r in batch]
             y = mx.array([[r.tokens[-1]] for r in batch], mx.int32)  # (B, 1): each row's last token
             try:
-                logits = self.model(y, cache=self.cache)[:, -1, :]
+                ahead = batch, self._forward(batch, y)
             except PoolExhausted:
                 if len(batch) == 1:
                     raise
                 self._preempt()
-                continue
-            for r in batch:  # what this step stored, before finished sequences leave the pool
-                self.pool.commit_tokens(r.seq, r.tokens[-1:])
-            self._emit(batch, logits, out)
+        if ahead is None:
             return
+        batch, draw = ahead
+        if self.pipeline:
+            self._queue_next(batch, draw)
+        for r in batch:  # what this step stored, before finished sequences leave the pool
+            if r in self.running:
+                self.pool.commit_tokens(r.seq, r.tokens[-1:])
+        self._emit(batch, draw, out)
+
+    def _queue_next(self, batch: List[_Request], draw: Draw) -> None:
+        """Build the next decode step on this step's tokens before they are read, so that the device computes it
+        while Python reads, hands out and admits (as generate_step does for one sequence). Rows whose budget ends
+        with this token sit it out; a row that draws a stop token wastes one step, whose output is dropped. Not
+        when a penalty needs this step's tokens, or when the pool is short (the next step preempts instead)."""
+        going = [i for i, r in enumerate(batch) if r in self.running and len(r.tokens) + 1 < r.params.max_tokens]
+        newer = [r for r in self.running if r not in batch]  # admitted since `batch` was queued: tokens known
+        rows = [batch[i] for i in going] + newer
+        if not rows or any(r.rows.needs_history for r in rows):
+            return
+        y = mx.array([r.tokens[-1] for r in newer], mx.int32)
+        y = mx.concatenate([draw.tokens[mx.array(going, mx.int32)], y])[:, None] if going else y[:, None]  # (B, 1)
+        try:
+            nxt = self._forward(rows, y)
+        except PoolExhausted:
+            return
+        mx.async_eval(*nxt.arrays)
+        self._ahead = rows, nxt
+        self.steps_ahead += 1
 
     def _admit(self, out: List[BatchResponse]) -> None:
         spent = 0
@@ -204,7 +246,7 @@ class BatchGenerator:
             self.pool.commit_tokens(seq, context[reused:])
             self.prefilled_tokens += len(context) - reused
             spent += len(context) - reused
-            self._emit([r], logits, out)
+            self._emit([r], Draw([r.rows], logits), out)
 
     def _claim(self, seq: int, context: List[int]) -> Optional[int]:
         """Share the cached blocks `context` starts with into the empty `seq`: the tokens reused, or None when

@@ -105,42 +105,54 @@ class RowSampler:
             self.key, sub = mx.random.split(self.key)
         return self.sampler(logprobs, sub)
 
+    @property
+    def needs_history(self) -> bool:
+        """Its next logits depend on the tokens it emitted (penalties): its next step waits for this one."""
+        p = self.params
+        return self.repetition is not None or bool(p.frequency_penalty or p.presence_penalty)
+
     def record(self, token: int) -> None:
         self.counts[token] = self.counts.get(token, 0) + 1
         self.recent = (self.recent + [token])[-REPETITION_CONTEXT:]
 
 
-def sample_rows(rows: List[RowSampler], logits: mx.array) -> List[Drawn]:
-    """One token per row of logits (B, V), each by its own request's settings, with the logprobs it asked for."""
-    if not all(r.plain for r in rows):
-        logits = mx.concatenate([logits[i: i + 1] if r.plain else r.process(logits[i: i + 1])
-                                 for i, r in enumerate(rows)])
-    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)  # (B, V)
-    # over the logprobs, as generate_step's greedy sampler: rounding can tie two logits there, not here
-    argmax = mx.argmax(logprobs, axis=-1).astype(mx.int32)  # (B,)
-    if all(r.params.greedy and not (r.params.logprobs or r.params.top_logprobs) for r in rows):
-        tokens_l = argmax.tolist()  # the common case: nothing else to read
-        for r, t in zip(rows, tokens_l):
-            r.record(t)
-        return [Drawn(t) for t in tokens_l]
-    tokens = mx.concatenate([argmax[i: i + 1] if r.params.greedy else r.draw(logprobs[i: i + 1])
-                             for i, r in enumerate(rows)])  # (B,)
-    chosen = mx.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]  # (B,)
-    k = max(r.params.top_logprobs for r in rows)
-    wanted = [tokens, chosen]
-    if k:
-        top = mx.argpartition(-logprobs, kth=k - 1, axis=-1)[:, :k]  # (B, k) unordered
-        wanted += [top, mx.take_along_axis(logprobs, top, axis=-1)]
-    mx.eval(*wanted)
-    tokens_l, chosen_l, *tops = [a.tolist() for a in wanted]
-    out = []
-    for i, r in enumerate(rows):
-        d = Drawn(tokens_l[i])
-        if r.params.logprobs or r.params.top_logprobs:
-            d.logprob = chosen_l[i]
-        if r.params.top_logprobs:
-            pairs = sorted(zip(tops[0][i], tops[1][i]), key=lambda p: (-p[1], p[0]))
-            d.top_logprobs = pairs[: r.params.top_logprobs]
-        r.record(d.token)
-        out.append(d)
-    return out
+class Draw:
+    """One token per row of logits (B, V), each by its own request's settings: built lazily (`tokens` can feed the
+    next forward pass before anything is evaluated), then `read` once for the tokens and the logprobs asked for."""
+
+    def __init__(self, rows: List[RowSampler], logits: mx.array):
+        self.rows = rows
+        if not all(r.plain for r in rows):
+            logits = mx.concatenate([logits[i: i + 1] if r.plain else r.process(logits[i: i + 1])
+                                     for i, r in enumerate(rows)])
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)  # (B, V)
+        # over the logprobs, as generate_step's greedy sampler: rounding can tie two logits there, not here
+        argmax = mx.argmax(logprobs, axis=-1).astype(mx.int32)  # (B,)
+        self.plain = all(r.params.greedy and not (r.params.logprobs or r.params.top_logprobs) for r in rows)
+        if self.plain:  # the common case: nothing else to read
+            self.tokens, self.arrays = argmax, [argmax]
+            return
+        self.tokens = mx.concatenate([argmax[i: i + 1] if r.params.greedy else r.draw(logprobs[i: i + 1])
+                                      for i, r in enumerate(rows)])  # (B,)
+        chosen = mx.take_along_axis(logprobs, self.tokens[:, None], axis=-1)[:, 0]  # (B,)
+        self.arrays = [self.tokens, chosen]
+        k = max(r.params.top_logprobs for r in rows)
+        if k:
+            top = mx.argpartition(-logprobs, kth=k - 1, axis=-1)[:, :k]  # (B, k) unordered
+            self.arrays += [top, mx.take_along_axis(logprobs, top, axis=-1)]
+
+    def read(self) -> List[Drawn]:
+        mx.eval(*self.arrays)
+        tokens, *extra = [a.tolist() for a in self.arrays]
+        out = []
+        for i, r in enumerate(self.rows):
+            d = Drawn(tokens[i])
+            if r.params.logprobs or r.params.top_logprobs:
+                d.logprob = extra[0][i]
+            if r.params.top_logprobs:
+                pairs = sorted(zip(extra[1][i], extra[2][i]), key=lambda p: (-p[1], p[0]))
+                d.top_logprobs = pairs[: r.params.top_logprobs]
+            r.record(d.token)
+            out.append(d)
+        return out
+

@@ -239,3 +239,30 @@ def test_a_prefill_budget_spreads_admission_over_steps(model, alone):
         for r in responses:
             tokens[r.uid].append(r.token)
     assert list(tokens.values()) == alone[1:4]
+
+
+@pytest.mark.parametrize("prefix_cache", [False, True])
+def test_pipelined_steps_change_nothing(model, alone, prefix_cache):
+    """Queuing each decode step before reading the previous one gives the same replies through stop tokens,
+    cancels, joins, sampled and penalised rows and preemption; only the order of work changes."""
+    stop = alone[0][4]
+    settings = [SamplingParams(MAX, temperature=0.0, stop_tokens=frozenset([stop])), SamplingParams(MAX, temperature=0.0),
+                SamplingParams(MAX, temperature=0.8, seed=5, top_logprobs=2),
+                SamplingParams(MAX, temperature=0.0, presence_penalty=1.0), SamplingParams(5, temperature=0.0),
+                SamplingParams(MAX, temperature=0.0)]
+    runs = []
+    for pipeline in (False, True):
+        gen = BatchGenerator(model, num_blocks=12, block_size=4, max_batch=4, pipeline=pipeline,
+                             prefix_cache=prefix_cache)
+        uids = [gen.add(p, params=s) for p, s in zip(PROMPTS, settings)]
+        got = {u: [] for u in uids}
+        for k, responses in enumerate(gen):
+            for r in responses:
+                got[r.uid].append((r.token, r.finish_reason, r.top_logprobs and r.top_logprobs[0][0]))
+            if k == 3:
+                gen.cancel(uids[5])
+        runs.append((got, gen.steps_ahead, gen.preemptions))
+        assert gen.pool.used_blocks == 0 and gen.idle
+    (off, ahead_off, _), (on, ahead_on, preempted) = runs
+    assert on == off and ahead_off == 0 and ahead_on > 0 and preempted > 0
+    assert on[0][-1][:2] == (stop, "stop") and len(on[0]) <= 5 and len(on[5]) < MAX
