@@ -126,8 +126,15 @@ class Served:
             raise RequestError("the server is shutting down", status=503) from None
 
 
+MAX_BODY = 16 * 2**20  # bytes: far above any chat a context holds, small enough that a hostile body cannot fill memory
+
+
 async def _json(request: Request):
-    body = await request.body()
+    body = bytearray()
+    async for chunk in request.stream():  # read in pieces, so an oversized body is refused before it is all held
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise RequestError(f"the request body is over {MAX_BODY // 2**20} MB; send a shorter one", status=413)
     try:
         return json.loads(body)
     except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8

@@ -14,7 +14,8 @@ def assert_error(status, body, expected_status, param=None, code=None):
     assert error["message"] and isinstance(error["message"], str) and "Traceback" not in error["message"]
     assert error["param"] == param and error["code"] == code
     assert error["type"] == {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                             405: "invalid_request_error", 429: "rate_limit_error"}[expected_status]
+                             405: "invalid_request_error", 413: "invalid_request_error",
+                             429: "rate_limit_error"}[expected_status]
 
 
 def assert_serves(live):
@@ -88,6 +89,14 @@ def test_malformed_bodies_and_routes(live):
     assert_error(status, body, 404)
     status, body, _ = live.request("GET", CHAT)
     assert_error(status, body, 405)
+    assert_serves(live)
+
+
+def test_oversized_body_is_413(live, monkeypatch):
+    import app.serve.app
+
+    monkeypatch.setattr(app.serve.app, "MAX_BODY", 4096)
+    assert_error(*live.post(CHAT, {"messages": [{"role": "user", "content": "x" * 5000}]}), 413)
     assert_serves(live)
 
 
