@@ -109,9 +109,6 @@ class BatchGenerator:
         self.generated_tokens = 0
         self._next_uid = 0
 
-    def check(self, prompt: Sequence[int], max_tokens: int = 1) -> List[int]:
-        return check_prompt(self.model, prompt, max_tokens, self.pool.num_blocks, self.pool.block_size)
-
     def add(self, prompt: Sequence[int], max_tokens: int = 256, stop_tokens: Optional[Iterable[int]] = None,
             params: Optional[SamplingParams] = None) -> int:
         """Queue a prompt (token ids); returns its uid. It joins the batch at a later step. `params` (sampling,
@@ -119,7 +116,8 @@ class BatchGenerator:
         if params is None:
             stop = self.stop_tokens if stop_tokens is None else frozenset(stop_tokens)
             params = SamplingParams(max_tokens, temperature=0.0, stop_tokens=stop) if max_tokens >= 1 else None
-        prompt = self.check(prompt, params.max_tokens if params else max_tokens)
+        prompt = check_prompt(self.model, prompt, params.max_tokens if params else max_tokens, self.pool.num_blocks,
+                              self.pool.block_size)
         uid = self._next_uid
         self._next_uid += 1
         self.waiting.append(_Request(uid, prompt, params, RowSampler(params, prompt)))

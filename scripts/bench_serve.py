@@ -2,11 +2,12 @@
 """OpenAI-compatible servers under concurrent load: `mlxm serve` against `mlx_lm.server` on the same model.
 
     python scripts/bench_serve.py -m MODEL_DIR [--tools ours,mlx-lm] [--clients 1,4,8,16] [--requests 2]
-                                  [--prompt-words 64] [--max-tokens 64] [--system-words 1000] [--prefix-trials 3]
-                                  [--json FILE]
+                                  [--prompt-words 64] [--max-tokens 64] [--system-words 1000]
+                                  [--prefix-trials 3] [--json FILE]
 
 Each tool's server is started on a free 127.0.0.1 port (its output kept in a log shown if it fails), ready when
-GET /health answers, and stopped after its runs. Every request is a streaming chat completion at temperature 0 with its own prompt.
+GET /health answers, and stopped after its runs. Every request is a streaming chat completion at temperature 0
+with its own prompt.
 1. Load: for each client count N, after an untimed round of the same shape (a batch size seen for the first time
    costs a compile trace in ours), N threads each send --requests requests one after another. Aggregate tok/s =
    completion tokens (the usage the server reports, else the content chunks) / wall time from the first request
@@ -193,8 +194,9 @@ def main(argv=None):
                 print(f"{tool:7s} {n:3d} clients: {r['aggregate_tps']:8.1f} tok/s, TTFT median "
                       f"{1000 * r['ttft_median']:7.0f} ms, p95 {1000 * r['ttft_p95']:7.0f} ms", flush=True)
             prefix = prefix_trials(server, args, rng)
-            print(f"{tool:7s} shared {args.system_words}-word system prompt: TTFT cold {1000 * prefix['cold_ttft']:.0f} "
-                  f"ms, warm {1000 * prefix['warm_ttft']:.0f} ms, {prefix['speedup']:.1f}x", flush=True)
+            print(f"{tool:7s} shared {args.system_words}-word system prompt: TTFT cold "
+                  f"{1000 * prefix['cold_ttft']:.0f} ms, warm {1000 * prefix['warm_ttft']:.0f} ms, "
+                  f"{prefix['speedup']:.1f}x", flush=True)
             out["tools"][tool] = dict(rounds=rounds, prefix=prefix)
         finally:
             server.stop()

@@ -246,8 +246,8 @@ def test_pipelined_steps_change_nothing(model, alone, prefix_cache):
     """Queuing each decode step before reading the previous one gives the same replies through stop tokens,
     cancels, joins, sampled and penalised rows and preemption; only the order of work changes."""
     stop = alone[0][4]
-    settings = [SamplingParams(MAX, temperature=0.0, stop_tokens=frozenset([stop])), SamplingParams(MAX, temperature=0.0),
-                SamplingParams(MAX, temperature=0.8, seed=5, top_logprobs=2),
+    settings = [SamplingParams(MAX, temperature=0.0, stop_tokens=frozenset([stop])),
+                SamplingParams(MAX, temperature=0.0), SamplingParams(MAX, temperature=0.8, seed=5, top_logprobs=2),
                 SamplingParams(MAX, temperature=0.0, presence_penalty=1.0), SamplingParams(5, temperature=0.0),
                 SamplingParams(MAX, temperature=0.0)]
     runs = []

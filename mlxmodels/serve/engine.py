@@ -48,8 +48,8 @@ def model_context(model) -> Optional[int]:
     spec = getattr(model, "spec", None)
     if getattr(spec, "learned_positions", None):
         return spec.learned_positions
-    return next((l.attn.rope.max_position_embeddings for l in getattr(spec, "layers", ())
-                 if getattr(l.attn, "rope", None) is not None), None)
+    return next((layer.attn.rope.max_position_embeddings for layer in getattr(spec, "layers", ())
+                 if getattr(layer.attn, "rope", None) is not None), None)
 
 
 class Engine:
