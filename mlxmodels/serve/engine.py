@@ -180,6 +180,7 @@ class Engine:
                     stream._put(error)
                 self._finish_all(error)
         self._finish_all(Event(-1, finish_reason="cancelled"), rebuild=False)
+        self.gen = None  # the pool's memory goes now, not with the process
         self._stopped.set()
         # Never return: a thread that ran mx.compile'd code and then ended makes the process abort at exit in
         # about 4 of 10 runs (MLX 0.32 on Linux: "terminate called without an active exception", exit 134),
