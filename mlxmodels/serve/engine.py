@@ -63,6 +63,8 @@ class Engine:
             raise ValueError(f"context must be a whole number of tokens >= 2, got {context!r}")
         if getattr(getattr(model, "spec", None), "learned_positions", None) and context > limit:
             raise ValueError(f"context {context} is more than the model's {limit} positions; use at most {limit}")
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a whole number >= 1, got {max_batch!r}")
         if max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
         blocks = lambda tokens: -(-tokens // block_size)  # noqa: E731

@@ -161,6 +161,10 @@ def test_a_full_queue_refuses_and_close_cancels_everything(model):
     assert [read(s)[1].finish_reason for s in streams] == ["cancelled", "cancelled"]
     with pytest.raises(RuntimeError, match="closed"):
         e.submit(PROMPTS[2], greedy())
+    with pytest.raises(ValueError, match="max_batch must be"):
+        Engine(model, max_batch=0)
+    with pytest.raises(ValueError, match="context must be"):
+        Engine(model, context=1)
 
 
 @pytest.mark.parametrize("method", ["step", "add"])
