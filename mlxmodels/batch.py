@@ -1,9 +1,9 @@
 """Continuous batching: many sequences decode together over one paged cache, joining and leaving between steps.
 
 Each `step()` decodes one token for every running sequence in a single forward pass (batch rows at their own
-positions), then admits waiting requests while there is room: a new request is prefilled alone and emits its
-first token in the same step. A sequence that ends (a stop token or its token budget) frees its blocks at once,
-so the next waiting request can use them.
+positions), then admits waiting requests while there is room: the newcomers are prefilled together (one forward
+pass per round, batch_prefill.py) and emit their first token in the same step. A sequence that ends (a stop token
+or its token budget) frees its blocks at once, so the next waiting request can use them.
 
 Each request samples with its own settings (`SamplingParams`: temperature, top-k/p, min-p, seed, penalties,
 logprobs; see row_sampling.py); without them it is greedy. `cancel(uid)` drops a request, waiting or running;
@@ -41,7 +41,7 @@ from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Se
 
 import mlx.core as mx
 
-from .generate import Interrupted, prefill
+from .batch_prefill import pad_limit, prefill_together
 from .parts.block_pool import PoolExhausted
 from .row_sampling import Draw, RowSampler, SamplingParams
 from .vocab import check_ids
@@ -216,44 +216,54 @@ class BatchGenerator:
         self.steps_ahead += 1
 
     def _admit(self, out: List[BatchResponse]) -> None:
-        spent = 0
+        """Admit waiting requests while there is room, then prefill them together (batch_prefill.py)."""
+        group: List[Tuple[_Request, List[int]]] = []  # each newcomer and the tokens it has to prefill
+        spent = pending = 0  # their tokens, and blocks they will take
         while self.waiting and len(self.running) < self.max_batch and spent < (self.prefill_budget or spent + 1):
             r = self.waiting[0]
             context = r.prompt + r.tokens  # a preempted request resumes after what it emitted
             seq = self.pool.add_sequence()
-            reused = self._claim(seq, context)
+            reused = self._claim(seq, context, pending)
             if reused is None:
                 self.pool.free(seq)
                 if not self.running:
                     raise PoolExhausted(f"request {r.uid} needs {self._blocks(len(context) + 1)} blocks and only "
                                         f"{self.pool.free_blocks} are free with nothing running")
-                return
+                break
             self.waiting.popleft()
             r.seq = seq
-            self.pool.active = [seq]
             self.running.append(r)
             if r.cached_tokens is None:
                 r.cached_tokens = reused
-            try:
-                logits = prefill(self.model, context[reused:], self.cache, self.prefill_step_size,  # (1, V)
-                                 interrupt=self.interrupt and (lambda uid=r.uid: self.interrupt(uid)))
-            except Interrupted:  # its client left while a long prompt was being fed: it leaves without a token
-                self.pool.free(seq)
-                self.running.remove(r)
-                continue
-            self.pool.commit_tokens(seq, context[reused:])
-            self.prefilled_tokens += len(context) - reused
+            group.append((r, context[reused:]))
             spent += len(context) - reused
-            self._emit([r], Draw([r.rows], logits), out)
+            pending += self._blocks(len(context) + 1) - reused // self.pool.block_size
+        if not group:
+            return
+        keep = None if self.interrupt is None else (lambda i: not self.interrupt(group[i][0].uid))
+        finished, logits = prefill_together(self.model, self.cache, [r.seq for r, _ in group],
+                                            [todo for _, todo in group], self.prefill_step_size, keep, pad_limit())
+        for i, (r, todo) in enumerate(group):
+            if i in finished:
+                self.pool.commit_tokens(r.seq, todo)
+                self.prefilled_tokens += len(todo)
+            else:  # its client left while a long prompt was being fed: it leaves without a token
+                self.pool.free(r.seq)
+                self.running.remove(r)
+        if finished:
+            rows = [group[i][0] for i in finished]
+            self._emit(rows, Draw([r.rows for r in rows], logits), out)
 
-    def _claim(self, seq: int, context: List[int]) -> Optional[int]:
+    def _claim(self, seq: int, context: List[int], pending: int = 0) -> Optional[int]:
         """Share the cached blocks `context` starts with into the empty `seq`: the tokens reused, or None when
-        the blocks still needed (and one per running sequence, for its next token) are not free."""
-        if self._blocks(len(context) + 1) + len(self.running) <= self.pool.free_blocks:
+        the blocks still needed (and one per running sequence, for its next token, and `pending` for the
+        newcomers of this step) are not free."""
+        room = self.pool.free_blocks - len(self.running) - pending
+        if self._blocks(len(context) + 1) <= room:
             return self.pool.claim_prefix(seq, context)  # room even with no hit: claimed cached blocks were free
         reused = self.pool.claim_prefix(seq, context)  # claiming takes them out of the free count
         need = self._blocks(len(context) + 1) - reused // self.pool.block_size  # a partly reused block is copied
-        return reused if need + len(self.running) <= self.pool.free_blocks else None
+        return reused if need <= self.pool.free_blocks - len(self.running) - pending else None
 
     def step(self) -> List[BatchResponse]:
         """One token for every running sequence, then prefill newcomers (their first token)."""

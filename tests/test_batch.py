@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from mlxmodels.batch import BatchGenerator, generate_batch
+from mlxmodels.batch_prefill import prefill_together
 from mlxmodels.config import HFConfig
 from mlxmodels.decoder import Decoder
 from mlxmodels.families import get_adapter
-from mlxmodels.generate import generate_step
+from mlxmodels.generate import generate_step, prefill
 from mlxmodels.row_sampling import SamplingParams
 
 BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -266,3 +267,23 @@ def test_pipelined_steps_change_nothing(model, alone, prefix_cache):
     (off, ahead_off, _), (on, ahead_on, preempted) = runs
     assert on == off and ahead_off == 0 and ahead_on > 0 and preempted > 0
     assert on[0][-1][:2] == (stop, "stop") and len(on[0]) <= 5 and len(on[5]) < MAX
+
+
+@pytest.mark.parametrize("lengths, step_size, padding", [((17, 9, 12), 512, 2.0), ((17, 9, 12), 4, 2.0),
+                                                          ((30, 3, 3), 512, 2.0), ((17, 9, 12), 512, 1.0)])
+def test_prefill_together_equals_prefilling_alone(model, lengths, step_size, padding):
+    """Sequences prefilled in shared rounds (padded to the longest, or paced by the shortest when padding would
+    cost too much; whole or in chunks) end with their own tokens only and the logits of a prefill alone; a
+    sequence dropped between rounds is not finished."""
+    prompts = [(PROMPTS[3] * 2)[k: k + n] for k, n in enumerate(lengths)]
+    cache = model.make_cache(paged=True, num_blocks=64, block_size=4)
+    pool = cache.pool
+    pool.free(pool.active[0])
+    seqs = [pool.add_sequence() for _ in prompts]
+    finished, logits = prefill_together(model, cache, seqs, prompts, step_size, padding=padding)
+    assert finished == [0, 1, 2] and [pool.length(s) for s in seqs] == list(lengths)
+    for i, row in zip(finished, logits):
+        np.testing.assert_allclose(row, prefill(model, prompts[i], model.make_cache())[0], atol=1e-4)
+    more = [pool.add_sequence() for _ in prompts]
+    finished, _ = prefill_together(model, cache, more, prompts, 4, keep=lambda i: i != 0)
+    assert finished == [1, 2]
