@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 
+from .decoder import Decoder
 from .parts.block_pool import PoolExhausted
 
 
@@ -34,9 +35,11 @@ def prefill_together(model, cache, seqs: Sequence[int], todos: Sequence[List[int
     if step_size < 1:
         raise ValueError(f"prefill step size must be >= 1, got {step_size}")
     pool = cache.pool
+    # our Decoder runs its head on the last positions only; any other model (a wrapper) gives logits everywhere
+    body, head = (model.model, model.head) if isinstance(model, Decoder) else (model, lambda x: x)
     live, fed = list(range(len(seqs))), [0] * len(seqs)
     finished: List[int] = []
-    last: List[mx.array] = []  # (D,) hidden state of each finished sequence's last token
+    last: List[mx.array] = []  # (D,) hidden state (or logits) of each finished sequence's last token
     while live:
         left = [len(todos[i]) - fed[i] for i in live]
         T = min(step_size, max(left))
@@ -44,12 +47,12 @@ def prefill_together(model, cache, seqs: Sequence[int], todos: Sequence[List[int
             T = min(left)  # padding would cost too much: the shortest sets the pace
         pool.active = [seqs[i] for i in live]
         try:
-            rows, h = _round(model, cache, todos, live, fed, T)
+            rows, h = _round(body, cache, todos, live, fed, T)
         except PoolExhausted:  # before anything was written: no room for the padding, so none
             if T == min(left):
                 raise
             T = min(left)
-            rows, h = _round(model, cache, todos, live, fed, T)
+            rows, h = _round(body, cache, todos, live, fed, T)
         for b, (i, r) in enumerate(zip(live, rows)):
             if len(r) < T:  # its last round: the padding goes
                 pool.truncate(seqs[i], pool.length(seqs[i]) - (T - len(r)))
@@ -64,10 +67,10 @@ def prefill_together(model, cache, seqs: Sequence[int], todos: Sequence[List[int
     if not finished:
         return finished, None
     order = sorted(range(len(finished)), key=finished.__getitem__)  # in the callers' order, not the finishing one
-    return [finished[k] for k in order], model.head(mx.stack([last[k] for k in order])[:, None])[:, -1, :]
+    return [finished[k] for k in order], head(mx.stack([last[k] for k in order])[:, None])[:, -1, :]
 
 
-def _round(model, cache, todos, live, fed, T):
-    """The next T tokens of each live sequence (the shorter padded with their last), through the body."""
+def _round(body, cache, todos, live, fed, T):
+    """The next T tokens of each live sequence (the shorter padded with their last), through `body`."""
     rows = [todos[i][fed[i]: fed[i] + T] for i in live]
-    return rows, model.model(mx.array([r + [r[-1]] * (T - len(r)) for r in rows], mx.int32), cache)  # (B, T, D)
+    return rows, body(mx.array([r + [r[-1]] * (T - len(r)) for r in rows], mx.int32), cache=cache)  # (B, T, D|V)

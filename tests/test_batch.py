@@ -284,6 +284,9 @@ def test_prefill_together_equals_prefilling_alone(model, lengths, step_size, pad
     assert finished == [0, 1, 2] and [pool.length(s) for s in seqs] == list(lengths)
     for i, row in zip(finished, logits):
         np.testing.assert_allclose(row, prefill(model, prompts[i], model.make_cache())[0], atol=1e-4)
+    wrapped = [pool.add_sequence() for _ in prompts]  # a model wrapper: logits from its call, as generate.prefill
+    _, again = prefill_together(lambda *a, **k: model(*a, **k), cache, wrapped, prompts, step_size, padding=padding)
+    np.testing.assert_allclose(again, logits, atol=1e-5)
     more = [pool.add_sequence() for _ in prompts]
     finished, _ = prefill_together(model, cache, more, prompts, 4, keep=lambda i: i != 0)
     assert finished == [1, 2]
