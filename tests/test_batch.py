@@ -19,8 +19,9 @@ BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 MODELS = {
     "mistral": dict(BASE, sliding_window=6),
     "deepseek_v3": dict(BASE, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2,
-                        moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1, q_lora_rank=32, kv_lora_rank=32,
-                        qk_nope_head_dim=16, qk_rope_head_dim=32, v_head_dim=16, n_group=1, topk_group=1),
+                        moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1, q_lora_rank=32,
+                        kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=32, v_head_dim=16, n_group=1,
+                        topk_group=1),
 }
 PROMPTS = [np.random.default_rng(i).integers(0, 128, n).tolist() for i, n in enumerate([5, 17, 3, 30, 9, 12])]
 MAX = 16
