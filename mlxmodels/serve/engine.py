@@ -76,7 +76,6 @@ class Engine:
         mx.eval(model.parameters())  # nothing lazy from this thread may reach the engine's
         self.gen: Optional[BatchGenerator] = None  # built on the engine thread
         self._ready = threading.Event()
-        self._stopped = threading.Event()  # the thread has ended every stream (it never returns: see _run)
         self._failed: Optional[BaseException] = None
         self._cond = threading.Condition()
         self._inbox: List[Tuple[Stream, List[int], SamplingParams]] = []
@@ -113,7 +112,7 @@ class Engine:
             self._closed = True
             self._cond.notify()
         if self._thread is not None:
-            self._stopped.wait(timeout)
+            self._thread.join(timeout)
         with self._cond:  # never started (or failed to): queued requests to end
             inbox, self._inbox = self._inbox, []
         for stream, _, _ in inbox:
@@ -159,6 +158,18 @@ class Engine:
     # ---- the engine thread
     def _run(self) -> None:
         try:
+            self._serve()
+        finally:
+            self.gen = None  # the pool's memory goes now, not with the process
+            # The thread's last MLX call. MLX 0.32 keeps streams and mx.compile traces per thread and frees them
+            # when the thread ends, which aborts the process at exit ("terminate called without an active
+            # exception", exit 134: 12 of 12 runs of three engines) unless the thread clears them itself
+            # (ml-explore/mlx#4327; app/tui.py's _end_mlx_work does the same for the chat's MLX thread).
+            mx.synchronize()
+            mx.clear_streams()
+
+    def _serve(self) -> None:
+        try:
             self.gen = self._generator()
         except BaseException as e:  # noqa: BLE001 - handed to start()
             self._failed = e
@@ -182,12 +193,6 @@ class Engine:
                     stream._put(error)
                 self._finish_all(error)
         self._finish_all(Event(-1, finish_reason="cancelled"), rebuild=False)
-        self.gen = None  # the pool's memory goes now, not with the process
-        self._stopped.set()
-        # Never return: a thread that ran mx.compile'd code and then ended makes the process abort at exit in
-        # about 4 of 10 runs (MLX 0.32 on Linux: "terminate called without an active exception", exit 134),
-        # which would turn a clean shutdown into a crash; a parked daemon thread does not (0 of 30).
-        threading.Event().wait()
 
     def _turn(self, inbox: List[Tuple[Stream, List[int], SamplingParams]], cancels: List[Stream]) -> None:
         """New requests join, cancelled ones leave, then one step if anything runs."""

@@ -247,7 +247,8 @@ for _ in range(3):
 
 def test_a_process_that_closed_its_engines_exits_cleanly():
     """An engine thread that ran compiled MLX code and then ended made the process abort at exit (MLX 0.32 on
-    Linux; 12 of 12 runs with three engines), so `mlxm serve` could not exit 0; the thread now never ends."""
+    Linux; 12 of 12 runs with three engines), so `mlxm serve` could not exit 0; the thread now clears its MLX
+    streams as its last MLX call."""
     root = Path(__file__).resolve().parents[2]
     run = subprocess.run([sys.executable, "-c", EXITS_CLEANLY.format(config=CONFIG)], cwd=root, capture_output=True,
                          text=True, timeout=WAIT)
