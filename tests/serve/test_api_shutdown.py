@@ -101,7 +101,8 @@ def test_mlxm_serve_exits_0_on_signal(tiny_folder, sig):
             if line.startswith("mlxm serve:"):
                 port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
-        conn.request("POST", "/v1/completions", body=json.dumps({"prompt": "abc", "max_tokens": 8, "stream": True}),
+        conn.request("POST", "/v1/completions", body=json.dumps({"prompt": "abc", "max_tokens": 8, "temperature": 0,
+                                                                     "stream": True}),
                      headers={"Content-Type": "application/json"})
         events = read_events(conn.getresponse())
         assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
