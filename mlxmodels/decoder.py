@@ -79,17 +79,20 @@ class Decoder(nn.Module):
         if not spec.tie_embeddings:
             self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
 
-    def make_cache(self, rollback: int = 0, paged: bool = False, **paged_options) -> list:
+    def make_cache(self, rollback: int = 0, paged: bool = False, *, max_kv_size=None, **paged_options) -> list:
         """One cache per layer; `rollback` > 0 lets callers `trim` that many tokens after a step.
         paged=True: paged caches sharing one block pool (options: num_blocks, block_size, prefix_cache); any step can be
-        rolled back while its blocks are kept, so `rollback` does not apply."""
+        rolled back while its blocks are kept, so `rollback` does not apply.
+        max_kv_size=N: every layer keeps at most N tokens (attention sinks + recent window: changes the output past N)."""
+        if paged and max_kv_size is not None:
+            raise ValueError("max_kv_size does not apply to paged caches (their pool bounds memory); leave one out")
         if paged:
             from .parts.paged_cache import make_paged_cache
 
             return make_paged_cache(self.spec, **paged_options)
         if paged_options:
             raise TypeError(f"cache options {sorted(paged_options)} apply to paged=True only")
-        return [make_layer_cache(layer.attn, rollback) for layer in self.spec.layers]
+        return [make_layer_cache(layer.attn, rollback, max_kv_size) for layer in self.spec.layers]
 
     def make_mtp_cache(self, rollback: int = 0) -> list:
         """One cache per MTP module (empty if the checkpoint has none)."""

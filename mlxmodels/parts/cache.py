@@ -34,7 +34,11 @@ def folded_causal_mask(start: int, T: int, heads: int):
 
 
 class Cache:
-    """What every KV cache offers a layer: store the new keys/values and attend over what it holds."""
+    """What every KV cache offers a layer: store the new keys/values and attend over what it holds.
+
+    Saved as mlx-lm saves its caches: `state` (the arrays it keeps, nothing else), `meta_state` (str -> str: offsets,
+    sizes) and `from_state(state, meta_state)`, which gives a cache that answers exactly as the saved one.
+    """
 
     keys = values = None
 
@@ -87,6 +91,22 @@ class KVCache(Cache):
         n = min(n, self.offset)
         self.offset -= n
         return n
+
+    @property
+    def state(self):
+        return () if self.keys is None else (self.keys[..., : self.offset, :], self.values[..., : self.offset, :])
+
+    @property
+    def meta_state(self) -> dict:
+        return {"offset": str(self.offset)}
+
+    @classmethod
+    def from_state(cls, state, meta_state: dict):
+        c = cls()
+        if state:
+            c.keys, c.values = state
+        c.offset = int(meta_state["offset"])
+        return c
 
 
 class RotatingKVCache(Cache):
@@ -154,6 +174,22 @@ class RotatingKVCache(Cache):
         self.offset -= n
         return n
 
+    @property
+    def state(self):
+        return () if self.keys is None else self._temporal()
+
+    @property
+    def meta_state(self) -> dict:
+        return {"offset": str(self.offset), "window": str(self.window), "slack": str(self.capacity - self.window)}
+
+    @classmethod
+    def from_state(cls, state, meta_state: dict):
+        c = cls(int(meta_state["window"]), int(meta_state["slack"]))
+        if state:
+            c.keys, c.values = state  # temporal order: the ring starts at slot 0
+        c.offset = int(meta_state["offset"])
+        return c
+
 
 class ChunkedKVCache(Cache):
     """Chunked attention (Llama 4): a query sees only keys of its own chunk of `chunk` positions, so the cache
@@ -192,6 +228,23 @@ class ChunkedKVCache(Cache):
         self.offset -= n
         return n
 
+    @property
+    def state(self):
+        used = self.offset - self.start
+        return () if self.keys is None else (self.keys[..., :used, :], self.values[..., :used, :])
+
+    @property
+    def meta_state(self) -> dict:
+        return {"offset": str(self.offset), "start": str(self.start), "chunk": str(self.chunk), "slack": str(self.slack)}
+
+    @classmethod
+    def from_state(cls, state, meta_state: dict):
+        c = cls(int(meta_state["chunk"]), int(meta_state["slack"]))
+        if state:
+            c.keys, c.values = state
+        c.offset, c.start = int(meta_state["offset"]), int(meta_state["start"])
+        return c
+
 
 class LatentCache(Cache):
     """MLA: one row [latent, k_rope] per token, shared by all heads; nothing per head is stored."""
@@ -224,15 +277,57 @@ class LatentCache(Cache):
 
     @property
     def state(self):
-        return (self.rows,)
+        return () if self.rows is None else (self.rows[..., : self.offset, :],)
+
+    @property
+    def meta_state(self) -> dict:
+        return {"offset": str(self.offset), "value_dims": str(self.value_dims)}
+
+    @classmethod
+    def from_state(cls, state, meta_state: dict):
+        c = cls(int(meta_state["value_dims"]))
+        if state:
+            (c.rows,) = state
+        c.offset = int(meta_state["offset"])
+        return c
 
     @property
     def nbytes(self) -> int:
         return 0 if self.rows is None else self.rows.nbytes
 
 
-def make_layer_cache(attn, rollback: int = 0):
-    """`rollback`: how many tokens a caller may `trim` after a step (speculative decoding)."""
+SINKS = 4  # attention sinks a bounded cache keeps (StreamingLLM's choice, and mlx-lm's keep)
+
+
+def make_bounded_cache(attn, max_kv_size: int):
+    """A layer's cache holding at most max_kv_size tokens: its own window or chunk when that is no larger, else
+    StreamingLLM's rolling cache (sinks + recent window; changes the output past max_kv_size tokens)."""
+    from .sink_cache import SinkKVCache  # it subclasses Cache: imported late to avoid the cycle
+
+    if isinstance(attn, MLASpec):
+        raise ValueError("max_kv_size: MLA (latent) layers have no bounded cache yet; leave max_kv_size out")
+    if max_kv_size <= SINKS:
+        raise ValueError(f"max_kv_size must be more than {SINKS} (the attention sinks it always keeps); got {max_kv_size}")
+    if attn.window is not None and attn.window <= max_kv_size:
+        return RotatingKVCache(attn.window)
+    if attn.chunk is not None and attn.chunk <= max_kv_size:
+        return ChunkedKVCache(attn.chunk)
+    rope = attn.rope
+    if rope is None:
+        return SinkKVCache(SINKS, max_kv_size - SINKS)
+    if rope.kind == "dynamic":
+        raise ValueError("max_kv_size: dynamic NTK RoPE changes every position's angle with the length, so a "
+                         "rolling cache cannot move its sinks; leave max_kv_size out")
+    from .rope import RoPE
+
+    return SinkKVCache(SINKS, max_kv_size - SINKS, RoPE(rope)._freqs, rope.dims, rope.traditional)
+
+
+def make_layer_cache(attn, rollback: int = 0, max_kv_size=None):
+    """`rollback`: how many tokens a caller may `trim` after a step (speculative decoding). `max_kv_size`: bound
+    the cache (make_bounded_cache)."""
+    if max_kv_size is not None:
+        return make_bounded_cache(attn, max_kv_size)
     if isinstance(attn, MLASpec):
         return LatentCache(attn.kv_lora_rank)
     if attn.window is not None:

@@ -1,0 +1,122 @@
+"""Bounded cache for any model (`max_kv_size`): StreamingLLM's rolling cache with attention sinks.
+
+Xiao et al. 2023 ("Efficient Streaming Language Models with Attention Sinks"): keep the first `keep` tokens (the
+sinks most heads park attention on) and the most recent `window`, so memory stays flat however long the stream.
+Positions follow the paper's rolling cache: they are positions *in the cache*, not in the text. Query t sees the
+sinks at cache positions 0..keep-1 and the window right after them, itself last.
+
+The layer has already rotated q and k at their text positions. Between the query and a window key that is the same
+distance as in the cache (the window is contiguous), so only the sinks move: sink i must look as if it sat just
+before the window, i.e. rotated by s_t = max(0, t - window + 1 - keep) more. Rotating the query back by s_t instead
+gives the same score (rotations are orthogonal), and costs one rotation per query rather than one per sink and query.
+
+This changes the model's output once a sequence outgrows `keep + window` tokens (before that it is exact).
+"""
+
+from typing import Optional
+
+import mlx.core as mx
+
+from .cache import Cache
+
+
+def rotate(x, positions, freqs, start: int, dims: int, traditional: bool):
+    """Rotate features start..start+dims of x (..., T, D) by RoPE angles positions (T,) / freqs (dims/2,), as
+    mx.fast.rope with explicit freqs does (a pure rotation: no YaRN factor)."""
+    angles = positions.astype(mx.float32)[:, None] / freqs[None]  # (T, dims/2)
+    cos, sin = mx.cos(angles), mx.sin(angles)
+    r = x[..., start: start + dims].astype(mx.float32)
+    if traditional:
+        a, b = r[..., 0::2], r[..., 1::2]
+        out = mx.stack([a * cos - b * sin, a * sin + b * cos], axis=-1).reshape(r.shape)
+    else:
+        half = dims // 2
+        a, b = r[..., :half], r[..., half:]
+        out = mx.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
+    return mx.concatenate([x[..., :start], out.astype(x.dtype), x[..., start + dims:]], axis=-1)
+
+
+class SinkKVCache(Cache):
+    """At most keep + window - 1 tokens kept: the sinks, then the most recent tokens in temporal order.
+
+    freqs: the layer's RoPE periods (dims/2,), as RoPE passes them to mx.fast.rope; None for a NoPE layer (nothing
+    to move). Each step concatenates and re-slices the kept tokens: O(keep + window) per step, like attention itself.
+    """
+
+    def __init__(self, keep: int, window: int, freqs: Optional[mx.array] = None, dims: int = 0,
+                 traditional: bool = False):
+        if keep < 0 or window < 1:
+            raise ValueError(f"a sink cache needs keep >= 0 and window >= 1 (got keep={keep}, window={window})")
+        self.keep, self.window = keep, window
+        self.freqs, self.dims, self.traditional = freqs, dims, traditional
+        self.keys = self.values = None  # (B, Hkv, kept, D)
+        self.offset = 0
+
+    @property
+    def kept(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def _positions(self, T: int):
+        """Text positions of the kept tokens followed by the T new ones: sinks 0.., then a contiguous run."""
+        sinks = min(self.keep, self.offset)
+        return mx.concatenate([mx.arange(sinks), mx.arange(self.offset - (self.kept - sinks), self.offset + T)])
+
+    def attend(self, q, k, v, scale: float, softcap=None):
+        # q: (B, H, T, D); k, v: (B, Hkv, T, D) for the T new tokens, rotated at their text positions
+        B, H, T, D = q.shape
+        if self.keys is not None:
+            k = mx.concatenate([self.keys, k], axis=2)
+            v = mx.concatenate([self.values, v], axis=2)
+        Hkv, S = k.shape[1], k.shape[2]
+        pos = self._positions(T)  # (S,)
+        t = mx.arange(self.offset, self.offset + T)  # (T,) text positions of the queries
+        n_sinks = min(self.keep, self.offset + T)  # the first n_sinks keys are the sinks
+        shift = mx.maximum(t - self.window + 1 - self.keep, 0)  # (T,) how far each query's sinks move
+        q = q.reshape(B, Hkv, H // Hkv, T, D)
+        q_sink = q
+        if self.freqs is not None and self.offset + T > self.keep + self.window - 1:
+            q_sink = rotate(q, -shift, self.freqs, 0, self.dims, self.traditional)
+        kt = k[:, :, None].swapaxes(-1, -2)  # (B, Hkv, 1, D, S)
+        scores = mx.concatenate([(q_sink * scale) @ kt[..., :n_sinks], (q * scale) @ kt[..., n_sinks:]], axis=-1)
+        if softcap is not None:
+            scores = mx.tanh(scores / softcap) * softcap
+        visible = (pos[None] <= t[:, None]) & ((pos[None] < self.keep) | (t[:, None] - pos[None] < self.window))
+        scores = mx.where(visible, scores, mx.array(-mx.inf, scores.dtype))  # (B, Hkv, G, T, S)
+        weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(v.dtype)
+        out = (weights @ v[:, :, None]).reshape(B, H, T, -1)
+        # keep the sinks and the window - 1 most recent others: all the next query can see
+        recent = min(S - n_sinks, self.window - 1)
+        self.keys = mx.concatenate([k[..., :n_sinks, :], k[..., S - recent:, :]], axis=2)
+        self.values = mx.concatenate([v[..., :n_sinks, :], v[..., S - recent:, :]], axis=2)
+        self.offset += T
+        return out
+
+    def trim(self, n: int) -> int:
+        if self.kept != self.offset:
+            raise ValueError("cannot roll back a bounded (max_kv_size) cache once it has dropped tokens: "
+                             "drop --max-kv-size for speculative decoding")
+        n = min(n, self.offset)
+        self.keys, self.values = self.keys[..., : self.offset - n, :], self.values[..., : self.offset - n, :]
+        self.offset -= n
+        return n
+
+    @property
+    def state(self):
+        arrays = () if self.keys is None else (self.keys, self.values)
+        return arrays + (() if self.freqs is None else (self.freqs,))
+
+    @property
+    def meta_state(self) -> dict:
+        return {"offset": str(self.offset), "keep": str(self.keep), "window": str(self.window),
+                "dims": str(self.dims), "traditional": str(int(self.traditional)), "rope": str(int(self.freqs is not None))}
+
+    @classmethod
+    def from_state(cls, state, meta_state: dict):
+        m = {k: int(meta_state[k]) for k in ("offset", "keep", "window", "dims", "traditional", "rope")}
+        state = list(state)
+        freqs = state.pop() if m["rope"] else None
+        c = cls(m["keep"], m["window"], freqs, m["dims"], bool(m["traditional"]))
+        if state:
+            c.keys, c.values = state
+        c.offset = m["offset"]
+        return c
