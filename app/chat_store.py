@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from app.reply_stats import STATS_KEYS
 from mlxmodels.formats.folder import FolderError, read_json
 
 DATA_ENV = "MLXM_DATA_DIR"
@@ -44,6 +45,7 @@ TEMPLATE_KWARGS = "template_kwargs"  # the key of Chat.settings holding the chat
 KWARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 RESERVED_KWARGS = ("messages", "add_generation_prompt", "tokenize", "tools", "documents")  # set by us, or lists
 MAX_KWARGS, MAX_KWARG_TEXT = 32, 1000
+MAX_RATE, MAX_SECONDS = 1e9, 1e7  # tok/s and seconds in a reply's stats: beyond these a figure is damage
 
 FIX = "the chat was not opened: fix or delete the file"
 _NOFOLLOW, _CLOEXEC = getattr(os, "O_NOFOLLOW", 0), getattr(os, "O_CLOEXEC", 0)
@@ -159,7 +161,7 @@ def check_template_kwargs(value) -> dict:
 class Chat:
     """A conversation as saved. `messages`: {"role": "user"|"assistant", "content": str[, "stopped": True]}; an
     assistant message of a thinking model also has "reasoning_content" (its reasoning, what templates read back) and
-    "reasoning_tokens" (how many tokens it took). `settings`: Sampling's fields, and TEMPLATE_KWARGS. Messages
+    "reasoning_tokens" (how many tokens it took), and a finished reply "stats" (app.reply_stats). `settings`: Sampling's fields, and TEMPLATE_KWARGS. Messages
     before `context_start` were dropped from the model's context (the conversation outgrew it).
     `disk`: the identity of the file version this chat was loaded from or last saved as (not saved)."""
 
@@ -175,9 +177,11 @@ class Chat:
     disk: Optional[Tuple[int, int, int]] = field(default=None, repr=False, compare=False)
 
     def display_title(self) -> str:
-        first = self.title or next((m["content"] for m in self.messages if m["role"] == "user"), "")
-        line = printable(first.strip().splitlines()[0]) if first.strip() else "New chat"
-        return line if len(line) <= 48 else line[:47] + "…"
+        return _line(self.title or self.first_line(), 48) or "New chat"
+
+    def first_line(self, width: int = 200) -> str:
+        """The first line of the first user message, safe to show, at most `width` characters ("" if none)."""
+        return _line(next((m["content"] for m in self.messages if m["role"] == "user"), ""), width)
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -218,9 +222,31 @@ class Chat:
         return chat
 
 
+def _line(text: str, width: int) -> str:
+    line = printable(text.strip().splitlines()[0]) if text.strip() else ""
+    return line if len(line) <= width else line[:width - 1] + "…"
+
+
+def _is_stats(stats) -> bool:
+    """A reply's stats as app.reply_stats writes them: exactly its keys, token counts whole, rates and seconds
+    finite, none negative, none absurd."""
+    if not isinstance(stats, dict) or set(stats) != set(STATS_KEYS):
+        return False
+    for name, v in stats.items():
+        if name.endswith("_tokens"):
+            if type(v) is not int or not 0 <= v < 2 ** 53:
+                return False
+        elif (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+              or not 0 <= v <= (MAX_SECONDS if name == "ttft" else MAX_RATE)):
+            return False
+    return True
+
+
 def _is_message(m) -> bool:
     if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
             and isinstance(m.get("stopped", False), bool)):
+        return False
+    if "stats" in m and not (m["role"] == "assistant" and _is_stats(m["stats"])):
         return False
     if "reasoning_content" in m or "reasoning_tokens" in m:  # a thinking model's reply (files before have none)
         tokens = m.get("reasoning_tokens", 0)
@@ -231,11 +257,15 @@ def _is_message(m) -> bool:
 
 @dataclass(frozen=True)
 class ChatInfo:
+    """What the saved-chats list shows of a chat: its title, the model it was made with, when it was last saved,
+    and the first line of its first message (title and first line safe to show)."""
+
     id: str
     title: str
     updated: float
     messages: int
     model: str
+    first_line: str = ""
 
 
 @dataclass(frozen=True)
@@ -306,7 +336,8 @@ class ChatStore:
             except ChatFileError:
                 skipped.append(path.name)
                 continue
-            chats.append(ChatInfo(chat.id, chat.display_title(), chat.updated, len(chat.messages), chat.model))
+            chats.append(ChatInfo(chat.id, chat.display_title(), chat.updated, len(chat.messages),
+                                  printable(chat.model), chat.first_line()))
         chats.sort(key=lambda c: (c.updated, c.id), reverse=True)
         return chats, sorted(skipped)
 

@@ -200,6 +200,7 @@ class ChatApp(ReplyActions, App):
                 loop.add_signal_handler(sig, self.call_later, self.shut_down)
         chat_input.focus()
         await self.render_log()
+        self.warn_other_model()  # `mlxm chat --open` a chat made with another model
 
     @property
     def log_view(self) -> VerticalScroll:
@@ -495,6 +496,14 @@ class ChatApp(ReplyActions, App):
             self.end_edit()
         await self.render_log()
         self.notify(f"Opened “{chat.display_title()}”.", markup=False)
+        self.warn_other_model()
+
+    def warn_other_model(self) -> None:
+        """A chat whose replies came from another model than the one loaded says so when it is opened."""
+        made_with = self.session.chat.model
+        if made_with and made_with != self.model_name:
+            self.notify(f"This chat was made with {printable(made_with)}; {self.model_name} is loaded now and "
+                        "writes the next replies.", severity="warning", timeout=10, markup=False)
 
     async def action_open_chats(self) -> None:
         if await self._idle():

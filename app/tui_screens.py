@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import List, Optional, Tuple
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, VerticalScroll
@@ -18,8 +19,19 @@ from app.chat_store import ChatInfo, ChatStore, Sampling, printable
 SHOW_SKIPPED = 5  # skipped files named in the chat list's note
 
 
+def chat_entry(c: ChatInfo) -> Text:
+    """A saved chat in the list: its title, then (dimmed) the model it was made with, when it was last saved and
+    how long it is, then its first line when the title is not that line already."""
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated))
+    entry = Text(c.title, style="bold")
+    entry.append(f"\n{c.model or 'unknown model'}  ·  {when}  ·  {c.messages} messages", style="dim")
+    if c.first_line and not c.first_line.startswith(c.title.rstrip("…")):  # a title of its own
+        entry.append(f"\n{c.first_line}", style="italic")
+    return entry
+
+
 class ChatListScreen(ModalScreen[Optional[str]]):
-    """Saved chats, newest first. Enter opens one, Delete removes it, Esc closes. Returns the chat id or None."""
+    """Saved chats, newest first, each with its model, date and first line. Enter opens one, Delete removes it, Esc closes. Returns the chat id or None."""
 
     BINDINGS = [Binding("escape", "close", "Close"), Binding("delete", "delete", "Delete")]
 
@@ -45,8 +57,7 @@ class ChatListScreen(ModalScreen[Optional[str]]):
         options = self.query_one(OptionList)
         options.clear_options()
         for c in self.chats:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated))
-            options.add_option(Option(f"{c.title}  ·  {c.messages} messages  ·  {when}", id=c.id))
+            options.add_option(Option(chat_entry(c), id=c.id))
         if self.chats:
             options.highlighted = 0
         note = "No saved chats yet." if not self.chats else ""

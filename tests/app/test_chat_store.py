@@ -121,3 +121,63 @@ def test_platform_data_folders(monkeypatch, tmp_path):
     assert user_data_dir() == tmp_path / ".local" / "share" / "mlxmodels"
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert user_data_dir() == tmp_path / "xdg" / "mlxmodels"
+
+
+STATS = {"prompt_tokens": 12, "prompt_tps": 310.5, "generation_tokens": 40, "generation_tps": 52.25, "ttft": 0.04}
+
+
+def reply_with(stats) -> Chat:
+    return Chat(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello", "stats": stats}])
+
+
+def test_reply_stats_round_trip():
+    store = ChatStore()
+    c = reply_with(dict(STATS))
+    store.save(c)
+    assert store.load(c.id).messages[1]["stats"] == STATS
+
+
+@pytest.mark.parametrize("stats", [
+    [], "fast", None, {}, {**STATS, "extra": 1}, {k: v for k, v in STATS.items() if k != "ttft"},
+    {**STATS, "prompt_tokens": "12"}, {**STATS, "prompt_tokens": 12.0}, {**STATS, "generation_tokens": True},
+    {**STATS, "generation_tokens": -1}, {**STATS, "generation_tokens": 2 ** 53}, {**STATS, "prompt_tps": -0.5},
+    {**STATS, "generation_tps": 1e300}, {**STATS, "ttft": 1e8}, {**STATS, "ttft": None}, {**STATS, "ttft": False},
+])
+def test_reply_stats_not_as_we_write_them_are_a_damaged_file(stats):
+    store = ChatStore()
+    c = reply_with(stats)
+    store.folder.mkdir(parents=True, exist_ok=True)
+    (store.folder / f"{c.id}.json").write_text(json.dumps(c.to_json()))
+    with pytest.raises(ChatFileError, match="malformed messages"):
+        store.load(c.id)
+    assert store.list() == ([], [f"{c.id}.json"])
+
+
+def test_non_finite_stats_are_a_damaged_file():
+    store = ChatStore()
+    c = reply_with({**STATS, "prompt_tps": float("nan")})
+    store.folder.mkdir(parents=True, exist_ok=True)
+    (store.folder / f"{c.id}.json").write_text(json.dumps(c.to_json()))  # Python writes NaN, other tools may too
+    with pytest.raises(ChatFileError):
+        store.load(c.id)
+
+
+def test_stats_on_a_user_message_are_a_damaged_file():
+    store = ChatStore()
+    c = Chat(messages=[{"role": "user", "content": "hi", "stats": dict(STATS)}])
+    store.folder.mkdir(parents=True, exist_ok=True)
+    (store.folder / f"{c.id}.json").write_text(json.dumps(c.to_json()))
+    with pytest.raises(ChatFileError, match="malformed messages"):
+        store.load(c.id)
+
+
+def test_list_shows_model_and_first_line_safely():
+    store = ChatStore()
+    titled = chat("What is a monad?\nAsk me twice", model="qwen3:8b\x1b[2J", title="Monads")
+    untitled = chat("x" * 300, model="tiny")
+    store.save(titled)
+    store.save(untitled)
+    by_id = {c.id: c for c in store.list()[0]}
+    assert by_id[titled.id].model == "qwen3:8b\ufffd[2J"  # no escape sequence reaches the terminal
+    assert by_id[titled.id].first_line == "What is a monad?" and by_id[titled.id].title == "Monads"
+    assert by_id[untitled.id].title == "x" * 47 + "…" and by_id[untitled.id].first_line == "x" * 199 + "…"
