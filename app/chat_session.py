@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional
 
+from app import chat_branches
 from app.chat_store import TEMPLATE_KWARGS, Chat, Sampling, check_template_kwargs
 from app.reply_stats import stats_of
 from mlxmodels.reasoning import Splitter, markers_for, split_stream, starts_inside
@@ -129,11 +130,14 @@ class ChatSession:
             self.messages.pop()
 
     def edit(self, index: int, text: str) -> None:
-        """Replace user message `index` and forget everything after it."""
+        """Replace user message `index` and drop everything after it from the conversation; the version before
+        stays as a branch of the chat when the edit loses a reply (app.chat_branches)."""
         if not 0 <= index < len(self.messages) or self.messages[index]["role"] != "user":
             raise ValueError(f"message {index} is not one of your messages")
+        before, start = list(self.messages), self.chat.context_start
         self.messages[index] = {"role": "user", "content": text}
         del self.messages[index + 1:]
+        chat_branches.keep(self.chat, before, start)
         self.chat.context_start = min(self.chat.context_start, index)
 
     def conversation(self, start: Optional[int] = None) -> List[dict]:

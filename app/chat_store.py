@@ -45,6 +45,7 @@ TEMPLATE_KWARGS = "template_kwargs"  # the key of Chat.settings holding the chat
 KWARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 RESERVED_KWARGS = ("messages", "add_generation_prompt", "tokenize", "tools", "documents")  # set by us, or lists
 MAX_KWARGS, MAX_KWARG_TEXT = 32, 1000
+MAX_BRANCHES = 16  # earlier versions of a chat kept when a message is edited (app.chat_branches); oldest go first
 MAX_RATE, MAX_SECONDS = 1e9, 1e7  # tok/s and seconds in a reply's stats: beyond these a figure is damage
 
 FIX = "the chat was not opened: fix or delete the file"
@@ -162,7 +163,8 @@ class Chat:
     """A conversation as saved. `messages`: {"role": "user"|"assistant", "content": str[, "stopped": True]}; an
     assistant message of a thinking model also has "reasoning_content" (its reasoning, what templates read back) and
     "reasoning_tokens" (how many tokens it took), and a finished reply "stats" (app.reply_stats). `settings`: Sampling's fields, and TEMPLATE_KWARGS. Messages
-    before `context_start` were dropped from the model's context (the conversation outgrew it).
+    before `context_start` were dropped from the model's context (the conversation outgrew it). `branches`: the
+    chat's other versions, kept when an earlier message was edited (app.chat_branches)."
     `disk`: the identity of the file version this chat was loaded from or last saved as (not saved)."""
 
     id: str = field(default_factory=new_id)
@@ -174,6 +176,7 @@ class Chat:
     settings: dict = field(default_factory=dict)
     messages: List[dict] = field(default_factory=list)
     context_start: int = 0
+    branches: List[dict] = field(default_factory=list)  # {"messages": [...], "context_start": int}: app.chat_branches
     disk: Optional[Tuple[int, int, int]] = field(default=None, repr=False, compare=False)
 
     def display_title(self) -> str:
@@ -219,6 +222,11 @@ class Chat:
         except ValueError as e:
             raise damaged(f"has a bad setting: {e}") from None
         chat.context_start = max(0, min(chat.context_start, len(chat.messages)))
+        branches = data.get("branches", [])
+        if not isinstance(branches, list) or len(branches) > MAX_BRANCHES or not all(map(_is_branch, branches)):
+            raise damaged(f"has malformed branches (at most {MAX_BRANCHES}, each its messages and context start)")
+        chat.branches = [{"messages": [dict(m) for m in b["messages"]], "context_start": b["context_start"]}
+                         for b in branches]
         return chat
 
 
@@ -240,6 +248,12 @@ def _is_stats(stats) -> bool:
               or not 0 <= v <= (MAX_SECONDS if name == "ttft" else MAX_RATE)):
             return False
     return True
+
+
+def _is_branch(b) -> bool:
+    return (isinstance(b, dict) and set(b) == {"messages", "context_start"} and isinstance(b["messages"], list)
+            and all(map(_is_message, b["messages"])) and type(b["context_start"]) is int
+            and 0 <= b["context_start"] <= len(b["messages"]))
 
 
 def _is_message(m) -> bool:

@@ -36,6 +36,7 @@ from app.chat_session import ChatSession, Turn
 from app.chat_store import Chat, ChatStore, data_dir, printable
 from app.greedy_hint import same_reply_hint
 from app.reply_stats import progress_text
+from app.tui_branches import BranchActions
 from app.tui_replies import ReplyActions
 from app.tui_screens import ChatListScreen, SettingsScreen
 from app.tui_terminal import HangupSafeDriver
@@ -95,7 +96,7 @@ class Meter:
         return mx.get_active_memory() / 1e9
 
 
-class ChatApp(ReplyActions, App):
+class ChatApp(ReplyActions, BranchActions, App):
     TITLE = "mlxm chat"
     CSS = CSS
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (80, "-wide")]  # a narrow screen's dialogs take its whole width
@@ -113,6 +114,7 @@ class ChatApp(ReplyActions, App):
         Binding("f2", "copy_reply", "Copy reply", show=False),
         Binding("f3", "copy_code", "Copy code", show=False),
         Binding("f4", "export", "Export", show=False),
+        Binding("ctrl+b", "branches", "Branches", show=False),
     ]
 
     class TurnStarted(Message):
@@ -397,7 +399,7 @@ class ChatApp(ReplyActions, App):
     # ------------------------------------------------------------ actions
 
     MAIN_SCREEN_ACTIONS = {"send", "stop", "regenerate", "edit", "new_chat", "open_chats", "settings",
-                           *ReplyActions.ACTIONS}
+                           *ReplyActions.ACTIONS, *BranchActions.ACTIONS}
 
     def check_action(self, action: str, parameters) -> Optional[bool]:
         """The chat's keys do nothing while a dialog (saved chats, settings) is open."""
@@ -535,6 +537,7 @@ class ChatApp(ReplyActions, App):
             yield SystemCommand("Regenerate", "Answer your last message again (Ctrl+R)", self.action_regenerate)
             yield SystemCommand("Edit last message", "Edit and resend your last message (Ctrl+E)", self.action_edit)
             yield from self.reply_commands()
+            yield from self.branch_commands()
         yield from super().get_system_commands(screen)
 
     async def action_toggle_thinking(self) -> None:
