@@ -83,7 +83,8 @@ class Decoder(nn.Module):
         """One cache per layer; `rollback` > 0 lets callers `trim` that many tokens after a step.
         paged=True: paged caches sharing one block pool (options: num_blocks, block_size, prefix_cache); any step can be
         rolled back while its blocks are kept, so `rollback` does not apply.
-        max_kv_size=N: every layer keeps at most N tokens (attention sinks + recent window: changes the output past N)."""
+        max_kv_size=N: every layer keeps at most N tokens (attention sinks + recent window: changes the output
+        past N)."""
         if paged and max_kv_size is not None:
             raise ValueError("max_kv_size does not apply to paged caches (their pool bounds memory); leave one out")
         if paged:

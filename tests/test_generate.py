@@ -469,7 +469,9 @@ def test_prefill_evaluates_cache_state():
     c = KVCache()
     c.update_and_fetch(mx.zeros((1, 2, 3, 4)), mx.ones((1, 2, 3, 4)))
     got = _cache_arrays([c, PlainCache(), SumCache(4)])
-    assert len(got) == 3 and got[0] is c.keys and got[1] is c.values and got[2].shape == (1, 4)
+    # a KVCache's state is the rows it holds (its buffer sliced to the offset, as saved in prompt-cache files)
+    assert len(got) == 3 and got[0].shape == got[1].shape == (1, 2, 3, 4) and got[2].shape == (1, 4)
+    assert mx.array_equal(got[1], c.values[..., :3, :])
 
 
 def test_matches_mlx_lm_on_a_tiny_llama_with_kv_cache():

@@ -235,7 +235,8 @@ class ChunkedKVCache(Cache):
 
     @property
     def meta_state(self) -> dict:
-        return {"offset": str(self.offset), "start": str(self.start), "chunk": str(self.chunk), "slack": str(self.slack)}
+        return {"offset": str(self.offset), "start": str(self.start), "chunk": str(self.chunk),
+                "slack": str(self.slack)}
 
     @classmethod
     def from_state(cls, state, meta_state: dict):
@@ -307,7 +308,8 @@ def make_bounded_cache(attn, max_kv_size: int):
     if isinstance(attn, MLASpec):
         raise ValueError("max_kv_size: MLA (latent) layers have no bounded cache yet; leave max_kv_size out")
     if max_kv_size <= SINKS:
-        raise ValueError(f"max_kv_size must be more than {SINKS} (the attention sinks it always keeps); got {max_kv_size}")
+        raise ValueError(f"max_kv_size must be more than {SINKS} (the attention sinks it always keeps); "
+                         f"got {max_kv_size}")
     if attn.window is not None and attn.window <= max_kv_size:
         return RotatingKVCache(attn.window)
     if attn.chunk is not None and attn.chunk <= max_kv_size:

@@ -13,7 +13,6 @@ gives the same score (rotations are orthogonal), and costs one rotation per quer
 This changes the model's output once a sequence outgrows `keep + window` tokens (before that it is exact).
 """
 
-from typing import Optional
 
 import mlx.core as mx
 
@@ -43,7 +42,7 @@ class SinkKVCache(Cache):
     to move). Each step concatenates and re-slices the kept tokens: O(keep + window) per step, like attention itself.
     """
 
-    def __init__(self, keep: int, window: int, freqs: Optional[mx.array] = None, dims: int = 0,
+    def __init__(self, keep: int, window: int, freqs: mx.array | None = None, dims: int = 0,
                  traditional: bool = False):
         if keep < 0 or window < 1:
             raise ValueError(f"a sink cache needs keep >= 0 and window >= 1 (got keep={keep}, window={window})")
@@ -107,8 +106,8 @@ class SinkKVCache(Cache):
 
     @property
     def meta_state(self) -> dict:
-        return {"offset": str(self.offset), "keep": str(self.keep), "window": str(self.window),
-                "dims": str(self.dims), "traditional": str(int(self.traditional)), "rope": str(int(self.freqs is not None))}
+        return {"offset": str(self.offset), "keep": str(self.keep), "window": str(self.window), "dims": str(self.dims),
+                "traditional": str(int(self.traditional)), "rope": str(int(self.freqs is not None))}
 
     @classmethod
     def from_state(cls, state, meta_state: dict):
