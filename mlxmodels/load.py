@@ -206,8 +206,9 @@ def load_model(folder: Path, dtype=None, gguf=None) -> Decoder:
     return model
 
 
-def load(path_or_hub_id, dtype=None):
-    """-> (model, tokenizer); tokenizer is None if the folder has none."""
+def load(path_or_hub_id, dtype=None, adapter_path=None):
+    """-> (model, tokenizer); tokenizer is None if the folder has none. `adapter_path`: a LoRA/DoRA adapter folder
+    written by mlx_lm.lora, applied on the fly over the loaded weights (mlxmodels/adapters.py)."""
     from .tokenizer import load_tokenizer
 
     folder = resolve(path_or_hub_id)
@@ -223,6 +224,10 @@ def load(path_or_hub_id, dtype=None):
         model = load_model(folder, dtype, gguf)
     else:
         model, tokenizer = load_model(folder, dtype), load_tokenizer(folder)
+    if adapter_path is not None:
+        from .adapters import apply_adapter, read_adapter
+
+        apply_adapter(model, read_adapter(adapter_path, model))
     if tokenizer is not None:
         check_tokenizer(tokenizer, model, str(folder))
     return model, tokenizer

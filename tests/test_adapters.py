@@ -1,0 +1,149 @@
+"""LoRA/DoRA adapters trained by mlx_lm.lora itself (a few steps on a tiny model): our logits equal mlx-lm's with the
+same adapter, on float and quantized bases and over stacked experts; hostile adapter folders are refused in one line."""
+
+import json
+import shutil
+import types
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlxmodels
+from mlxmodels.adapters import AdapterError
+from mlxmodels.errors import ModelError
+from tests.dialects import legacy
+from tests.families.test_families import CASES
+from tests.oracle import build_hf, build_tiny_llama, edit_config, save_byte_tokenizer
+
+TOL = 1e-4  # float32 throughout: the same products summed in another order
+IDS = mx.array([[5, 6, 7, 8, 100, 200, 33, 47, 12]])
+TEXT = ["the quick brown fox jumps over the lazy dog", "a tiny model learns a little", "adapters change replies"]
+
+
+def train(model, out, kind="lora", num_layers=2):
+    """mlx_lm.lora's own training run: 3 steps at a high learning rate, so the adapter moves the logits visibly."""
+    from mlx_lm import lora
+
+    data = out.parent / f"{out.name}-data"
+    data.mkdir()
+    for split in ("train", "valid"):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXT))
+    args = dict(lora.CONFIG_DEFAULTS, model=str(model), train=True, data=str(data), fine_tune_type=kind, iters=3,
+                batch_size=2, num_layers=num_layers, learning_rate=1e-2, val_batches=1, steps_per_eval=1000,
+                steps_per_report=1000, save_every=1000, adapter_path=str(out), trust_remote_code=False)
+    lora.run(types.SimpleNamespace(**args))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    """A float tiny Llama, its 8-bit conversion (ours, which mlx-lm loads) and a tiny Qwen3-MoE, all with tokenizers."""
+    from quantize.convert import Options, convert
+    from quantize.recipes import Setting
+
+    root = tmp_path_factory.mktemp("adapter-bases")
+    llama = build_tiny_llama(root / "llama")
+    convert(str(llama), root / "llama-q8", Options(quantize=True, setting=Setting.for_mode(bits=8, group_size=32)))
+    model_type, config, _ = CASES["qwen3_moe"]
+    build_hf(model_type, root / "moe", **dict(config, vocab_size=259))
+    save_byte_tokenizer(root / "moe")
+    edit_config(root / "moe", legacy)  # the dialect mlx-lm reads
+    return {"float": llama, "q8": root / "llama-q8", "moe": root / "moe"}
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(bases, tmp_path_factory):
+    return train(bases["float"], tmp_path_factory.mktemp("lora") / "adapter")
+
+
+def assert_same_as_mlx_lm(folder, adapter):
+    import mlx_lm
+
+    ours, _ = mlxmodels.load(folder, adapter_path=adapter)
+    base, _ = mlxmodels.load(folder)
+    ref, _ = mlx_lm.load(str(folder), adapter_path=str(adapter))
+    got, want, plain = (np.array(m(IDS).astype(mx.float32)) for m in (ours, ref, base))
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=TOL)
+    assert np.abs(plain - want).max() > 0.1, "the adapter should move the logits; it was not applied or not trained"
+
+
+@pytest.mark.parametrize("base,kind,num_layers", [("float", "dora", 1), ("q8", "lora", 2), ("q8", "dora", 2),
+                                                  ("moe", "lora", 2)])
+def test_logits_equal_mlx_lm(bases, tmp_path, base, kind, num_layers):
+    assert_same_as_mlx_lm(bases[base], train(bases[base], tmp_path / "adapter", kind, num_layers))
+
+
+def test_lora_logits_equal_mlx_lm(bases, lora_adapter):
+    assert_same_as_mlx_lm(bases["float"], lora_adapter)
+
+
+# ------------------------------------------------------------------------------------------ hostile adapter folders
+
+
+def edit_adapter_config(cfg):
+    return lambda folder: (folder / "adapter_config.json").write_text(json.dumps(cfg(json.loads(
+        (folder / "adapter_config.json").read_text()))))
+
+
+def edit_tensors(fn):
+    def edit(folder):
+        path = folder / "adapters.safetensors"
+        tensors = dict(mx.load(str(path)))
+        fn(tensors)
+        path.unlink()
+        mx.save_safetensors(str(path), tensors)
+    return edit
+
+
+def first(tensors, leaf):
+    return next(k for k in sorted(tensors) if k.endswith(leaf))
+
+
+HOSTILE = {
+    "no config": (lambda f: (f / "adapter_config.json").unlink(), "has no adapter_config.json"),
+    "no weights": (lambda f: (f / "adapters.safetensors").unlink(), "has no adapters.safetensors"),
+    "config not json": (lambda f: (f / "adapter_config.json").write_text("{rank: 8"), "not valid JSON"),
+    "config a list": (lambda f: (f / "adapter_config.json").write_text("[]"), "not a JSON object"),
+    "full fine-tune": (edit_adapter_config(lambda c: dict(c, fine_tune_type="full")), "full fine-tune"),
+    "unknown kind": (edit_adapter_config(lambda c: dict(c, fine_tune_type="ia3")), "is not lora or dora"),
+    "too many layers": (edit_adapter_config(lambda c: dict(c, num_layers=3)), "num_layers 3"),
+    "num_layers text": (edit_adapter_config(lambda c: dict(c, num_layers="2")), "num_layers '2'"),
+    "no lora_parameters": (edit_adapter_config(lambda c: {k: v for k, v in c.items() if k != "lora_parameters"}),
+                           "no lora_parameters"),
+    "rank 0": (edit_adapter_config(lambda c: dict(c, lora_parameters=dict(c["lora_parameters"], rank=0))), "rank 0"),
+    "rank mismatch": (edit_adapter_config(lambda c: dict(c, lora_parameters=dict(c["lora_parameters"], rank=4))),
+                      "with rank 4 needs"),
+    "alpha not scale": (edit_adapter_config(lambda c: dict(c, lora_parameters={"rank": 8, "alpha": 16})), "not alpha"),
+    "dora without m": (edit_adapter_config(lambda c: dict(c, fine_tune_type="dora")), "needs lora_a, lora_b, m"),
+    "other leaf": (edit_tensors(lambda t: t.update(x=t.pop(first(t, "lora_a")))), "is not an adapter tensor"),
+    "outside the layers": (edit_tensors(lambda t: t.update({"lm_head.lora_a": t.pop(first(t, "lora_a"))})),
+                           "outside the last 2 layer(s)"),
+    "unknown module": (edit_tensors(lambda t: t.update({"model.layers.1.self_attn.w_proj.lora_a": mx.zeros((64, 8))})),
+                       "no linear layer at"),
+    "wrong shape": (edit_tensors(lambda t: t.update({first(t, "lora_b"): mx.zeros((8, 3))})), "has shape (8, 3)"),
+    "integer tensor": (edit_tensors(lambda t: t.update({first(t, "lora_b"): mx.zeros(t[first(t, "lora_b")].shape,
+                                                                                     mx.int32)})), "not a float"),
+    "missing lora_b": (edit_tensors(lambda t: t.pop(first(t, "lora_b"))), "needs lora_a, lora_b"),
+    "nan": (edit_tensors(lambda t: t.update({first(t, "lora_a"): t[first(t, "lora_a")] * mx.nan})), "NaN"),
+    "empty": (edit_tensors(lambda t: t.clear()), "holds no adapter tensor"),
+    "weights link outside": (lambda f: ((f / "adapters.safetensors").unlink(),
+                                        (f / "adapters.safetensors").symlink_to("/etc/passwd")), "outside"),
+    "weights not safetensors": (lambda f: (f / "adapters.safetensors").write_bytes(b"\xff" * 64), "safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_adapter_refused_in_one_line(bases, lora_adapter, tmp_path, case):
+    damage, words = HOSTILE[case]
+    folder = tmp_path / "adapter"
+    shutil.copytree(lora_adapter, folder)
+    damage(folder)
+    with pytest.raises(ModelError) as e:
+        mlxmodels.load(bases["float"], adapter_path=folder)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_adapter_folder(bases, tmp_path):
+    with pytest.raises(AdapterError, match="no such folder"):
+        mlxmodels.load(bases["float"], adapter_path=tmp_path / "nowhere")
