@@ -11,8 +11,8 @@ import argparse
 import os
 import sys
 
-from app.flags import (min_p_float, non_empty, non_negative_float, non_negative_int, penalty_float, port_int,
-                       positive_int, seed_int, template_kwargs_json, unit_float)
+from app.flags import (at_least, min_p_float, non_empty, non_negative_float, non_negative_int, penalty_float,
+                       port_int, positive_int, seed_int, template_kwargs_json, unit_float)
 
 EPILOG_MODEL = ("-m takes a local model folder (Hugging Face or mlx-lm layout) or a Hugging Face Hub id such as "
                 "Qwen/Qwen3-0.6B (downloaded once into the Hugging Face cache). Without -m the small default model "
@@ -113,11 +113,23 @@ def cmd_generate(args):
                                                ("--think/--no-think", args.think is not None)) if given]
     if needs_template and args.raw:
         raise ValueError(f"{needs_template[0]} is part of the chat template, which --raw leaves out; drop one")
+    if args.prompt_cache and (needs_template or args.max_kv_size):
+        flag = needs_template[0] if needs_template else "--max-kv-size"
+        raise ValueError(f"{flag} belongs to the cached prompt: give it to `mlxm cache-prompt`, not with "
+                         "--prompt-cache")
+    if args.draft and (args.max_kv_size or args.prompt_cache):
+        raise ValueError(f"{'--max-kv-size' if args.max_kv_size else '--prompt-cache'} cannot roll back the tokens "
+                         "speculative decoding (--draft) rejects; drop one")
     model, tokenizer, folder = model_arg.load(args.model, args.dtype)
     if not tokenizer.has_chat_template and (needs_template or args.chat):
         raise ValueError(f"{needs_template[0] if needs_template else '--chat'} needs a chat template and "
                          f"{model_arg.display_name(args.model)} has none; prompt it with plain text")
-    if not args.raw and tokenizer.has_chat_template:  # as mlx-lm and Ollama do: the model sees a chat turn
+    cache = model.make_cache(max_kv_size=args.max_kv_size) if args.max_kv_size else None
+    if args.prompt_cache:  # the file holds the prompt's start: feed only what follows it
+        from app.cache_prompt_cmd import resume
+
+        cache, ids = resume(model, tokenizer, prompt, args.prompt_cache, args.raw)
+    elif not args.raw and tokenizer.has_chat_template:  # as mlx-lm and Ollama do: the model sees a chat turn
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": prompt}]
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **switches)
@@ -125,7 +137,8 @@ def cmd_generate(args):
     else:
         ids = tokenizer.encode(prompt)
     n_prompt = len(ids)
-    ids, max_tokens = fit_context(ids, args.max_tokens, model_arg.context_limit(folder, args.context),
+    cached = cache[0].offset if args.prompt_cache else 0
+    ids, max_tokens = fit_context(ids, args.max_tokens, model_arg.context_limit(folder, args.context) - cached,
                                   args.truncate_prompt)
     draft = None
     if args.draft == "mtp":
@@ -135,7 +148,7 @@ def cmd_generate(args):
     sampling = sampling_of(args)
     stream = split_stream(mlxmodels.stream_generate(
         model, tokenizer, ids, max_tokens=max_tokens, stop=args.stop or None, draft=draft, num_draft=args.num_draft,
-        **sampling), Splitter.for_prompt(tokenizer, prompt))
+        cache=cache, **sampling), Splitter.for_prompt(tokenizer, prompt))
     last = None
     out, err = sys.stdout, sys.stderr
     dim = use_color(err)
@@ -204,8 +217,17 @@ def add_generate(sub):
                    help="speculative decoding: the model's own MTP module, or a small draft model (folder or Hub id)")
     g.add_argument("--num-draft", "--num-draft-tokens", type=positive_int, default=3,
                    help="most drafted tokens per step (default 3; fewer while drafts are rejected)")
+    add_long_context(g)
     g.add_argument("-v", "--verbose", action="store_true", help="print speed and memory to stderr")
     g.set_defaults(func=cmd_generate)
+
+
+def add_long_context(p):
+    p.add_argument("--prompt-cache", "--prompt-cache-file", default=None, metavar="FILE",
+                   help="start from a prompt-cache file (`mlxm cache-prompt`): only the prompt after it is fed")
+    p.add_argument("--max-kv-size", type=at_least(5), default=None, metavar="N",
+                   help="bound the KV cache to N tokens per layer (attention sinks + recent window, as StreamingLLM; "
+                        "changes the output past N tokens)")
 
 
 # ---------------------------------------------------------------- chat
@@ -337,6 +359,9 @@ def parser():
     convert_cmd.add_parser(sub)
     add_bench(sub)
     add_info(sub)
+    from app import cache_prompt_cmd
+
+    cache_prompt_cmd.add_parser(sub, add_model)
     add_serve(sub)
     from app import doctor
 

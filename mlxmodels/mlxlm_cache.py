@@ -78,4 +78,4 @@ def from_mlx_lm(f, where: str, n_layers: int):
                                   "KVCache and RotatingKVCache layers only")
     user = {key[2:]: v for key, v in meta.items() if key.startswith("0.")}
     return layers, {"tokens": None, "model_type": None, "quantization": None, "source": "mlx-lm",
-                    "mlx_lm_metadata": user}
+                    "metadata": user}

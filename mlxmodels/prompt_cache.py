@@ -84,7 +84,8 @@ def save_prompt_cache(path, cache: list[Any], *, model, tokens: Sequence[int], m
 
 def load_prompt_cache(path, model) -> tuple[list[Any], dict]:
     """-> (cache, meta): the caches saved in `path`, checked against `model`; meta has "tokens" (the prompt's ids,
-    or None for an mlx-lm file, which does not keep them), "model_type", "quantization" and "source"."""
+    or None for an mlx-lm file, which does not keep them), "model_type", "quantization", "source" ("mlxmodels" or
+    "mlx-lm") and "metadata" (what the saver added)."""
     where = str(path)
     if not Path(path).is_file():
         raise PromptCacheError(f"{where}: no such prompt-cache file; make one with `mlxm cache-prompt`")
@@ -147,8 +148,9 @@ def _ours(f: SafetensorsFile, where: str, model) -> tuple[list, dict]:
         state = [(names[j], f) for j in range(len(names))]
         layers.append((kind, state, layer_meta, None))
     quantization = _json(meta, "quantization", where)
+    user = {k[len("user."):]: v for k, v in meta.items() if k.startswith("user.")}
     return layers, {"tokens": tokens, "model_type": meta.get("model_type"), "quantization": quantization,
-                    "source": "mlxmodels"}
+                    "source": "mlxmodels", "metadata": user}
 
 
 def _layer_width(attn) -> tuple[int, int]:

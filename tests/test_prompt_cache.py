@@ -38,9 +38,9 @@ def test_round_trip_equals_the_uninterrupted_run(models, tmp_path, name, options
     model = models(name)[0]
     cache = model.make_cache(**options)
     model(mx.array([PROMPT]), cache=cache)
-    mlxmodels.save_prompt_cache(tmp_path / "doc.cache", cache, model=model, tokens=PROMPT)
+    mlxmodels.save_prompt_cache(tmp_path / "doc.cache", cache, model=model, tokens=PROMPT, metadata={"a": "b"})
     loaded, meta = mlxmodels.load_prompt_cache(tmp_path / "doc.cache", model)
-    assert meta["tokens"] == PROMPT and meta["source"] == "mlxmodels"
+    assert meta["tokens"] == PROMPT and meta["source"] == "mlxmodels" and meta["metadata"] == {"a": "b"}
     assert [type(c) for c in loaded] == [type(c) for c in cache]
     np.testing.assert_array_equal(continued(model, loaded), continued(model, cache))
 
@@ -136,7 +136,7 @@ def test_reads_mlx_lm_prompt_cache_files(models, tmp_path, name):
             c.update_and_fetch(k, v)
     lm.save_prompt_cache(str(tmp_path / "lm.safetensors"), theirs, {"model": "tiny"})
     loaded, meta = mlxmodels.load_prompt_cache(tmp_path / "lm.safetensors", model)
-    assert meta["source"] == "mlx-lm" and meta["tokens"] is None and meta["mlx_lm_metadata"] == {"model": "tiny"}
+    assert meta["source"] == "mlx-lm" and meta["tokens"] is None and meta["metadata"] == {"model": "tiny"}
     np.testing.assert_allclose(continued(model, loaded), continued(model, ours), atol=1e-5, rtol=0)
 
 
