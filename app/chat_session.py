@@ -90,6 +90,13 @@ class ChatSession:
         except Exception:  # a template that refuses this chat (shown when a reply is asked for): nothing measured
             return 0
 
+    def use_model(self, model, tokenizer, context_limit: int) -> None:
+        """Answer with another model from now on: its cache starts empty (the old model's is dropped with it)."""
+        self.model, self.tokenizer = model, tokenizer
+        self.markers = markers_for(tokenizer)
+        self.context_limit = int(context_limit)
+        self.cache, self.cache_tokens, self._cache_chat = None, [], None
+
     def open(self, chat: Chat) -> None:
         """Switch to another chat; the cache stays and is reused as far as the new chat's prompt matches it."""
         self.chat = chat

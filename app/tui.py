@@ -37,6 +37,7 @@ from app.chat_store import Chat, ChatStore, data_dir, printable
 from app.greedy_hint import same_reply_hint
 from app.reply_stats import progress_text
 from app.tui_branches import BranchActions
+from app.tui_model_picker import ModelActions
 from app.tui_replies import ReplyActions
 from app.tui_screens import ChatListScreen, SettingsScreen
 from app.tui_terminal import HangupSafeDriver
@@ -96,7 +97,7 @@ class Meter:
         return mx.get_active_memory() / 1e9
 
 
-class ChatApp(ReplyActions, BranchActions, App):
+class ChatApp(ReplyActions, BranchActions, ModelActions, App):
     TITLE = "mlxm chat"
     CSS = CSS
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (80, "-wide")]  # a narrow screen's dialogs take its whole width
@@ -115,6 +116,7 @@ class ChatApp(ReplyActions, BranchActions, App):
         Binding("f3", "copy_code", "Copy code", show=False),
         Binding("f4", "export", "Export", show=False),
         Binding("ctrl+b", "branches", "Branches", show=False),
+        Binding("f5", "switch_model", "Model", show=False),
     ]
 
     class TurnStarted(Message):
@@ -399,7 +401,8 @@ class ChatApp(ReplyActions, BranchActions, App):
     # ------------------------------------------------------------ actions
 
     MAIN_SCREEN_ACTIONS = {"send", "stop", "regenerate", "edit", "new_chat", "open_chats", "settings",
-                           *ReplyActions.ACTIONS, *BranchActions.ACTIONS}
+                           *ReplyActions.ACTIONS, *BranchActions.ACTIONS,
+                           *ModelActions.ACTIONS}
 
     def check_action(self, action: str, parameters) -> Optional[bool]:
         """The chat's keys do nothing while a dialog (saved chats, settings) is open."""
@@ -538,6 +541,7 @@ class ChatApp(ReplyActions, BranchActions, App):
             yield SystemCommand("Edit last message", "Edit and resend your last message (Ctrl+E)", self.action_edit)
             yield from self.reply_commands()
             yield from self.branch_commands()
+            yield from self.model_commands()
         yield from super().get_system_commands(screen)
 
     async def action_toggle_thinking(self) -> None:
