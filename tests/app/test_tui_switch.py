@@ -112,3 +112,28 @@ def test_esc_closes_the_picker(tiny, monkeypatch):
             await pilot.pause()
             assert not isinstance(app.screen, ModelPickerScreen) and app.model_name == "tiny"
     run(scenario())
+
+
+def test_the_old_model_is_released(tiny, tiny_folder):
+    import weakref
+
+    import mlxmodels
+
+    from app.chat_store import ChatStore
+    from app.tui import ChatApp
+    from tests.app.pilot import FixedMeter
+
+    model, tokenizer = mlxmodels.load(tiny_folder)  # a model only the app holds
+    app = ChatApp(model, tokenizer, "first", 256, ChatStore(), meter=FixedMeter())
+    gone = weakref.ref(model)
+    del model
+    app.model_loader = lambda name: Loaded(tiny[0], tiny[1], name, 256)
+
+    async def scenario():
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, "hello")  # the first model has run: its cache is held too
+            await app.switch_model("second")
+            await until(pilot, lambda: not app.generating)
+            await pilot.pause()
+            assert app.model_name == "second" and gone() is None
+    run(scenario())
