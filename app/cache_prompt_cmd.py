@@ -58,6 +58,17 @@ def resume(model, tokenizer, prompt: str, path: str, raw: bool):
     return cache, tokenizer.encode(prompt, add_special_tokens=False)
 
 
+def load_for_chat(model, path: str):
+    """(cache, tokens) for ChatSession.preload: a chat reuses the file as far as its prompt starts with its tokens."""
+    import mlxmodels
+
+    cache, meta = mlxmodels.load_prompt_cache(path, model)
+    if meta["tokens"] is None:
+        raise ValueError(f"{path}: an mlx-lm prompt cache does not say which tokens it holds, which chat needs to "
+                         "reuse it; use it with `mlxm generate --prompt-cache`, or make one with `mlxm cache-prompt`")
+    return cache, meta["tokens"]
+
+
 def cmd_cache_prompt(args):
     import mlxmodels
     from app import model_arg

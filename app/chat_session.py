@@ -68,7 +68,13 @@ class ChatSession:
         self.cache = None
         self.cache_tokens: List[int] = []  # what the cache holds, in order
         self._cache_chat: Optional[Chat] = None  # the chat whose turn last filled the cache
+        self.cache_options: dict = {}  # model.make_cache's options for every new cache (max_kv_size=N)
         self._stop = threading.Event()
+
+    def preload(self, cache: list, tokens: List[int]) -> None:
+        """Start from a cache that holds `tokens` (a prompt-cache file): any chat whose prompt starts with them
+        reuses it, as a chat reuses the previous one's prefix."""
+        self.cache, self.cache_tokens, self._cache_chat = cache, list(tokens), None
 
     # ------------------------------------------------------------ the conversation
 
@@ -208,7 +214,7 @@ class ChatSession:
             except ValueError:  # a sliding window no longer holds what came before: start over
                 keep = 0
         if self.cache is None or keep == 0:
-            self.cache, keep = self.model.make_cache(), 0
+            self.cache, keep = self.model.make_cache(**self.cache_options), 0
         self.cache_tokens = self.cache_tokens[:keep]
         return keep
 

@@ -224,7 +224,8 @@ def add_generate(sub):
 
 def add_long_context(p):
     p.add_argument("--prompt-cache", "--prompt-cache-file", default=None, metavar="FILE",
-                   help="start from a prompt-cache file (`mlxm cache-prompt`): only the prompt after it is fed")
+                   help="start from a prompt-cache file (`mlxm cache-prompt`): its tokens are not fed again (chat: "
+                        "for a chat whose prompt starts with them, e.g. a first message opening with the document)")
     p.add_argument("--max-kv-size", type=at_least(5), default=None, metavar="N",
                    help="bound the KV cache to N tokens per layer (attention sinks + recent window, as StreamingLLM; "
                         "changes the output past N tokens)")
@@ -253,6 +254,12 @@ def cmd_chat(args):
 
     app = ChatApp(model, tokenizer, model_name=model_arg.display_name(args.model), context_limit=limit, store=store,
                   chat=chat)
+    if args.max_kv_size:
+        app.session.cache_options["max_kv_size"] = args.max_kv_size
+    if args.prompt_cache:
+        from app.cache_prompt_cmd import load_for_chat
+
+        app.session.preload(*load_for_chat(model, args.prompt_cache))
     app.run()
     if app.crash is not None:  # our bug: one line here, the traceback in a log file
         print(f"mlxm: error: {crash_report(app.crash)}", file=sys.stderr)
@@ -276,6 +283,7 @@ def add_chat(sub):
     c.add_argument("--open", default=None, metavar="CHAT_ID", help="reopen a saved chat")
     add_template_switches(c, " (for a new chat; a reopened chat keeps its own, Ctrl+T changes them)")
     add_sampling(c, " (default: the model's generation_config.json, else greedy)")
+    add_long_context(c)
     c.set_defaults(func=cmd_chat)
 
 

@@ -62,3 +62,34 @@ def test_mistakes_are_one_line(tiny_folder, tmp_path, capsys):
     ]:
         assert cli.main([args[0], "-m", str(tiny_folder), *args[1:]]) == 1
         one_line(capsys, *needles)
+
+
+def test_chat_reuses_a_preloaded_prompt_cache(tiny_folder, tiny, tmp_path):
+    from app.cache_prompt_cmd import load_for_chat
+    from app.chat_session import ChatSession
+    from app.chat_store import Chat, Sampling
+
+    model, tok = tiny
+    cache, tokens = load_for_chat(model, str(cached(tmp_path, tiny_folder)))
+    session = ChatSession(model, tok, 256, Chat(settings=Sampling(max_tokens=16).to_dict()))
+    session.preload(cache, tokens)
+    session.add_user(DOC + QUESTION)
+    turn = session.prepare()
+    assert turn.reused == len(tokens) and len(turn.feed) == turn.prompt_len - len(tokens)
+    list(session.reply(turn))
+    ids = tok.apply_chat_template([{"role": "user", "content": DOC + QUESTION}], add_generation_prompt=True,
+                                  tokenize=True)
+    assert session.messages[-1]["content"] == mlxmodels.generate(model, tok, ids, max_tokens=16)
+
+
+def test_chat_with_max_kv_size_keeps_the_cache_bounded(tiny):
+    from app.chat_session import ChatSession
+    from app.chat_store import Chat, Sampling
+
+    model, tok = tiny
+    session = ChatSession(model, tok, 256, Chat(settings=Sampling(max_tokens=16).to_dict()))
+    session.cache_options["max_kv_size"] = 24
+    for text in ("Hello there, how are you today?", "Tell me more about foxes, please."):
+        session.add_user(text)
+        list(session.reply(session.prepare()))
+        assert session.cache[0].offset > 24 and session.cache[0].kept <= 24

@@ -2,12 +2,18 @@
 the MLX thread with a visible loading state; the session, context limit, status bar and the chat's `model` follow;
 a failed load is one notice and the old model stays."""
 
+import threading
+import weakref
+
 import pytest
 
+import mlxmodels
 from app import tui_model_picker
+from app.chat_store import ChatStore
+from app.tui import ChatApp
 from app.tui_model_picker import Loaded, ModelPickerScreen
 from app.tui_widgets import StatusBar
-from tests.app.pilot import SIZE, make_app, run, send, type_text, until
+from tests.app.pilot import SIZE, FixedMeter, make_app, run, send, type_text, until
 from tests.app.test_tui_daily import palette
 
 
@@ -44,8 +50,6 @@ def test_f5_loads_a_typed_model_and_the_chat_follows(tiny, tiny_folder, size):
 
 
 def test_the_loading_state_is_visible_and_sending_waits(tiny, monkeypatch):
-    import threading
-
     release = threading.Event()
 
     def slow_loader(name):
@@ -115,14 +119,6 @@ def test_esc_closes_the_picker(tiny, monkeypatch):
 
 
 def test_the_old_model_is_released(tiny, tiny_folder):
-    import weakref
-
-    import mlxmodels
-
-    from app.chat_store import ChatStore
-    from app.tui import ChatApp
-    from tests.app.pilot import FixedMeter
-
     model, tokenizer = mlxmodels.load(tiny_folder)  # a model only the app holds
     app = ChatApp(model, tokenizer, "first", 256, ChatStore(), meter=FixedMeter())
     gone = weakref.ref(model)
