@@ -51,6 +51,12 @@ def add_model(p, dtype=True):
                             "quantized or OpenBLAS is loaded, as 16-bit is slower there)")
 
 
+def add_adapter(p):
+    p.add_argument("--adapter-path", default=None, metavar="DIR",
+                   help="LoRA/DoRA adapters trained by mlx_lm.lora (its adapter_config.json and adapters.safetensors), "
+                        "applied on the fly; `mlxm convert --adapter-path` fuses them instead")
+
+
 def add_sampling(p, defaults_note=""):
     s = p.add_argument_group("sampling" + defaults_note)
     s.add_argument("--temp", type=non_negative_float, default=None, help="temperature (0: greedy)")
@@ -120,7 +126,7 @@ def cmd_generate(args):
     if args.draft and (args.max_kv_size or args.prompt_cache):
         raise ValueError(f"{'--max-kv-size' if args.max_kv_size else '--prompt-cache'} cannot roll back the tokens "
                          "speculative decoding (--draft) rejects; drop one")
-    model, tokenizer, folder = model_arg.load(args.model, args.dtype)
+    model, tokenizer, folder = model_arg.load(args.model, args.dtype, args.adapter_path)
     if not tokenizer.has_chat_template and (needs_template or args.chat):
         raise ValueError(f"{needs_template[0] if needs_template else '--chat'} needs a chat template and "
                          f"{model_arg.display_name(args.model)} has none; prompt it with plain text")
@@ -193,6 +199,7 @@ def add_generate(sub):
                                    "<think> and </think>) goes to stderr, dimmed in a terminal; --hide-thinking "
                                    "drops it.", epilog=EPILOG_MODEL)
     add_model(g)
+    add_adapter(g)
     g.add_argument("-p", "--prompt", required=True, help="the prompt, or - to read it from stdin")
     form = g.add_mutually_exclusive_group()
     form.add_argument("--raw", action="store_true",
@@ -242,7 +249,7 @@ def cmd_chat(args):
     chat = store.load(args.open) if args.open is not None else None  # --open "" is a mistake, not "no chat"
     if sys.stderr.isatty():  # progress for a person; in a pipe, stderr keeps to errors
         print(f"loading {model_arg.display_name(args.model)} ...", file=sys.stderr)
-    model, tokenizer, folder = model_arg.load(args.model, args.dtype)
+    model, tokenizer, folder = model_arg.load(args.model, args.dtype, args.adapter_path)
     limit = model_arg.context_limit(folder, args.context)
     sampling = Sampling.from_dict({**sampling_of(args, model_arg.sampling_defaults(folder)),
                                    "max_tokens": args.max_tokens})
@@ -276,6 +283,7 @@ def add_chat(sub):
                                    "Chats are saved in the user data folder ($MLXM_DATA_DIR overrides it).",
                        epilog=EPILOG_MODEL)
     add_model(c)
+    add_adapter(c)
     c.add_argument("--system", "--system-prompt", default=None, help="system prompt for a new chat")
     c.add_argument("--max-tokens", type=positive_int, default=1024, help="longest reply in tokens (default 1024)")
     c.add_argument("--context", type=positive_int, default=None, metavar="TOKENS",
@@ -336,6 +344,7 @@ def add_serve(sub):
                                    "SIGTERM lets replies in flight finish for a few seconds, then stops.",
                        epilog=EPILOG_MODEL)
     add_model(s)
+    add_adapter(s)
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=port_int, default=8080, help="port to listen on (default 8080; 0: any free one)")
     s.add_argument("--max-batch", type=positive_int, default=8, metavar="N",

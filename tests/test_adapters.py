@@ -147,3 +147,30 @@ def test_hostile_adapter_refused_in_one_line(bases, lora_adapter, tmp_path, case
 def test_missing_adapter_folder(bases, tmp_path):
     with pytest.raises(AdapterError, match="no such folder"):
         mlxmodels.load(bases["float"], adapter_path=tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------------------ the command line
+
+
+def test_generate_with_adapter_path(bases, lora_adapter, capsys):
+    from app import cli
+
+    model, tokenizer = mlxmodels.load(bases["float"], adapter_path=lora_adapter)
+    want = mlxmodels.generate(model, tokenizer, "the quick", max_tokens=12)
+    plain = mlxmodels.generate(*mlxmodels.load(bases["float"]), "the quick", max_tokens=12)
+    assert want != plain, "the adapter should change this greedy reply"
+    capsys.readouterr()
+    args = ["generate", "-m", str(bases["float"]), "--adapter-path", str(lora_adapter), "-p", "the quick", "--raw",
+            "--max-tokens", "12"]
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.rstrip("\n") == want
+
+
+@pytest.mark.parametrize("command", [["generate", "-p", "hi", "--raw"], ["chat"], ["serve", "--port", "0"]])
+def test_bad_adapter_path_is_one_line(bases, tmp_path, capsys, command):
+    """Each command hands --adapter-path to the loader, which refuses a folder without an adapter before any work."""
+    from app import cli
+
+    code = cli.main([*command, "-m", str(bases["float"]), "--adapter-path", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "has no adapter_config.json" in err

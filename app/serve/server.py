@@ -56,7 +56,7 @@ def run(args) -> None:
     sock = bind(args.host, args.port)  # first: a busy port should not cost a model load
     if sys.stderr.isatty():
         print(f"loading {model_arg.display_name(args.model)} ...", file=sys.stderr)
-    model, tokenizer, folder = model_arg.load(args.model, args.dtype)
+    model, tokenizer, folder = model_arg.load(args.model, args.dtype, args.adapter_path)
     context = model_arg.context_limit(folder, args.context) if args.context else None
     engine = Engine(model, max_batch=args.max_batch, max_queue=args.max_queue, context=context)
     engine.start()
