@@ -221,14 +221,14 @@ def _fits(cache, attn) -> bool:
         return (cache.chunk == attn.chunk and cache.start % cache.chunk == 0 and cache.start <= n
                 and kept == n - cache.start and cache.slack < cache.chunk)
     if type(cache) is SinkKVCache:
-        if isinstance(attn, MLASpec) or kept > min(n, cache.keep + cache.window - 1):
+        if kept > min(n, cache.keep + cache.window - 1):
             return False
         try:
             expected = make_bounded_cache(attn, cache.keep + cache.window)
         except ValueError:
             return False
-        if not isinstance(expected, SinkKVCache) or (expected.keep, expected.dims, expected.traditional) != (
-                cache.keep, cache.dims, cache.traditional):
+        shape = ("keep", "dims", "traditional", "rot_start", "latent")
+        if not isinstance(expected, SinkKVCache) or any(getattr(expected, a) != getattr(cache, a) for a in shape):
             return False
         if expected.freqs is None or cache.freqs is None:
             return expected.freqs is None and cache.freqs is None

@@ -33,7 +33,8 @@ def continued(model, cache):
 
 # dense (with a sliding layer), sliding + global, chunked, MLA; then the bounded cache
 @pytest.mark.parametrize("name, options", [("qwen3", {}), ("gemma3", {}), ("llama4", {}), ("deepseek_v3", {}),
-                                           ("llama3", {"max_kv_size": 12}), ("gemma3", {"max_kv_size": 12})])
+                                           ("llama3", {"max_kv_size": 12}), ("gemma3", {"max_kv_size": 12}),
+                                           ("deepseek_v3", {"max_kv_size": 12})])
 def test_round_trip_equals_the_uninterrupted_run(models, tmp_path, name, options):
     model = models(name)[0]
     cache = model.make_cache(**options)

@@ -305,14 +305,13 @@ def make_bounded_cache(attn, max_kv_size: int):
     StreamingLLM's rolling cache (sinks + recent window; changes the output past max_kv_size tokens)."""
     from .sink_cache import SinkKVCache  # it subclasses Cache: imported late to avoid the cycle
 
-    if isinstance(attn, MLASpec):
-        raise ValueError("max_kv_size: MLA (latent) layers have no bounded cache yet; leave max_kv_size out")
     if max_kv_size <= SINKS:
         raise ValueError(f"max_kv_size must be more than {SINKS} (the attention sinks it always keeps); "
                          f"got {max_kv_size}")
-    if attn.window is not None and attn.window <= max_kv_size:
+    latent = isinstance(attn, MLASpec)  # MLA: rows [latent | k_rope], the rope part rotated
+    if not latent and attn.window is not None and attn.window <= max_kv_size:
         return RotatingKVCache(attn.window)
-    if attn.chunk is not None and attn.chunk <= max_kv_size:
+    if not latent and attn.chunk is not None and attn.chunk <= max_kv_size:
         return ChunkedKVCache(attn.chunk)
     rope = attn.rope
     if rope is None:
@@ -322,7 +321,8 @@ def make_bounded_cache(attn, max_kv_size: int):
                          "rolling cache cannot move its sinks; leave max_kv_size out")
     from .rope import RoPE
 
-    return SinkKVCache(SINKS, max_kv_size - SINKS, RoPE(rope)._freqs, rope.dims, rope.traditional)
+    start = attn.kv_lora_rank if latent else 0
+    return SinkKVCache(SINKS, max_kv_size - SINKS, RoPE(rope)._freqs, rope.dims, rope.traditional, start, latent)
 
 
 def make_layer_cache(attn, rollback: int = 0, max_kv_size=None):

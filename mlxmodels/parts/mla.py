@@ -67,7 +67,7 @@ class MLA(nn.Module):
     def __call__(self, x, cache):
         # x: (B, T, hidden)
         B, T, _ = x.shape
-        if T <= ABSORB_MAX_QUERIES:
+        if T <= ABSORB_MAX_QUERIES or getattr(cache, "absorbed_only", False):  # a bounded cache attends itself
             if use_compiled(T) and self.rope.offset_as_array:  # the position as an array: one trace for all
                 offset = cache.offset if isinstance(cache.offset, mx.array) else mx.array(cache.offset)
                 q_abs, rows = compiled(self, "_absorbed_inputs")(x, offset)

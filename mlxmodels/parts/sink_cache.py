@@ -39,17 +39,27 @@ class SinkKVCache(Cache):
     """At most keep + window - 1 tokens kept: the sinks, then the most recent tokens in temporal order.
 
     freqs: the layer's RoPE periods (dims/2,), as RoPE passes them to mx.fast.rope; None for a NoPE layer (nothing
-    to move). Each step concatenates and re-slices the kept tokens: O(keep + window) per step, like attention itself.
+    to move). The rotated features are rot_start..rot_start+dims of q and k. MLA (latent=True): the keys are the
+    rows [latent | k_rope] shared by all heads (rot_start = kv_lora_rank), the values their first rot_start
+    features, so only rows are kept. Each step concatenates and re-slices the kept tokens: O(keep + window) per
+    step, like attention itself.
     """
 
+    absorbed_only = True  # MLA attends through `attend` (absorbed) at every length: see MLA.__call__
+
     def __init__(self, keep: int, window: int, freqs: mx.array | None = None, dims: int = 0,
-                 traditional: bool = False):
+                 traditional: bool = False, rot_start: int = 0, latent: bool = False):
         if keep < 0 or window < 1:
             raise ValueError(f"a sink cache needs keep >= 0 and window >= 1 (got keep={keep}, window={window})")
         self.keep, self.window = keep, window
         self.freqs, self.dims, self.traditional = freqs, dims, traditional
-        self.keys = self.values = None  # (B, Hkv, kept, D)
+        self.rot_start, self.latent = rot_start, latent
+        self.keys = self.values = None  # (B, Hkv, kept, D); MLA: keys (B, 1, kept, kv_lora + rope), no values
         self.offset = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.keys, self.values) if a is not None)
 
     @property
     def kept(self) -> int:
@@ -65,7 +75,9 @@ class SinkKVCache(Cache):
         B, H, T, D = q.shape
         if self.keys is not None:
             k = mx.concatenate([self.keys, k], axis=2)
-            v = mx.concatenate([self.values, v], axis=2)
+            v = None if self.latent else mx.concatenate([self.values, v], axis=2)
+        if self.latent:
+            v = k[..., : self.rot_start]  # the latent part of each row
         Hkv, S = k.shape[1], k.shape[2]
         pos = self._positions(T)  # (S,)
         t = mx.arange(self.offset, self.offset + T)  # (T,) text positions of the queries
@@ -74,7 +86,7 @@ class SinkKVCache(Cache):
         q = q.reshape(B, Hkv, H // Hkv, T, D)
         q_sink = q
         if self.freqs is not None and self.offset + T > self.keep + self.window - 1:
-            q_sink = rotate(q, -shift, self.freqs, 0, self.dims, self.traditional)
+            q_sink = rotate(q, -shift, self.freqs, self.rot_start, self.dims, self.traditional)
         kt = k[:, :, None].swapaxes(-1, -2)  # (B, Hkv, 1, D, S)
         scores = mx.concatenate([(q_sink * scale) @ kt[..., :n_sinks], (q * scale) @ kt[..., n_sinks:]], axis=-1)
         if softcap is not None:
@@ -86,7 +98,8 @@ class SinkKVCache(Cache):
         # keep the sinks and the window - 1 most recent others: all the next query can see
         recent = min(S - n_sinks, self.window - 1)
         self.keys = mx.concatenate([k[..., :n_sinks, :], k[..., S - recent:, :]], axis=2)
-        self.values = mx.concatenate([v[..., :n_sinks, :], v[..., S - recent:, :]], axis=2)
+        if not self.latent:
+            self.values = mx.concatenate([v[..., :n_sinks, :], v[..., S - recent:, :]], axis=2)
         self.offset += T
         return out
 
@@ -95,27 +108,31 @@ class SinkKVCache(Cache):
             raise ValueError("cannot roll back a bounded (max_kv_size) cache once it has dropped tokens: "
                              "drop --max-kv-size for speculative decoding")
         n = min(n, self.offset)
-        self.keys, self.values = self.keys[..., : self.offset - n, :], self.values[..., : self.offset - n, :]
+        self.keys = self.keys[..., : self.offset - n, :]
+        if not self.latent:
+            self.values = self.values[..., : self.offset - n, :]
         self.offset -= n
         return n
 
     @property
     def state(self):
-        arrays = () if self.keys is None else (self.keys, self.values)
+        arrays = () if self.keys is None else (self.keys,) if self.latent else (self.keys, self.values)
         return arrays + (() if self.freqs is None else (self.freqs,))
 
     @property
     def meta_state(self) -> dict:
         return {"offset": str(self.offset), "keep": str(self.keep), "window": str(self.window), "dims": str(self.dims),
-                "traditional": str(int(self.traditional)), "rope": str(int(self.freqs is not None))}
+                "traditional": str(int(self.traditional)), "rope": str(int(self.freqs is not None)),
+                "rot_start": str(self.rot_start), "latent": str(int(self.latent))}
 
     @classmethod
     def from_state(cls, state, meta_state: dict):
-        m = {k: int(meta_state[k]) for k in ("offset", "keep", "window", "dims", "traditional", "rope")}
+        names = ("offset", "keep", "window", "dims", "traditional", "rope", "rot_start", "latent")
+        m = {k: int(meta_state[k]) for k in names}
         state = list(state)
         freqs = state.pop() if m["rope"] else None
-        c = cls(m["keep"], m["window"], freqs, m["dims"], bool(m["traditional"]))
+        c = cls(m["keep"], m["window"], freqs, m["dims"], bool(m["traditional"]), m["rot_start"], bool(m["latent"]))
         if state:
-            c.keys, c.values = state
+            c.keys, c.values = (state[0], None) if c.latent else state
         c.offset = m["offset"]
         return c
