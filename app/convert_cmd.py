@@ -48,6 +48,9 @@ def add_parser(subparsers):
     q.add_argument("--no-quantize-embeddings", dest="embeddings", action="store_false",
                    help="keep the embeddings float")
     q.add_argument("--no-quantize-head", dest="head", action="store_false", help="keep the output head float")
+    p.add_argument("--adapter-path", default=None, metavar="DIR",
+                   help="fuse the LoRA/DoRA adapters mlx_lm.lora wrote in DIR into the weights (also into an MLX "
+                        "folder that is already quantized, whose quantization is kept)")
     p.add_argument("--shard-size", type=gib, default=5.0, metavar="GIB",
                    help="largest output shard, in GiB (default 5, as mlx-lm)")
     p.add_argument("--force", action="store_true",
@@ -94,7 +97,7 @@ def run(args):
             ids.extend(report.token_ids(folder, text, args.report, args.report_tokens))
 
     options = Options(dtype=args.dtype, quantize=quantize, setting=setting, force=args.force,
-                      shard_bytes=int(args.shard_size * (1 << 30)))
+                      shard_bytes=int(args.shard_size * (1 << 30)), adapter_path=args.adapter_path)
     previous = signals.catch()  # a kill or a closed terminal cleans up as Ctrl-C
     try:
         with progress.hub_downloads():

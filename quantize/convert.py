@@ -6,8 +6,11 @@ costs nothing) whose parameter names and shapes are the output's, and whose modu
 (`to_quantized`). Each group of source tensors (one decoder layer, or one top-level module such as the embeddings)
 goes through the same steps:
 
-    read (mmap, one tensor at a time) -> FP8 dequantize -> adapter.map_weights -> check names and shapes
-    -> cast -> module.to_quantized -> adapter.export_weights (mlx-lm's names, where they differ) -> write
+    read (mmap, one tensor at a time) -> FP8 dequantize -> adapter.map_weights -> [fuse a LoRA/DoRA adapter]
+    -> check names and shapes -> cast -> module.to_quantized -> adapter.export_weights (mlx-lm's names) -> write
+
+An MLX folder that is already quantized is refused, except to fuse an adapter into it (--adapter-path, fuse.py):
+then its quantized layers are kept as stored and the adapted ones dequantized, fused and quantized again.
 
 A first pass runs those steps on placeholders (lazy zeros, never evaluated) to plan every output tensor, so the
 whole output is known (names, shapes, bytes, shards) before any data is read: errors surface early, the disk
@@ -40,9 +43,12 @@ from mlxmodels.decoder import Decoder
 from mlxmodels.families import build_spec
 from mlxmodels.formats import folder as files
 from mlxmodels.tokenizer import MAX_TOKENIZER_FILE
+from mlxmodels.adapters import read_adapter
 from mlxmodels.load import quantize_like, resolve
+from mlxmodels.parts.quantized import take_dequantized
 
 from . import fp8, recipes
+from .fuse import fuse_group
 from .legacy_keys import add_legacy_keys
 from .claim import TOKENIZER_FILES, Claim, check_out, output_path
 from mlxmodels.formats.safetensors import DTYPES, Checkpoint, ShardWriter, dtype_name, nbytes
@@ -63,6 +69,7 @@ class Options:
     setting: recipes.Setting = field(default_factory=recipes.Setting)
     shard_bytes: int = SHARD_BYTES
     force: bool = False
+    adapter_path: Optional[str] = None  # a LoRA/DoRA folder from mlx_lm.lora, fused into the weights (fuse.py)
 
 
 @dataclass
@@ -129,7 +136,11 @@ class Converter:
     def __init__(self, folder: Path, options: Options):
         self.folder, self.options = Path(folder), options
         self.gguf = None  # a GGUF file's GGUFSource (config, weights and tokenizer in one file)
+        self.stored = None  # an MLX folder's quantization entry, when an adapter is fused into its quantized layers
         if self.folder.is_file():
+            if options.adapter_path:
+                raise ConvertError(f"{self.folder}: fusing an adapter into a GGUF file is not supported; convert it "
+                                   "first, then fuse the adapter into the converted folder")
             from .gguf_source import GGUFSource
 
             self.gguf = GGUFSource(self.folder, dequantize=options.quantize)
@@ -146,12 +157,13 @@ class Converter:
                                                        for n in self.ckpt.where):
             self.spec = replace(self.spec, mtp=())  # announced MTP modules that the checkpoint leaves out (as load)
         self.model = Decoder(self.spec)  # lazy: never evaluated, only asked for names, shapes and modules
-        if self.gguf is not None and self.gguf.quantization:  # its quantized layers are written as they are stored
+        if self.stored or (self.gguf is not None and self.gguf.quantization):  # quantized layers written as stored
             stored = self._placeholders(self.ckpt.where)[0]
             if hasattr(self.adapter, "map_weights"):
                 stored = self.adapter.map_weights(stored, self.cfg)
             quantize_like(self.model, self.cfg, stored)
         self.modules = dict(self.model.named_modules())
+        self.lora = read_adapter(options.adapter_path, self.model) if options.adapter_path else None
         self.expected = {k: tuple(v.shape) for k, v in tree_flatten(self.model.parameters())}
         self.has_fp8 = any(self.ckpt.info(n).dtype == "F8_E4M3" for n in self.ckpt.where)
         self.dtype = self._dtype()
@@ -190,6 +202,12 @@ class Converter:
         block = fp8.block_size({"quantization_config": q})
         if block is None:
             method = f"MLX {q.get('mode', 'affine')} {q['bits']}-bit" if "bits" in q else q.get("quant_method", "?")
+            if "bits" in q and self.options.adapter_path and not self.options.quantize:
+                self.stored = q  # fusing an adapter: its layers are fused and quantized again, the rest kept
+                return None
+            if "bits" in q and self.options.adapter_path:
+                raise ConvertError(f"{self.folder} is already quantized ({method}); fusing an adapter keeps that "
+                                   "quantization, so leave out -q and the quantization options")
             raise ConvertError(f"{self.folder} is already quantized ({method}); convert from the float (or FP8) "
                                "checkpoint instead")
         return block
@@ -215,6 +233,13 @@ class Converter:
             tensors = self.adapter.map_weights(tensors, self.cfg)
         if self.spec.tie_embeddings:
             tensors.pop("lm_head.weight", None)
+        if self.stored:  # modules mlx-lm quantizes and we keep float (MoE routers) are written float, as loaded
+            for path in [n[: -len(".scales")] for n in tensors if n.endswith(".scales")]:
+                module = self.modules.get(path)
+                if module is not None and "scales" not in module:
+                    tensors[f"{path}.weight"] = take_dequantized(tensors, path, self.cfg)
+        if self.lora is not None:
+            tensors = fuse_group(tensors, self.lora, self.modules)
         self._check(tensors)
         self.mapped = set(tensors)
         out, by_module = {}, {}
@@ -337,7 +362,7 @@ class Converter:
 
     def quantization_entry(self) -> Optional[dict]:
         if not self.options.quantize:
-            return self.gguf.quantization if self.gguf else None
+            return self.gguf.quantization if self.gguf else self.stored
         setting = self.options.setting
         entry = recipes.config_entry(setting, self.qplan)
         if hasattr(self.adapter, "export_weights"):

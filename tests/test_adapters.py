@@ -53,8 +53,22 @@ def bases(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lora_adapter(bases, tmp_path_factory):
-    return train(bases["float"], tmp_path_factory.mktemp("lora") / "adapter")
+def trained(bases, tmp_path_factory):
+    """(base, kind, num_layers) -> an adapter folder, trained once for the module."""
+    done = {}
+
+    def get(base, kind="lora", num_layers=2):
+        key = (base, kind, num_layers)
+        if key not in done:
+            done[key] = train(bases[base], tmp_path_factory.mktemp("-".join(map(str, key))) / "adapter", kind,
+                              num_layers)
+        return done[key]
+    return get
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(trained):
+    return trained("float")
 
 
 def assert_same_as_mlx_lm(folder, adapter):
@@ -70,12 +84,81 @@ def assert_same_as_mlx_lm(folder, adapter):
 
 @pytest.mark.parametrize("base,kind,num_layers", [("float", "dora", 1), ("q8", "lora", 2), ("q8", "dora", 2),
                                                   ("moe", "lora", 2)])
-def test_logits_equal_mlx_lm(bases, tmp_path, base, kind, num_layers):
-    assert_same_as_mlx_lm(bases[base], train(bases[base], tmp_path / "adapter", kind, num_layers))
+def test_logits_equal_mlx_lm(bases, trained, base, kind, num_layers):
+    assert_same_as_mlx_lm(bases[base], trained(base, kind, num_layers))
 
 
 def test_lora_logits_equal_mlx_lm(bases, lora_adapter):
     assert_same_as_mlx_lm(bases["float"], lora_adapter)
+
+
+# ------------------------------------------------------------------------------------------ fused (convert)
+
+
+def logits(folder, adapter=None):
+    model, _ = mlxmodels.load(folder, adapter_path=adapter)
+    return np.array(model(IDS).astype(mx.float32))
+
+
+def fuse(src, out, adapter, **options):
+    from quantize.convert import Options, convert
+
+    return convert(str(src), out, Options(adapter_path=str(adapter), **options)).folder
+
+
+@pytest.mark.parametrize("base,kind", [("float", "lora"), ("float", "dora"), ("moe", "lora")])
+def test_fused_equals_unfused(bases, trained, tmp_path, base, kind):
+    adapter = trained(base, kind, 1 if kind == "dora" else 2)
+    fused = fuse(bases[base], tmp_path / "fused", adapter)
+    np.testing.assert_allclose(logits(fused), logits(bases[base], adapter), atol=TOL, rtol=TOL)
+
+
+def test_fused_then_quantized_in_one_convert(bases, trained, tmp_path):
+    """-q with --adapter-path quantizes the fused weights: the same folder as fusing, then converting with -q."""
+    from quantize.convert import Options, convert
+    from quantize.recipes import Setting
+
+    setting = Setting.for_mode(bits=4, group_size=32)
+    adapter = trained("float", "dora", 1)
+    once = fuse(bases["float"], tmp_path / "once", adapter, quantize=True, setting=setting)
+    twice = convert(str(fuse(bases["float"], tmp_path / "fused", adapter)), tmp_path / "twice",
+                    Options(quantize=True, setting=setting)).folder
+    np.testing.assert_array_equal(logits(once), logits(twice))
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_fused_into_quantized_base_equals_mlx_lm_fuse(bases, trained, tmp_path, kind):
+    """An 8-bit base keeps its quantization; the adapted layers are fused and quantized again, as mlx_lm.fuse does."""
+    import subprocess
+    import sys
+
+    adapter = trained("q8", kind)
+    ours = fuse(bases["q8"], tmp_path / "ours", adapter)
+    subprocess.run([sys.executable, "-m", "mlx_lm", "fuse", "--model", str(bases["q8"]), "--adapter-path",
+                    str(adapter), "--save-path", str(tmp_path / "theirs")], check=True, capture_output=True)
+    config = json.loads((ours / "config.json").read_text())
+    assert config["quantization"]["bits"] == 8
+    np.testing.assert_allclose(logits(ours), logits(tmp_path / "theirs"), atol=TOL, rtol=TOL)
+    assert np.abs(logits(ours) - logits(bases["q8"], adapter)).max() < 0.05  # one more 8-bit rounding
+
+
+def test_convert_adapter_path_flag(bases, lora_adapter, tmp_path, capsys):
+    from app import cli
+
+    assert cli.main(["convert", str(bases["float"]), str(tmp_path / "out"), "--adapter-path", str(lora_adapter)]) == 0
+    np.testing.assert_allclose(logits(tmp_path / "out"), logits(bases["float"], lora_adapter), atol=TOL, rtol=TOL)
+    code = cli.main(["convert", str(bases["float"]), str(tmp_path / "bad"), "--adapter-path", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "not an adapter folder" in err and not (tmp_path / "bad").exists()
+
+
+def test_quantizing_a_quantized_base_again_is_refused(bases, lora_adapter, tmp_path):
+    from quantize.convert import ConvertError
+    from quantize.recipes import Setting
+
+    with pytest.raises(ConvertError, match="fusing an adapter keeps that quantization"):
+        fuse(bases["q8"], tmp_path / "out", lora_adapter, quantize=True, setting=Setting.for_mode(bits=4))
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------ hostile adapter folders
