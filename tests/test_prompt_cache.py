@@ -152,3 +152,23 @@ def test_mlx_lm_bounded_caches_are_refused(tmp_path, models):
     lm.save_prompt_cache(str(tmp_path / "lm.safetensors"), theirs)
     with pytest.raises(ValueError, match="keep=4"):
         mlxmodels.load_prompt_cache(tmp_path / "lm.safetensors", model)
+
+
+@pytest.mark.parametrize("change", [({"0.2": mx.zeros((2,), dtype=mx.int32)}, None),  # offset not a scalar
+                                    ({"0.2": mx.array(10 ** 6)}, None),  # offset past what the arrays hold
+                                    (None, {"1.1": None}),  # a layer missing
+                                    ({"0.0": mx.zeros((1, 2, 22, 99))}, None)])  # rows wider than the heads
+def test_hostile_mlx_lm_files_are_refused_in_one_line(tmp_path, models, change):
+    pytest.importorskip("mlx_lm")
+    from mlx_lm.models import cache as lm
+
+    model = models("llama3")[0]
+    theirs = [lm.KVCache() for _ in model.spec.layers]
+    for c in theirs:
+        c.update_and_fetch(mx.zeros((1, 2, 22, 16)), mx.zeros((1, 2, 22, 16)))
+    path = tmp_path / "lm.safetensors"
+    lm.save_prompt_cache(str(path), theirs)
+    rewrite(path, *change)
+    with pytest.raises(ValueError) as e:
+        mlxmodels.load_prompt_cache(path, model)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
