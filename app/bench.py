@@ -40,8 +40,10 @@ EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(
 # ---------------------------------------------------------------- loading, in the worker process
 
 
-def load_tool(tool: str, folder: str, dtype: Optional[str]) -> Tuple[Any, Callable[[], list], str]:
-    """-> (model, make_cache, compute dtype name). dtype None: the tool's own default.
+def load_tool(tool: str, folder: str, dtype: Optional[str], adapter_path: Optional[str] = None
+              ) -> Tuple[Any, Callable[[], list], str]:
+    """-> (model, make_cache, compute dtype name). dtype None: the tool's own default. `adapter_path`: a LoRA/DoRA
+    folder from mlx_lm.lora, applied by each tool its own way (ours on the fly, mlx-lm's load_adapters).
 
     ours: `mlxmodels.load(folder, dtype)`. mlx-lm: `mlx_lm.utils.load_model` (it has no dtype option; it computes
     in the checkpoint's dtype, for 4-bit the scales' dtype), then `model.set_dtype(...)` when a dtype is asked
@@ -53,13 +55,17 @@ def load_tool(tool: str, folder: str, dtype: Optional[str]) -> Tuple[Any, Callab
     if tool == "ours":
         import mlxmodels
 
-        model, _ = mlxmodels.load(folder, dtype=dtype)
+        model, _ = mlxmodels.load(folder, dtype=dtype, adapter_path=adapter_path)
         make_cache = model.make_cache
     elif tool == "mlx-lm":
         from mlx_lm.models.cache import make_prompt_cache
         from mlx_lm.utils import load_model
 
         model, _ = load_model(Path(folder))
+        if adapter_path is not None:
+            from mlx_lm.tuner.utils import load_adapters
+
+            load_adapters(model, adapter_path)
         if dtype is not None:
             model.set_dtype(getattr(mx, dtype))
             mx.eval(model.parameters())
@@ -202,14 +208,15 @@ def _env(openblas: bool) -> dict:
 
 
 def worker(tool: str, folder: str, dtype: Optional[str], prompt_tokens: int, gen_tokens: int,
-           prefill_step_size: int = 512, seed: int = 0, vocab: int = 32000) -> None:
+           prefill_step_size: int = 512, seed: int = 0, vocab: int = 32000,
+           adapter_path: Optional[str] = None) -> None:
     """Load once, warm up, then answer one JSON line per "trial" (or "own") line read on stdin."""
     import mlx.core as mx
 
     from app.model_arg import model_config
 
     t0 = time.perf_counter()
-    model, make_cache, dt = load_tool(tool, folder, dtype)
+    model, make_cache, dt = load_tool(tool, folder, dtype, adapter_path)
     load_s = time.perf_counter() - t0
     cfg = model_config(Path(folder))  # checked and bounded, as every folder file is (a GGUF: its header)
     vocab = min(vocab, (cfg.get("text_config") or cfg).get("vocab_size") or vocab)  # ids past it crash the embedding
@@ -247,10 +254,10 @@ class Worker:
 
     def __init__(self, tool: str, folder: str, dtype: Optional[str], prompt_tokens: int, gen_tokens: int,
                  prefill_step_size: int = 512, openblas: bool = False, cwd: Optional[str] = None,
-                 log: Optional[Path] = None):
+                 log: Optional[Path] = None, adapter_path: Optional[str] = None):
         env = _env(openblas)
         args = [sys.executable, "-m", "app.bench", "worker", tool, folder, dtype or "default",
-                str(prompt_tokens), str(gen_tokens), str(prefill_step_size)]
+                str(prompt_tokens), str(gen_tokens), str(prefill_step_size)] + ([adapter_path] if adapter_path else [])
         self.tool, self.log = tool, log
         stderr = open(log, "wb") if log is not None else None
         self.proc = None
@@ -430,9 +437,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         # with SIGHUP (POSIX); in the driver's own group we would stay stopped for good.
         os.setpgid(0, 0)
         tool, folder, dtype, p, g, step = argv[1:7]
-        worker(tool, folder, None if dtype == "default" else dtype, int(p), int(g), int(step))
+        worker(tool, folder, None if dtype == "default" else dtype, int(p), int(g), int(step),
+               adapter_path=argv[7] if len(argv) > 7 else None)
         return 0
-    print("usage: python -m app.bench worker TOOL FOLDER DTYPE|default PROMPT_TOKENS GEN_TOKENS STEP", file=sys.stderr)
+    print("usage: python -m app.bench worker TOOL FOLDER DTYPE|default PROMPT_TOKENS GEN_TOKENS STEP [ADAPTER_DIR]",
+          file=sys.stderr)
     return 2
 
 

@@ -133,6 +133,7 @@ def versions(compare: Optional[str]) -> dict:
 def _bench(args) -> dict:
     from app import bench_view, model_arg
     from app.progress import hub_downloads, on_terminal
+    from mlxmodels.adapters import adapter_folder
     from mlxmodels.families import get_adapter
 
     if args.plot:
@@ -141,6 +142,7 @@ def _bench(args) -> dict:
         _check_plot_path(Path(args.plot))  # before the minutes of work, not after
     with hub_downloads():
         folder = model_arg.resolve_folder(args.model).absolute()  # the workers run in another folder
+    adapter = str(adapter_folder(args.adapter_path).absolute()) if args.adapter_path else None  # checked in a worker
     cfg = model_arg.model_config(folder)
     get_adapter(cfg.get("model_type"))  # a model we cannot load fails here
     context = model_arg.context_length(folder)
@@ -172,14 +174,15 @@ def _bench(args) -> dict:
                 logs = Path(tempfile.mkdtemp(prefix="mlxm-bench-"))  # the workers' stderr: kept if one fails
             runs, failed, start = [], {}, time.monotonic()
             for i, (p, g) in enumerate(pairs, 1):
-                r = measure(folders, p, g, args.trials, args.dtype, args.prefill_step, progress, logs)
+                r = measure(folders, p, g, args.trials, args.dtype, args.prefill_step, progress, logs, adapter)
                 failed.update(r.pop("peer_failed", {}))
                 folders = {t: f for t, f in folders.items() if t not in failed}  # a peer that failed stays out
                 runs.append(r)
                 if len(pairs) > 1:
                     progress.line(_finished(i, len(pairs), r, time.monotonic() - start))
             top = {"folder": str(folder), "model": model_arg.display_name(args.model), "trials": args.trials,
-                   "prefill_step": args.prefill_step, "versions": versions(args.compare)}
+                   "prefill_step": args.prefill_step, "versions": versions(args.compare),
+                   **({"adapter": adapter} if adapter else {})}
             report = {**runs[0], **top} if len(runs) == 1 else {**top, "runs": runs}
             if failed:
                 report["peer_failed"] = failed
@@ -188,7 +191,7 @@ def _bench(args) -> dict:
             keep = bool(failed)  # the note names the peer's log
             if args.plot:
                 report["plot"] = plot(runs, report["model"], args.plot, folders, args.dtype, args.prefill_step,
-                                      progress, logs)
+                                      progress, logs, adapter)
     except BenchmarkFailed:
         keep = True  # its error names its log
         raise
@@ -236,7 +239,7 @@ class BenchmarkFailed(ModelError):
 
 @contextlib.contextmanager
 def _running(folders: Dict[str, str], p: int, g: int, dtype: Optional[str], step: int, logs: Optional[Path],
-             failed: Optional[Dict[str, str]] = None):
+             failed: Optional[Dict[str, str]] = None, adapter: Optional[str] = None):
     """The workers of one setting (loaded and warmed up), one per tool -> folder. Leaving normally they quit;
     leaving by an error or a signal they are stopped at once, mid-trial or not. With `failed`, a peer (a tool
     other than ours) that cannot load is recorded there (tool -> why) and left out instead of ending the run."""
@@ -247,7 +250,7 @@ def _running(folders: Dict[str, str], p: int, g: int, dtype: Optional[str], step
         for tool, folder in folders.items():
             try:
                 workers.append(bench.Worker(tool, folder, dtype, p, g, step,
-                                            log=logs and logs / f"{tool}-p{p}.log"))
+                                            log=logs and logs / f"{tool}-p{p}.log", adapter_path=adapter))
             except bench.WorkerFailed as e:
                 if failed is None or tool == "ours":
                     raise
@@ -273,14 +276,14 @@ def _trials(workers, n: int) -> List[List[dict]]:
 
 
 def measure(folders: Dict[str, str], p: int, g: int, n: int, dtype: Optional[str], step: int,
-            progress=lambda s: None, logs: Optional[Path] = None) -> dict:
-    """folders: tool -> the folder it loads, ours first. A peer that cannot load is left out, named in
-    report["peer_failed"] with why."""
+            progress=lambda s: None, logs: Optional[Path] = None, adapter: Optional[str] = None) -> dict:
+    """folders: tool -> the folder it loads, ours first; `adapter`: a LoRA/DoRA folder every tool applies. A peer
+    that cannot load is left out, named in report["peer_failed"] with why."""
     from app import bench
 
     progress(f"loading {' and '.join(folders)} ...")
     failed: Dict[str, str] = {}
-    with _running(folders, p, g, dtype, step, logs, failed) as workers:
+    with _running(folders, p, g, dtype, step, logs, failed, adapter) as workers:
         progress(f"{n} trial(s) of a {p}-token prompt + {g} tokens ...")
         results = _trials(workers, n)
     tools = [w.tool for w in workers]
@@ -306,7 +309,7 @@ PLOT_WARN_S = 60.0  # a --plot sweep estimated to take longer than this is annou
 
 
 def plot(runs: List[dict], model: str, path: str, folders: Dict[str, str], dtype: Optional[str], step: int,
-         progress=lambda s: None, logs: Optional[Path] = None) -> dict:
+         progress=lambda s: None, logs: Optional[Path] = None, adapter: Optional[str] = None) -> dict:
     """tok/s against context length for the first -g: a sweep's -p values (measured already), or for one -p one
     trial per tool at p/8, p/4 and p/2 (p itself comes from the main run)."""
     from app.png_plot import line_chart
@@ -332,7 +335,7 @@ def plot(runs: List[dict], model: str, path: str, folders: Dict[str, str], dtype
             row = {t: {m: at_g[c]["tools"][t][m]["median"] for m in ("prompt_tps", "generation_tps")} for t in tools}
         else:
             progress(f"plot: context {c} ...")
-            with _running(folders, c, g, dtype, step, logs) as workers:
+            with _running(folders, c, g, dtype, step, logs, adapter=adapter) as workers:
                 results = _trials(workers, 1)
             row = {t: {m: r[0][m] for m in ("prompt_tps", "generation_tps")} for t, r in zip(tools, results)}
         points.append({"context": c, **row})

@@ -323,7 +323,7 @@ def add_info(sub):
 def add_bench(sub):
     from app import bench_cmd
 
-    bench_cmd.add_parser(sub, add_model)
+    add_adapter(bench_cmd.add_parser(sub, add_model))
 
 
 # ---------------------------------------------------------------- serve

@@ -45,14 +45,21 @@ class Adapter:
     modules: dict = field(default_factory=dict)  # module path -> {"lora_a", "lora_b"[, "m"]: array}
 
 
-def read_adapter(folder, model: nn.Module) -> Adapter:
-    """The adapter in `folder`, checked against `model` (a Decoder; a lazy one will do: only shapes are asked)."""
+def adapter_folder(folder) -> Path:
+    """`folder` as a path, refused at once unless it holds the two files mlx_lm.lora writes (what is in them is
+    read_adapter's to check)."""
     folder = Path(folder).expanduser()
     for name in (CONFIG, WEIGHTS):
         if not (folder / name).exists():
             what = "no such folder" if not folder.exists() else f"it has no {name}"
             raise AdapterError(f"{folder} is not an adapter folder ({what}); pass the folder mlx_lm.lora wrote with "
                                "--adapter-path (adapter_config.json and adapters.safetensors)")
+    return folder
+
+
+def read_adapter(folder, model: nn.Module) -> Adapter:
+    """The adapter in `folder`, checked against `model` (a Decoder; a lazy one will do: only shapes are asked)."""
+    folder = adapter_folder(folder)
     layers = model.model.layers[: model.model._n_main]
     adapter = _read_config(folder, len(layers))
     first = len(layers) - adapter.num_layers if adapter.num_layers > 0 else 0  # mlx-lm: layers[-max(n, 0):]

@@ -249,7 +249,23 @@ def test_generate_with_adapter_path(bases, lora_adapter, capsys):
     assert capsys.readouterr().out.rstrip("\n") == want
 
 
-@pytest.mark.parametrize("command", [["generate", "-p", "hi", "--raw"], ["chat"], ["serve", "--port", "0"]])
+def test_bench_applies_the_adapter_in_both_tools(bases, lora_adapter, capsys):
+    """Each worker loads the adapter (its parameters add to the weight bytes), ours and mlx-lm's alike."""
+    from app import cli
+    from app.bench import weight_bytes
+
+    assert cli.main(["bench", "-m", str(bases["float"]), "--adapter-path", str(lora_adapter), "-p", "8", "-g", "2",
+                     "-n", "1", "--compare", "mlx-lm", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    base = weight_bytes(mlxmodels.load(bases["float"])[0])
+    adapted = weight_bytes(mlxmodels.load(bases["float"], adapter_path=lora_adapter)[0])
+    assert report["adapter"] == str(lora_adapter.absolute()) and "peer_failed" not in report
+    assert adapted > base and {t: r["weight_bytes"] for t, r in report["tools"].items()} == {
+        "ours": adapted, "mlx-lm": adapted}
+
+
+@pytest.mark.parametrize("command", [["generate", "-p", "hi", "--raw"], ["chat"], ["serve", "--port", "0"],
+                                     ["bench", "-p", "8", "-g", "2"]])
 def test_bad_adapter_path_is_one_line(bases, tmp_path, capsys, command):
     """Each command hands --adapter-path to the loader, which refuses a folder without an adapter before any work."""
     from app import cli
