@@ -7,6 +7,7 @@ shape and dtype are checked against the model from the header before any tensor 
 finite; anything wrong is one AdapterError naming the file and what to do, and the model is left as it was.
 """
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,8 @@ def read_adapter(folder, model: nn.Module) -> Adapter:
 
 
 def apply_adapter(model: nn.Module, adapter: Adapter) -> nn.Module:
-    """Wrap each adapted module of `model` in place; the base weights stay as they are (quantized ones too)."""
+    """Wrap each adapted module of `model` in place; the base weights stay as they are (quantized ones too).
+    `model.adapter_identity` becomes a hash of the adapter, for what depends on the model's outputs (prompt caches)."""
     wrapped, modules = [], dict(model.named_modules())
     for path, t in adapter.modules.items():
         base = modules[path]
@@ -97,7 +99,18 @@ def apply_adapter(model: nn.Module, adapter: Adapter) -> nn.Module:
             wrapped.append((path, LoRALinear(base, t["lora_a"], t["lora_b"], adapter.scale)))
     model.update_modules(tree_unflatten(wrapped))
     mx.eval(model.parameters())
+    model.adapter_identity = identity(adapter)
     return model
+
+
+def identity(adapter: Adapter) -> str:
+    """A hash of what the adapter does: its kind, scale and every tensor's name and values."""
+    h = hashlib.sha256(f"{adapter.kind} {adapter.scale!r}".encode())
+    for path in sorted(adapter.modules):
+        for leaf, a in sorted(adapter.modules[path].items()):
+            h.update(f"{path}.{leaf}".encode())
+            h.update(memoryview(a.astype(mx.float32)))
+    return h.hexdigest()[:32]
 
 
 def _read_config(folder: Path, n_layers: int) -> Adapter:

@@ -92,6 +92,16 @@ def test_lora_logits_equal_mlx_lm(bases, lora_adapter):
     assert_same_as_mlx_lm(bases["float"], lora_adapter)
 
 
+def test_adapter_identity_tells_adapters_apart(bases, trained):
+    """What a prompt cache may key on: the same adapter gives the same identity, another adapter another, none none."""
+    def identity(adapter):
+        return getattr(mlxmodels.load(bases["float"], adapter_path=adapter)[0], "adapter_identity", None)
+
+    lora, dora = trained("float"), trained("float", "dora", 1)
+    assert identity(lora) == identity(lora) != identity(dora)
+    assert not hasattr(mlxmodels.load(bases["float"])[0], "adapter_identity")
+
+
 # ------------------------------------------------------------------------------------------ fused (convert)
 
 
