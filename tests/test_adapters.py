@@ -92,6 +92,16 @@ def test_lora_logits_equal_mlx_lm(bases, lora_adapter):
     assert_same_as_mlx_lm(bases["float"], lora_adapter)
 
 
+def test_batched_paged_decoding_of_an_adapted_model_equals_alone(bases, trained):
+    """serve's path (paged caches, batched) runs the same adapted layers: each sequence's tokens as generated alone."""
+    from mlxmodels.batch import generate_batch
+
+    model, tokenizer = mlxmodels.load(bases["moe"], adapter_path=trained("moe"))
+    prompts = [[5, 6, 7, 8], [100, 101], [40, 41, 42, 43, 44, 45]]
+    alone = [[r.token for r in mlxmodels.stream_generate(model, tokenizer, p, max_tokens=6)] for p in prompts]
+    assert generate_batch(model, prompts, max_tokens=6, num_blocks=32, block_size=4) == alone
+
+
 def test_adapter_identity_tells_adapters_apart(bases, trained):
     """What a prompt cache may key on: the same adapter gives the same identity, another adapter another, none none."""
     def identity(adapter):
