@@ -28,6 +28,9 @@ MAX_CONFIG = 1 << 20  # mlx_lm.lora writes a few kilobytes: its training argumen
 MAX_RANK = 1 << 16
 FLOATS = ("F32", "F16", "BF16")
 FIX = "re-train it with mlx_lm.lora or pass the right --adapter-path"
+ELSEWHERE = ("another model's adapter, or one over layers mlxmodels names or computes differently from mlx-lm (GPT-2's "
+             "joined c_attn, DeepSeek-V2's kv_b_proj); fuse it with mlx_lm.fuse and load the folder that writes")
+WRAPPER = "language_model."  # where mlx-lm's multimodal models (Gemma 3, Llama 4) keep the text model we load
 LINEARS = (nn.Linear, nn.QuantizedLinear, Router)  # x @ W.T (+ b)
 SWITCHES = (SwitchLinear, QuantizedSwitchLinear)  # (E, out, in), picked per token
 
@@ -70,7 +73,9 @@ def read_adapter(folder, model: nn.Module) -> Adapter:
     try:
         for name, info in st.tensors.items():
             path, leaf = _check_tensor(name, info, adapter, modules, first, len(layers), path_of)
-            adapter.modules.setdefault(path, {})[leaf] = info
+            if leaf in adapter.modules.get(path, {}):
+                raise AdapterError(f"{path_of}: {path}.{leaf} is given twice (with and without {WRAPPER!r}); {FIX}")
+            adapter.modules.setdefault(path, {})[leaf] = name
         if not adapter.modules:
             raise AdapterError(f"{path_of} holds no adapter tensor; {FIX}")
         want = {"lora_a", "lora_b", "m"} if adapter.kind == "dora" else {"lora_a", "lora_b"}
@@ -78,7 +83,7 @@ def read_adapter(folder, model: nn.Module) -> Adapter:
             if set(leaves) != want:
                 raise AdapterError(f"{path_of}: {path} has {', '.join(sorted(leaves))} but a {adapter.kind} adapter "
                                    f"needs {', '.join(sorted(want))}; {FIX}")
-        adapter.modules = {p: {k: st.array(f"{p}.{k}") for k in leaves} for p, leaves in adapter.modules.items()}
+        adapter.modules = {p: {k: st.array(n) for k, n in leaves.items()} for p, leaves in adapter.modules.items()}
     finally:
         st.close()
     _check_finite(adapter, path_of)
@@ -142,18 +147,19 @@ def _read_config(folder: Path, n_layers: int) -> Adapter:
 
 def _check_tensor(name: str, info, adapter: Adapter, modules: dict, first: int, n_layers: int, where) -> tuple:
     """-> (module path, leaf) of one header entry, its shape and dtype checked against the module it adapts."""
-    path, _, leaf = name.rpartition(".")
+    path, _, leaf = name.removeprefix(WRAPPER).rpartition(".")
     if leaf not in ("lora_a", "lora_b", "m"):
         raise AdapterError(f"{where}: {name} is not an adapter tensor (lora_a, lora_b or m); {FIX}")
     parts = path.split(".")
     index = int(parts[2]) if len(parts) > 3 and parts[:2] == ["model", "layers"] and parts[2].isdigit() else -1
+    if index < 0:
+        raise AdapterError(f"{where}: {name} is not in a layer of this model (model.layers.N): {ELSEWHERE}")
     if not first <= index < n_layers:
         raise AdapterError(f"{where}: {name} is outside the last {n_layers - first} layer(s) that adapter_config.json "
                            f"says were adapted; {FIX}")
     module = modules.get(path)
     if module is None:
-        raise AdapterError(f"{where}: {name} adapts {path}, which this model has no linear layer at (another model's "
-                           "adapter?); pass the adapter trained for this model")
+        raise AdapterError(f"{where}: {name} adapts {path}, where this model has no linear layer: {ELSEWHERE}")
     if info.dtype not in FLOATS:
         raise AdapterError(f"{where}: {name} is stored as {info.dtype}, not a float type; {FIX}")
     r = adapter.rank

@@ -1,5 +1,6 @@
 """LoRA/DoRA adapters trained by mlx_lm.lora itself (a few steps on a tiny model): our logits equal mlx-lm's with the
-same adapter, on float and quantized bases and over stacked experts; hostile adapter folders are refused in one line."""
+same adapter, on float and quantized bases, over stacked experts and MLA; fused equals unfused; the CLI flags; hostile
+adapter folders are refused in one line."""
 
 import json
 import shutil
@@ -38,18 +39,20 @@ def train(model, out, kind="lora", num_layers=2):
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
-    """A float tiny Llama, its 8-bit conversion (ours, which mlx-lm loads) and a tiny Qwen3-MoE, all with tokenizers."""
+    """A float tiny Llama, its 8-bit conversion (ours, which mlx-lm loads), a tiny Qwen3-MoE and DeepSeek-V3 (MLA,
+    routed and shared experts), all with tokenizers."""
     from quantize.convert import Options, convert
     from quantize.recipes import Setting
 
     root = tmp_path_factory.mktemp("adapter-bases")
     llama = build_tiny_llama(root / "llama")
     convert(str(llama), root / "llama-q8", Options(quantize=True, setting=Setting.for_mode(bits=8, group_size=32)))
-    model_type, config, _ = CASES["qwen3_moe"]
-    build_hf(model_type, root / "moe", **dict(config, vocab_size=259))
-    save_byte_tokenizer(root / "moe")
-    edit_config(root / "moe", legacy)  # the dialect mlx-lm reads
-    return {"float": llama, "q8": root / "llama-q8", "moe": root / "moe"}
+    for name, case in (("moe", "qwen3_moe"), ("mla", "deepseek_v3")):
+        model_type, config, _ = CASES[case]
+        build_hf(model_type, root / name, **dict(config, vocab_size=259))
+        save_byte_tokenizer(root / name)
+        edit_config(root / name, legacy)  # the dialect mlx-lm reads
+    return {"float": llama, "q8": root / "llama-q8", "moe": root / "moe", "mla": root / "mla"}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +86,7 @@ def assert_same_as_mlx_lm(folder, adapter):
 
 
 @pytest.mark.parametrize("base,kind,num_layers", [("float", "dora", 1), ("q8", "lora", 2), ("q8", "dora", 2),
-                                                  ("moe", "lora", 2)])
+                                                  ("moe", "lora", 2), ("mla", "lora", 3)])
 def test_logits_equal_mlx_lm(bases, trained, base, kind, num_layers):
     assert_same_as_mlx_lm(bases[base], trained(base, kind, num_layers))
 
@@ -126,9 +129,10 @@ def fuse(src, out, adapter, **options):
     return convert(str(src), out, Options(adapter_path=str(adapter), **options)).folder
 
 
-@pytest.mark.parametrize("base,kind", [("float", "lora"), ("float", "dora"), ("moe", "lora")])
-def test_fused_equals_unfused(bases, trained, tmp_path, base, kind):
-    adapter = trained(base, kind, 1 if kind == "dora" else 2)
+@pytest.mark.parametrize("base,kind,num_layers", [("float", "lora", 2), ("float", "dora", 1), ("moe", "lora", 2),
+                                                  ("mla", "lora", 3)])
+def test_fused_equals_unfused(bases, trained, tmp_path, base, kind, num_layers):
+    adapter = trained(base, kind, num_layers)
     fused = fuse(bases[base], tmp_path / "fused", adapter)
     np.testing.assert_allclose(logits(fused), logits(bases[base], adapter), atol=TOL, rtol=TOL)
 
@@ -221,9 +225,13 @@ HOSTILE = {
     "dora without m": (edit_adapter_config(lambda c: dict(c, fine_tune_type="dora")), "needs lora_a, lora_b, m"),
     "other leaf": (edit_tensors(lambda t: t.update(x=t.pop(first(t, "lora_a")))), "is not an adapter tensor"),
     "outside the layers": (edit_tensors(lambda t: t.update({"lm_head.lora_a": t.pop(first(t, "lora_a"))})),
-                           "outside the last 2 layer(s)"),
+                           "not in a layer of this model"),
+    "past the layers": (edit_tensors(lambda t: t.update({"model.layers.2.mlp.up_proj.lora_a": mx.zeros((64, 8))})),
+                        "outside the last 2 layer(s)"),
+    "twice": (edit_tensors(lambda t: t.update({f"language_model.{first(t, 'lora_a')}": t[first(t, "lora_a")]})),
+              "given twice"),
     "unknown module": (edit_tensors(lambda t: t.update({"model.layers.1.self_attn.w_proj.lora_a": mx.zeros((64, 8))})),
-                       "no linear layer at"),
+                       "where this model has no linear layer"),
     "wrong shape": (edit_tensors(lambda t: t.update({first(t, "lora_b"): mx.zeros((8, 3))})), "has shape (8, 3)"),
     "integer tensor": (edit_tensors(lambda t: t.update({first(t, "lora_b"): mx.zeros(t[first(t, "lora_b")].shape,
                                                                                      mx.int32)})), "not a float"),
@@ -245,6 +253,29 @@ def test_hostile_adapter_refused_in_one_line(bases, lora_adapter, tmp_path, case
     with pytest.raises(ModelError) as e:
         mlxmodels.load(bases["float"], adapter_path=folder)
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_multimodal_wrapper_prefix(bases, lora_adapter, tmp_path):
+    """mlx-lm's multimodal models (Gemma 3, Llama 4) keep the text model under language_model: their adapters load."""
+    folder = tmp_path / "adapter"
+    shutil.copytree(lora_adapter, folder)
+    edit_tensors(lambda t: t.update({f"language_model.{k}": t.pop(k) for k in list(t)}))(folder)
+    np.testing.assert_array_equal(logits(bases["float"], folder), logits(bases["float"], lora_adapter))
+
+
+def test_adapter_over_layers_we_name_differently_is_refused(tmp_path):
+    """GPT-2's mlx-lm adapter adapts model.h.N.attn.c_attn (q, k and v joined), which we load split: one line saying
+    what to do instead, not a crash."""
+    from quantize.convert import convert
+
+    model_type, config, _ = CASES["gpt2"]
+    build_hf(model_type, tmp_path / "hf", **dict(config, vocab_size=259, n_positions=128))
+    save_byte_tokenizer(tmp_path / "hf")
+    folder = convert(str(tmp_path / "hf"), tmp_path / "gpt2").folder  # mlx-lm's layout, which its lora loads
+    adapter = train(folder, tmp_path / "adapter")
+    with pytest.raises(AdapterError, match="fuse it with mlx_lm.fuse") as e:
+        mlxmodels.load(folder, adapter_path=adapter)
+    assert "\n" not in str(e.value)
 
 
 def test_missing_adapter_folder(bases, tmp_path):
