@@ -267,6 +267,8 @@ def cmd_chat(args):
         from app.cache_prompt_cmd import load_for_chat
 
         app.session.preload(*load_for_chat(model, args.prompt_cache))
+    app.load_options = {"dtype": args.dtype, "context": args.context}  # for the models switched to in the chat
+    del model, tokenizer  # the app holds them: a model switch in the chat must be able to free this one
     app.run()
     if app.crash is not None:  # our bug: one line here, the traceback in a log file
         print(f"mlxm: error: {crash_report(app.crash)}", file=sys.stderr)

@@ -258,8 +258,7 @@ class ChatApp(ReplyActions, BranchActions, ModelActions, App):
         text = event.text.strip()
         if not text:
             return
-        if self.generating or self._leaving:
-            self.notify("A reply is still streaming; Esc stops it.", severity="warning")
+        if self._leaving or not await self._idle():
             return
         chat_input = self.query_one(ChatInput)
         try:
@@ -421,6 +420,9 @@ class ChatApp(ReplyActions, BranchActions, ModelActions, App):
         await self.shut_down()
 
     async def _idle(self) -> bool:
+        if self.loading:
+            self.notify(f"{printable(self.loading)} is still loading; wait for it.", severity="warning", markup=False)
+            return False
         if self.generating:
             self.notify("A reply is still streaming; Esc stops it.", severity="warning")
             return False

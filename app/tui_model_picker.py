@@ -31,12 +31,14 @@ class Loaded:
     context_limit: int
 
 
-def load_model(arg: str) -> Loaded:
-    """Load `arg` as `mlxm chat -m` does, with the model's full context (in the MLX thread)."""
+def load_model(arg: str, dtype: Optional[str] = None, context: Optional[int] = None) -> Loaded:
+    """Load `arg` as `mlxm chat -m` does (in the MLX thread), with the chat's --dtype and its --context where the
+    new model holds that much (else the model's full context: the limit was asked of another model)."""
     from app import model_arg
 
-    model, tokenizer, folder = model_arg.load(arg)
-    return Loaded(model, tokenizer, model_arg.display_name(arg), model_arg.context_limit(folder, None))
+    model, tokenizer, folder = model_arg.load(arg, dtype)
+    limit = model_arg.context_limit(folder, None)
+    return Loaded(model, tokenizer, model_arg.display_name(arg), min(limit, context) if context else limit)
 
 
 def known_models() -> List[str]:
@@ -84,7 +86,9 @@ class ModelPickerScreen(ModalScreen[Optional[str]]):
 
 class ModelActions:
     ACTIONS = {"switch_model"}  # the main screen's only
-    model_loader = staticmethod(load_model)  # (name) -> Loaded; tests give their own
+    model_loader = staticmethod(load_model)  # (name, **load_options) -> Loaded; tests give their own
+    load_options: dict = {}  # mlxm chat's --dtype and --context, kept for the models switched to
+    loading: Optional[str] = None  # the model being loaded, while it is
 
     def model_commands(self):
         yield SystemCommand("Switch model", "Load another model for this chat (F5)", self.action_switch_model)
@@ -97,6 +101,7 @@ class ModelActions:
         if not name or not await self._idle():
             return
         self.generating = True  # sending, regenerating and opening wait while it loads
+        self.loading = name
         self.update_status(f"loading {printable(name)} …")
         self.notify(f"Loading {printable(name)} …", markup=False)
         self._load(name)
@@ -108,7 +113,7 @@ class ModelActions:
         try:
             loaded = await asyncio.get_running_loop().run_in_executor(self._mlx, self._load_in_mlx_thread, name)
         except Exception as e:  # a missing folder, a bad id, no network, an unknown architecture: the old one stays
-            self.generating = False
+            self.generating, self.loading = False, None
             self.update_status()
             why = (str(e).strip().splitlines() or [type(e).__name__])[0]  # one line, whatever the loader said
             self.notify(f"Could not load {printable(name)}: {printable(why)}; {self.model_name} stays.",
@@ -116,7 +121,7 @@ class ModelActions:
             return
         self.model_name = loaded.name
         self.session.chat.model = loaded.name
-        self.generating = False
+        self.generating, self.loading = False, None
         await self.render_log()
         self.update_status()
         self.notify(f"Switched to {printable(loaded.name)} ({loaded.context_limit:,} tokens of context).",
@@ -125,7 +130,7 @@ class ModelActions:
     def _load_in_mlx_thread(self, name: str) -> Loaded:
         import mlx.core as mx
 
-        loaded = self.model_loader(name)
+        loaded = self.model_loader(name, **self.load_options)
         self.session.use_model(loaded.model, loaded.tokenizer, loaded.context_limit)
         gc.collect()  # the old model's last references went with the session's: free its memory now
         mx.clear_cache()

@@ -73,7 +73,8 @@ def test_the_loading_state_is_visible_and_sending_waits(tiny, monkeypatch):
             await type_text(pilot, "hi")
             await pilot.press("enter")
             await pilot.pause()
-            assert app.session.messages == []  # it waited for the model
+            assert app.session.messages == []  # it waited for the model, and said so
+            assert any(n.message == "org/known-model is still loading; wait for it." for n in app._notifications)
             release.set()
             await until(pilot, lambda: not app.generating)
             await pilot.pause()
@@ -133,3 +134,15 @@ def test_the_old_model_is_released(tiny, tiny_folder):
             await pilot.pause()
             assert app.model_name == "second" and gone() is None
     run(scenario())
+
+
+def test_a_switched_model_keeps_the_chats_dtype_and_context(tiny_folder):
+    """mlxm chat's --dtype and --context apply to the models switched to; a --context above the new model's maximum
+    gives its maximum (the limit was asked of another model)."""
+    from app.model_arg import context_length
+    from app.bench import float_dtype
+
+    small = tui_model_picker.load_model(str(tiny_folder), "float16", 50)
+    assert small.context_limit == 50 and float_dtype(small.model) == "float16"
+    full = tui_model_picker.load_model(str(tiny_folder), None, 10**9)
+    assert full.context_limit == context_length(tiny_folder)
