@@ -112,14 +112,14 @@ def run(args):
     finally:
         signals.restore(previous)
     what = f"{setting.label}, {result.bits_per_weight:.2f} bits/weight" if quantize else "float"
-    if not quantize and result.quantization:  # a GGUF's quantized layers, kept as stored
+    if not quantize and result.quantization:  # a GGUF's (or, fusing an adapter, an MLX folder's) quantized layers
         what = f"quantized layers kept as stored, {result.bits_per_weight:.2f} bits/weight"
     print(f"wrote {result.folder} ({what}): {result.tensors} tensors, {human_bytes(result.bytes)} in "
           f"{result.shards} shard(s), {result.seconds:.1f} s")
     if text is not None:
         label = f"{setting.label} (OUT)" if quantize else "float (OUT)"
         rows, tokens = report.report(ids, result.source, result.folder, extra, _dtype(result.folder),
-                                     args.report_context, label)
+                                     args.report_context, label, args.adapter_path)
         print(report.table(rows, tokens))
 
 

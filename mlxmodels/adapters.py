@@ -108,6 +108,31 @@ def apply_adapter(model: nn.Module, adapter: Adapter) -> nn.Module:
     return model
 
 
+def fuse_adapter(model: nn.Module) -> nn.Module:
+    """Undo apply_adapter's wrapping in place: each wrapped layer becomes a plain one of its base's kind holding the
+    fused weight (quantized again as its base was), so the model runs, quantizes and plans as a base model does."""
+    fused = []
+    for path, m in model.named_modules():
+        if isinstance(m, (LoRALinear, LoRASwitchLinear)):
+            base, weight = m.linear, m.fused()
+            if isinstance(base, SWITCHES):
+                layer = SwitchLinear(weight.shape[2], weight.shape[1], weight.shape[0])
+            elif isinstance(base, Router):
+                layer = base  # float, and its own class (bias, correction bias): only the weight changes
+            else:
+                layer = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in base)
+            layer.weight = weight.astype(base.scales.dtype if "scales" in base else base.weight.dtype)
+            if "bias" in base and not isinstance(base, Router):
+                layer.bias = base.bias
+            if "scales" in base:
+                layer = layer.to_quantized(group_size=base.group_size, bits=base.bits, mode=getattr(base, "mode",
+                                                                                                     "affine"))
+            fused.append((path, layer))
+    model.update_modules(tree_unflatten(fused))
+    mx.eval(model.parameters())
+    return model  # adapter_identity stays: the outputs are still the adapted model's
+
+
 def identity(adapter: Adapter) -> str:
     """A hash of what the adapter does: its kind, scale and every tensor's name and values."""
     h = hashlib.sha256(f"{adapter.kind} {adapter.scale!r}".encode())

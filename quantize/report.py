@@ -22,6 +22,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
 import mlxmodels
+from mlxmodels.adapters import fuse_adapter
 from mlxmodels.config import read_config
 from mlxmodels.families import get_adapter
 from mlxmodels.tokenizer import load_tokenizer
@@ -76,9 +77,11 @@ def parameter_count(model: nn.Module) -> int:
     return total
 
 
-def in_memory(source: Path, setting: recipes.Setting, dtype) -> tuple:
-    """The float model quantized as the converter would: cast to `dtype`, quantize, compute in float32."""
-    model, _ = mlxmodels.load(source, dtype="float32")
+def in_memory(source: Path, setting: recipes.Setting, dtype, adapter_path=None) -> tuple:
+    """The float model (with the adapter fused, as convert --adapter-path fuses it) quantized as the converter would:
+    cast to `dtype`, quantize, compute in float32."""
+    model, _ = mlxmodels.load(source, dtype="float32", adapter_path=adapter_path)
+    fuse_adapter(model)
     fused = getattr(get_adapter(model.spec.model_type), "FUSED_ON_EXPORT", ())
     plan = recipes.plan(model, setting, model.spec.num_layers, model.spec.tie_embeddings, fused)
     if dtype is not None:
@@ -100,9 +103,13 @@ def check_source(source: Path):
     if source.is_file():
         raise ConvertError(f"--report needs a float source folder, and {source} is a GGUF file (quantized already); "
                            "compare with `mlxm convert` of the model's Hugging Face folder instead")
-    if fp8.block_size(read_config(source)):
+    cfg = read_config(source)
+    if fp8.block_size(cfg):
         raise ConvertError(f"--report needs a float source, and {source} is FP8; convert it to float first "
                            "(mlxm convert SRC FLOAT --dtype bfloat16) and convert/report from FLOAT")
+    if "bits" in (cfg.get("quantization") or {}):  # fusing an adapter into an MLX folder: quantized already
+        raise ConvertError(f"--report needs a float source, and {source} is quantized already; fuse the adapter "
+                           "without --report, or into the float model")
 
 
 def read_text(path: Path, max_tokens: int) -> str:
@@ -160,9 +167,10 @@ def evaluate(reference: nn.Module, models: list, ids: list, context: int) -> tup
 
 
 def report(ids: list, source: Path, out: Optional[Path], settings: list = (), dtype=None, context: int = 512,
-           out_label: str = "converted") -> tuple:
-    """-> (rows, tokens evaluated). `ids`: from token_ids; `out`: a converted folder to evaluate (None to skip)."""
-    reference, _ = mlxmodels.load(source, dtype="float32")
+           out_label: str = "converted", adapter_path=None) -> tuple:
+    """-> (rows, tokens evaluated). `ids`: from token_ids; `out`: a converted folder to evaluate (None to skip).
+    `adapter_path`: the reference is the source with that adapter (on the fly), which is what a fused OUT holds."""
+    reference = fuse_adapter(mlxmodels.load(source, dtype="float32", adapter_path=adapter_path)[0])
     labels, models, bits = [], [], []
     if out is not None:
         model, _ = mlxmodels.load(out, dtype="float32")
@@ -170,12 +178,13 @@ def report(ids: list, source: Path, out: Optional[Path], settings: list = (), dt
         models.append(model)
         bits.append(folder_bits(out, model))
     for setting in settings:
-        model, stored = in_memory(source, setting, dtype)
+        model, stored = in_memory(source, setting, dtype, adapter_path)
         labels.append(f"{setting.label} (in memory)")
         models.append(model)
         bits.append(8 * stored / parameter_count(model))
     ref_nll, results, count = evaluate(reference, models, ids, context)
-    rows = [Row("float (source, float32 compute)", folder_bits(source, reference), math.exp(ref_nll), 0.0)]
+    what = "source + adapter" if adapter_path else "source"
+    rows = [Row(f"float ({what}, float32 compute)", folder_bits(source, reference), math.exp(ref_nll), 0.0)]
     rows += [Row(l, b, math.exp(n), k) for l, b, (n, k) in zip(labels, bits, results)]
     return rows, count
 

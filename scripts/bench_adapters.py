@@ -24,11 +24,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
-from mlx.utils import tree_unflatten  # noqa: E402
 
 from bench_paged import llama, timed_generation  # noqa: E402
-from mlxmodels.adapters import LINEARS, Adapter, apply_adapter  # noqa: E402
-from mlxmodels.parts.lora import LoRALinear  # noqa: E402
+from mlxmodels.adapters import LINEARS, Adapter, apply_adapter, fuse_adapter  # noqa: E402
 
 
 def random_adapter(model, kind: str, rank: int) -> Adapter:
@@ -44,22 +42,6 @@ def random_adapter(model, kind: str, rank: int) -> Adapter:
     return adapter
 
 
-def fuse_in_memory(model):
-    """Each adapter wrapper replaced by a plain layer holding its fused weight (quantized again like its base)."""
-    fused = []
-    for path, m in model.named_modules():
-        if isinstance(m, LoRALinear):
-            w = m.fused()
-            layer = nn.Linear(w.shape[1], w.shape[0], bias=False)
-            layer.weight = w
-            if "scales" in m.linear:
-                layer = nn.QuantizedLinear.from_linear(layer, m.linear.group_size, m.linear.bits)
-            fused.append((path, layer))
-    model.update_modules(tree_unflatten(fused))
-    mx.eval(model.parameters())
-    return model
-
-
 def build(setting: str, args):
     model = llama(args.small)
     if args.bits:
@@ -68,7 +50,7 @@ def build(setting: str, args):
         kind = "dora" if setting.startswith("dora") else "lora"
         apply_adapter(model, random_adapter(model, kind, args.rank))
         if setting.endswith("fused"):
-            fuse_in_memory(model)
+            fuse_adapter(model)
     return model
 
 

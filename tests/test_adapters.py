@@ -9,6 +9,7 @@ import types
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 import mlxmodels
 from mlxmodels.adapters import AdapterError
@@ -132,9 +133,16 @@ def fuse(src, out, adapter, **options):
 @pytest.mark.parametrize("base,kind,num_layers", [("float", "lora", 2), ("float", "dora", 1), ("moe", "lora", 2),
                                                   ("mla", "lora", 3)])
 def test_fused_equals_unfused(bases, trained, tmp_path, base, kind, num_layers):
+    """convert --adapter-path, and fuse_adapter in memory (what --report and scripts/bench_adapters.py use)."""
+    from mlxmodels.adapters import fuse_adapter
+
     adapter = trained(base, kind, num_layers)
     fused = fuse(bases[base], tmp_path / "fused", adapter)
-    np.testing.assert_allclose(logits(fused), logits(bases[base], adapter), atol=TOL, rtol=TOL)
+    unfused = logits(bases[base], adapter)
+    np.testing.assert_allclose(logits(fused), unfused, atol=TOL, rtol=TOL)
+    model = fuse_adapter(mlxmodels.load(bases[base], adapter_path=adapter)[0])
+    assert not any("lora" in name for name, _ in tree_flatten(model.parameters()))
+    np.testing.assert_allclose(np.array(model(IDS)), unfused, atol=TOL, rtol=TOL)
 
 
 def test_fused_then_quantized_in_one_convert(bases, trained, tmp_path):
@@ -156,6 +164,8 @@ def test_fused_into_quantized_base_equals_mlx_lm_fuse(bases, trained, tmp_path, 
     import subprocess
     import sys
 
+    from mlxmodels.adapters import fuse_adapter
+
     adapter = trained("q8", kind)
     ours = fuse(bases["q8"], tmp_path / "ours", adapter)
     subprocess.run([sys.executable, "-m", "mlx_lm", "fuse", "--model", str(bases["q8"]), "--adapter-path",
@@ -164,6 +174,27 @@ def test_fused_into_quantized_base_equals_mlx_lm_fuse(bases, trained, tmp_path, 
     assert config["quantization"]["bits"] == 8
     np.testing.assert_allclose(logits(ours), logits(tmp_path / "theirs"), atol=TOL, rtol=TOL)
     assert np.abs(logits(ours) - logits(bases["q8"], adapter)).max() < 0.05  # one more 8-bit rounding
+    in_memory = fuse_adapter(mlxmodels.load(bases["q8"], adapter_path=adapter)[0])
+    np.testing.assert_allclose(np.array(in_memory(IDS)), logits(ours), atol=TOL, rtol=TOL)
+
+
+def test_report_compares_with_the_adapted_source(bases, lora_adapter, tmp_path):
+    """convert --adapter-path -q --report: the reference is the source with the adapter, so the KL is the
+    quantization's alone (an in-memory 8-bit setting too); a quantized source cannot be the float reference."""
+    from quantize import report
+    from quantize.convert import ConvertError
+    from quantize.recipes import Setting
+
+    setting = Setting.for_mode(bits=8, group_size=32)
+    out = fuse(bases["float"], tmp_path / "q8", lora_adapter, quantize=True, setting=setting)
+    ids = report.token_ids(bases["float"], " ".join(TEXT) * 3, "text", 200)
+    adapted, _ = report.report(ids, bases["float"], out, [setting], context=32, adapter_path=str(lora_adapter))
+    plain, _ = report.report(ids, bases["float"], out, context=32)
+    assert adapted[0].label == "float (source + adapter, float32 compute)"
+    assert adapted[1].kl < 1e-2 and plain[1].kl > 100 * adapted[1].kl
+    assert adapted[2].kl == pytest.approx(adapted[1].kl, rel=1e-3)  # fused then quantized in memory == OUT
+    with pytest.raises(ConvertError, match="quantized already"):
+        report.token_ids(bases["q8"], " ".join(TEXT), "text", 200)
 
 
 def test_convert_adapter_path_flag(bases, lora_adapter, tmp_path, capsys):
