@@ -46,7 +46,9 @@ from app.tui_widgets import (EMPTY, NO_ANSWER, THINKING, WAITING, AssistantMessa
 
 HELP = ("Enter sends · Shift+Enter or Ctrl+J: new line · Esc or Ctrl+C stops a reply · Ctrl+R regenerates · "
         "Ctrl+E edits your last message (↑ in an empty input too; again: the one before) · Ctrl+N new chat · "
-        "Ctrl+O saved chats · Ctrl+T settings · Ctrl+Q, or Ctrl+D/Ctrl+C in an empty input, quits")
+        "Ctrl+O saved chats · Ctrl+B branches · Ctrl+T settings · Ctrl+S reply stats · F2 copies the reply, F3 a "
+        "code block · F4 exports · F5 switches model · Ctrl+P every action · Ctrl+Q, or Ctrl+D/Ctrl+C in an empty "
+        "input, quits")
 QUIT_WAIT = 60.0  # seconds leaving waits for a reply to stop (a token, or one prompt chunk of a long prefill)
 INTERRUPT_AGAIN = 2.0  # a second Ctrl+C within this many seconds quits
 
