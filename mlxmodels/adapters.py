@@ -102,8 +102,7 @@ def apply_adapter(model: nn.Module, adapter: Adapter) -> nn.Module:
             wrapped.append((path, DoRALinear(base, t["lora_a"], t["lora_b"], adapter.scale, t["m"])))
         else:
             wrapped.append((path, LoRALinear(base, t["lora_a"], t["lora_b"], adapter.scale)))
-    model.update_modules(tree_unflatten(wrapped))
-    mx.eval(model.parameters())
+    _replace(model, wrapped)
     model.adapter_identity = identity(adapter)
     return model
 
@@ -128,9 +127,15 @@ def fuse_adapter(model: nn.Module) -> nn.Module:
                 layer = layer.to_quantized(group_size=base.group_size, bits=base.bits, mode=getattr(base, "mode",
                                                                                                      "affine"))
             fused.append((path, layer))
-    model.update_modules(tree_unflatten(fused))
-    mx.eval(model.parameters())
+    _replace(model, fused)
     return model  # adapter_identity stays: the outputs are still the adapted model's
+
+
+def _replace(model: nn.Module, modules: list):
+    """Swap (path, module) pairs in. Compiled steps (parts/compiled.py) take their module as input, so a trace made
+    before the swap is not reused over the new modules."""
+    model.update_modules(tree_unflatten(modules))
+    mx.eval(model.parameters())
 
 
 def identity(adapter: Adapter) -> str:
