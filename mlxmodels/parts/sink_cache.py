@@ -17,6 +17,7 @@ This changes the model's output once a sequence outgrows `keep + window` tokens 
 import mlx.core as mx
 
 from .cache import Cache
+from .sdpa import attend
 
 
 def rotate(x, positions, freqs, start: int, dims: int, traditional: bool):
@@ -72,16 +73,41 @@ class SinkKVCache(Cache):
 
     def attend(self, q, k, v, scale: float, softcap=None):
         # q: (B, H, T, D); k, v: (B, Hkv, T, D) for the T new tokens, rotated at their text positions
-        B, H, T, D = q.shape
+        T = q.shape[2]
         if self.keys is not None:
             k = mx.concatenate([self.keys, k], axis=2)
             v = None if self.latent else mx.concatenate([self.values, v], axis=2)
         if self.latent:
             v = k[..., : self.rot_start]  # the latent part of each row
-        Hkv, S = k.shape[1], k.shape[2]
+        S = k.shape[2]
+        n_sinks = min(self.keep, self.offset + T)  # the first n_sinks keys are the sinks
+        step = self._decode if T == 1 else self._prefill
+        out = step(q, k, v, n_sinks, scale, softcap)
+        # keep the sinks and the window - 1 most recent others: all the next query can see
+        recent = min(S - n_sinks, self.window - 1)
+        self.keys = mx.concatenate([k[..., :n_sinks, :], k[..., S - recent:, :]], axis=2)
+        if not self.latent:
+            self.values = mx.concatenate([v[..., :n_sinks, :], v[..., S - recent:, :]], axis=2)
+        self.offset += T
+        return out
+
+    def _decode(self, q, k, v, n_sinks: int, scale: float, softcap):
+        """One query sees every key held (the sinks and the window): rotate the few sinks by its one shift and
+        use the fused attention."""
+        shift = max(self.offset - self.window + 1 - self.keep, 0)
+        if self.freqs is not None and shift > 0:
+            sinks = rotate(k[..., :n_sinks, :], mx.full((n_sinks,), shift), self.freqs, self.rot_start, self.dims,
+                           self.traditional)
+            k = mx.concatenate([sinks, k[..., n_sinks:, :]], axis=2)
+        return attend(q, k, v, scale, None, softcap)
+
+    def _prefill(self, q, k, v, n_sinks: int, scale: float, softcap):
+        """T queries, each with its own shift: the sink scores use each query rotated back by it, then one
+        softmax over [sinks | others] under the window mask."""
+        B, H, T, D = q.shape
+        Hkv = k.shape[1]
         pos = self._positions(T)  # (S,)
         t = mx.arange(self.offset, self.offset + T)  # (T,) text positions of the queries
-        n_sinks = min(self.keep, self.offset + T)  # the first n_sinks keys are the sinks
         shift = mx.maximum(t - self.window + 1 - self.keep, 0)  # (T,) how far each query's sinks move
         q = q.reshape(B, Hkv, H // Hkv, T, D)
         q_sink = q
@@ -94,14 +120,7 @@ class SinkKVCache(Cache):
         visible = (pos[None] <= t[:, None]) & ((pos[None] < self.keep) | (t[:, None] - pos[None] < self.window))
         scores = mx.where(visible, scores, mx.array(-mx.inf, scores.dtype))  # (B, Hkv, G, T, S)
         weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(v.dtype)
-        out = (weights @ v[:, :, None]).reshape(B, H, T, -1)
-        # keep the sinks and the window - 1 most recent others: all the next query can see
-        recent = min(S - n_sinks, self.window - 1)
-        self.keys = mx.concatenate([k[..., :n_sinks, :], k[..., S - recent:, :]], axis=2)
-        if not self.latent:
-            self.values = mx.concatenate([v[..., :n_sinks, :], v[..., S - recent:, :]], axis=2)
-        self.offset += T
-        return out
+        return (weights @ v[:, :, None]).reshape(B, H, T, -1)
 
     def trim(self, n: int) -> int:
         if self.kept != self.offset:
