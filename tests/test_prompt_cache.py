@@ -172,3 +172,15 @@ def test_hostile_mlx_lm_files_are_refused_in_one_line(tmp_path, models, change):
     with pytest.raises(ValueError) as e:
         mlxmodels.load_prompt_cache(path, model)
     assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_a_bounded_cache_with_other_rope_frequencies_is_refused(models, tmp_path):
+    """A sink cache's RoPE periods come from the file: they must be the layer's, or its sinks would move wrongly."""
+    model = models("llama3")[0]
+    cache = model.make_cache(max_kv_size=12)
+    model(mx.array([PROMPT]), cache=cache)
+    path = tmp_path / "doc.cache"
+    mlxmodels.save_prompt_cache(path, cache, model=model, tokens=PROMPT)
+    rewrite(path, {"0.2": cache[0].freqs * 2})
+    with pytest.raises(PromptCacheError, match="layer 0"):
+        mlxmodels.load_prompt_cache(path, model)
