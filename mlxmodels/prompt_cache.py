@@ -42,8 +42,10 @@ class PromptCacheError(ModelError):
 
 def model_identity(model) -> str:
     """What a cache depends on: the architecture and the weights (a hash of the spec and of a slice of the
-    embedding and the final norm, so another fine-tune of the same architecture is told apart)."""
+    embedding and the final norm, so another fine-tune of the same architecture is told apart), and the adapter
+    applied on the fly, if any (its layers change every key and value past the first layer)."""
     h = hashlib.sha256(repr(model.spec).encode())
+    h.update(getattr(model, "adapter_identity", "").encode())
     body = model.model
     for a in (body.embed_tokens.weight[:4], body.norm.weight):
         h.update(np.array(a if a.dtype == mx.uint32 else a.astype(mx.float32)).tobytes())

@@ -61,6 +61,18 @@ def test_a_file_for_another_model_is_refused(models, tmp_path):
         mlxmodels.load_prompt_cache(path, models("llama3")[0])
 
 
+def test_a_file_made_without_the_adapter_is_refused(models, tmp_path):
+    """An adapter applied on the fly changes the model's keys and values: a cache made without it (or with another)
+    is another model's."""
+    model, path = saved(models, tmp_path)
+    model.adapter_identity = "an adapter"
+    try:
+        with pytest.raises(PromptCacheError, match="made for another model"):
+            mlxmodels.load_prompt_cache(path, model)
+    finally:
+        del model.adapter_identity
+
+
 def rewrite(path: Path, arrays=None, meta=None):
     """The saved file with some arrays and metadata entries replaced (None as a value: removed)."""
     f = SafetensorsFile(path)
