@@ -231,7 +231,8 @@ def test_settings_switch_thinking_off_and_on(thinker):
 def scripted_load(thinker, monkeypatch, tiny_folder):
     """`mlxm generate` loads the thinker, made to reply REPLY."""
     model = ScriptedModel(thinker, REPLY)
-    monkeypatch.setattr(model_arg, "load", lambda name, dtype=None: (model, thinker[1], tiny_folder))
+    monkeypatch.setattr(model_arg, "load",
+                        lambda name, dtype=None, adapter_path=None: (model, thinker[1], tiny_folder))
 
 
 def test_generate_sends_reasoning_to_stderr_and_the_answer_to_stdout(scripted_load, capsys):
