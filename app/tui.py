@@ -368,7 +368,7 @@ class ChatApp(ReplyActions, BranchActions, ModelActions, App):
                 await self._reply.remove()
             elif self._stream is None:  # tokens, but no answer: all of it was reasoning (or nothing at all)
                 self._reply.show_placeholder(NO_ANSWER if self._thinking is not None else EMPTY)
-            if replied:
+            if replied and not self._leaving:  # leaving: the log is being taken down; the stats are in the message
                 await self.log_view.mount(ReplyStats(msgs[-1].get("stats"), self._reply.index), after=self._reply)
                 hint = same_reply_hint(self._replaced, msgs[-1], self.session.sampling)
                 if hint:
