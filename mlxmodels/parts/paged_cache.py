@@ -10,6 +10,8 @@ speculative verification) gathers the sequence's blocks and attends with an expl
     cache = model.make_cache(paged=True, num_blocks=512, block_size=16)
     cache.pool.active -> [sequence id]; cache.pool.fork(sid), .truncate(sid, n), .free(sid), .free_blocks
 
+    cache = model.make_cache(paged=True, num_blocks=512, kv_bits=8)  # quantized blocks: paged_quantized.py
+
     cache = model.make_cache(paged=True, num_blocks=512, prefix_cache=True)
     n = cache.pool.claim_prefix(sid, prompt)  # reuse cached blocks; prefill prompt[n:], then
     cache.pool.commit_tokens(sid, prompt[n:])  # so that later prompts can reuse these blocks
@@ -31,6 +33,8 @@ __all__ = ["BlockPool", "PagedCaches", "PagedKVCache", "PagedLatentCache", "Pool
 
 class _PagedLayer(Cache):
     """What both paged caches share: the pool link, positions, rollback and block copies."""
+
+    fused_decode = True  # decode through metal_kernels' entry points, which read float blocks
 
     def __init__(self, pool: BlockPool):
         self.pool = pool
@@ -78,25 +82,31 @@ class PagedKVCache(_PagedLayer):
     def _arrays(self) -> list:
         return [self.keys, self.values]
 
-    def _allocate(self, k, v) -> None:
-        shape = (self.pool.num_blocks, self.pool.block_size, self.n_kv)
-        self.keys = mx.zeros((*shape, k.shape[-1]), k.dtype)
-        self.values = mx.zeros((*shape, v.shape[-1]), v.dtype)
+    def _store(self, step: Step, k, v) -> None:
+        # k, v: (B * T, n_kv, D) in step order
+        if self.keys is None:
+            shape = (self.pool.num_blocks, self.pool.block_size, self.n_kv)
+            self.keys = mx.zeros((*shape, k.shape[-1]), k.dtype)
+            self.values = mx.zeros((*shape, v.shape[-1]), v.dtype)
+        self.keys[step.blocks, step.rows] = k
+        self.values[step.blocks, step.rows] = v
+
+    def _gather(self, tables):
+        """Keys and values of the sequences in `tables` (B, max_blocks) -> two (B, S, n_kv, D), token order."""
+        return (metal_kernels.reference.gather_blocks(self.keys, tables),
+                metal_kernels.reference.gather_blocks(self.values, tables))
 
     def attend(self, q, k, v, scale: float, softcap=None):
         # q: (B, H, T, D); k, v: (B, n_kv, T, D) for the T new tokens of each active sequence
         B, _, T, _ = q.shape
         step = self.pool.begin(T, self.layer_id)
-        if self.keys is None:
-            self._allocate(k, v)
-        self.keys[step.blocks, step.rows] = k.transpose(0, 2, 1, 3).reshape(B * T, self.n_kv, -1)
-        self.values[step.blocks, step.rows] = v.transpose(0, 2, 1, 3).reshape(B * T, self.n_kv, -1)
-        if T == 1:
+        self._store(step, k.transpose(0, 2, 1, 3).reshape(B * T, self.n_kv, -1),
+                    v.transpose(0, 2, 1, 3).reshape(B * T, self.n_kv, -1))
+        if T == 1 and self.fused_decode:
             out = metal_kernels.paged_attention(q[:, :, 0], self.keys, self.values, step.tables, step.context_lens,
                                                 scale, softcap, self.window, self.chunk)[:, :, None]
         else:
-            keys = metal_kernels.reference.gather_blocks(self.keys, step.tables).transpose(0, 2, 1, 3)  # (B, n_kv, S, D)
-            values = metal_kernels.reference.gather_blocks(self.values, step.tables).transpose(0, 2, 1, 3)
+            keys, values = (a.transpose(0, 2, 1, 3) for a in self._gather(step.tables))  # (B, n_kv, S, D)
             masks = self._visible(step, keys.shape[2], self.window, self.chunk)
             out = mx.concatenate([attend(q[b:b + 1], keys[b:b + 1], values[b:b + 1], scale, masks[b], softcap)
                                   for b in range(B)])
@@ -123,10 +133,18 @@ class PagedLatentCache(_PagedLayer):
     def _write(self, rows) -> Step:
         B, _, T, F = rows.shape
         step = self.pool.begin(T, self.layer_id)
-        if self.rows is None:
-            self.rows = mx.zeros((self.pool.num_blocks, self.pool.block_size, F), rows.dtype)
-        self.rows[step.blocks, step.rows] = rows.reshape(B * T, F)
+        self._store(step, rows.reshape(B * T, F))
         return step
+
+    def _store(self, step: Step, rows) -> None:
+        # rows: (B * T, R + P) in step order
+        if self.rows is None:
+            self.rows = mx.zeros((self.pool.num_blocks, self.pool.block_size, rows.shape[-1]), rows.dtype)
+        self.rows[step.blocks, step.rows] = rows
+
+    def _gather(self, tables):
+        """The rows of the sequences in `tables` (B, max_blocks) -> (B, S, R + P), token order."""
+        return metal_kernels.reference.gather_blocks(self.rows, tables)
 
     def mask(self, T: int):
         """The expanded path's mask over the rows `update_and_fetch` returns: (T, S), or (B, 1, T, S)."""
@@ -136,7 +154,7 @@ class PagedLatentCache(_PagedLayer):
 
     def update_and_fetch(self, rows):
         step = self._write(rows)
-        out = metal_kernels.reference.gather_blocks(self.rows, step.tables)[:, None]  # (B, 1, S, R + P)
+        out = self._gather(step.tables)[:, None]  # (B, 1, S, R + P)
         self.pool.layer_done(step, self.layer_id)
         return out
 
@@ -145,11 +163,11 @@ class PagedLatentCache(_PagedLayer):
         B, H, T, _ = q.shape
         step = self._write(rows)
         R = self.rank
-        if T == 1 and softcap is None:
+        if T == 1 and softcap is None and self.fused_decode:
             out = metal_kernels.paged_mla(q[:, :, 0, :R], q[:, :, 0, R:], self.rows, step.tables,
                                           step.context_lens, scale)[:, :, None]
         else:
-            cached = metal_kernels.reference.gather_blocks(self.rows, step.tables)[:, None]  # (B, 1, S, R + P)
+            cached = self._gather(step.tables)[:, None]  # (B, 1, S, R + P)
             masks = self._visible(step, cached.shape[2])
             out = mx.concatenate([attend(q[b:b + 1], cached[b:b + 1], cached[b:b + 1, ..., :R], scale, masks[b],
                                          softcap) for b in range(B)])
@@ -165,12 +183,24 @@ class PagedCaches(list):
         self.pool = pool
 
 
-def make_paged_cache(spec: ModelSpec, num_blocks: int = 256, block_size: int = 16,
-                     prefix_cache: bool = False) -> PagedCaches:
+def make_paged_cache(spec: ModelSpec, num_blocks: int = 256, block_size: int = 16, prefix_cache: bool = False,
+                     kv_bits: Optional[int] = None, kv_group_size: int = 64) -> PagedCaches:
     """A paged cache for every layer, sharing one pool, with one empty sequence active (generate.py's case);
-    prefix_cache=True keys full blocks by their token prefix for `pool.claim_prefix` (see block_pool.py)."""
+    prefix_cache=True keys full blocks by their token prefix for `pool.claim_prefix` (see block_pool.py);
+    kv_bits=4|8 stores the blocks quantized in groups of kv_group_size (paged_quantized.py)."""
+    if kv_bits is None:
+        def layer_cache(attn):
+            return PagedLatentCache(pool, attn.kv_lora_rank) if isinstance(attn, MLASpec) else PagedKVCache(pool, attn)
+    else:
+        from . import paged_quantized as pq
+
+        pq.check_kv_quantization(spec, kv_bits, kv_group_size)
+
+        def layer_cache(attn):
+            if isinstance(attn, MLASpec):
+                return pq.QuantizedPagedLatentCache(pool, attn.kv_lora_rank, kv_bits, kv_group_size)
+            return pq.QuantizedPagedKVCache(pool, attn, kv_bits, kv_group_size)
     pool = BlockPool(num_blocks, block_size, prefix_cache)
-    caches = [PagedLatentCache(pool, layer.attn.kv_lora_rank) if isinstance(layer.attn, MLASpec)
-              else PagedKVCache(pool, layer.attn) for layer in spec.layers]
+    caches = [layer_cache(layer.attn) for layer in spec.layers]
     pool.active = [pool.add_sequence()]
     return PagedCaches(caches, pool)

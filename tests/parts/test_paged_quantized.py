@@ -1,0 +1,119 @@
+"""The quantized paged cache (kv_bits=4|8): through whole models (dense, sliding window with softcap, chunked, MLA,
+learned positions) 8-bit logits stay within TOL8 of the float paged cache's and 4-bit within a KL bound on a fixed
+prompt set; decode, a speculative step and a rollback equal one quantized prefill (each row is quantized alone, so
+the math is the same); batched rows equal each sequence alone; prefix caching reuses quantized blocks and copy on
+write copies codes, scales and biases; options that cannot apply are refused naming them."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from tests.parts.test_paged_cache import FAMILIES, SIZES, model, run  # noqa: F401  (model: the fixture)
+
+GROUP = 32  # the tiny models' head dim (MLA rows: 32 + 32)
+TOL8 = 0.05  # max |logit difference| of 8-bit KV against float KV (measured 0.011-0.030; logits span 4-8)
+KL4 = 5e-3  # mean KL(float || 4-bit) of the next-token distributions over the prompt set (measured 0.9e-3-3.8e-3)
+TOL = 1e-5  # where the math is the same
+PROMPTS = [np.random.default_rng(10 + i).integers(0, 128, size=n) for i, n in enumerate([12, 25, 40])]
+
+
+def paged(model, bits, num_blocks=48, block_size=4, **options):
+    return model.make_cache(paged=True, num_blocks=num_blocks, block_size=block_size, kv_bits=bits,
+                            kv_group_size=GROUP, **options)
+
+
+def log_softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def test_8bit_logits_close_to_float(model):
+    want = run(model, paged(model, None), SIZES)
+    got = run(model, paged(model, 8), SIZES)
+    assert np.abs(got - want).max() < TOL8
+    assert np.abs(got - want).max() > 0, "the cache must really be quantized"
+
+
+def test_4bit_kl_on_prompt_set(model):
+    kls = []
+    for ids in PROMPTS:
+        split = [len(ids) - 4] + [1] * 4
+        p, q = (log_softmax(run(model, paged(model, bits), split, ids)[0].astype(np.float64)) for bits in (None, 4))
+        kls.append((np.exp(p) * (p - q)).sum(-1).mean())
+    assert 0 < np.mean(kls) < KL4
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_decode_and_rollback_equal_prefill(model, bits):
+    """Cached decode, a 3-token step and a rolled-back speculative step give the one-pass quantized prefill's."""
+    ids = np.random.default_rng(1).integers(0, 128, size=30)
+    want = run(model, paged(model, bits), [30], ids)
+    cache = paged(model, bits)
+    got = [run(model, cache, [20] + [1] * 5 + [3], ids[:28])]
+    run(model, cache, [2], np.array([5, 6]))  # rejected draft tokens, forgotten below
+    assert [c.trim(2) for c in cache] == [2] * len(cache)
+    got.append(run(model, cache, [1, 1], ids[28:]))
+    np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=TOL, rtol=0)
+
+
+def test_batched_equals_alone(model):
+    """Three sequences at different positions decode together; each row equals its sequence run alone."""
+    lengths, steps = [5, 17, 11], 4
+    streams = [np.random.default_rng(i).integers(0, 128, size=n + steps) for i, n in enumerate(lengths)]
+    alone = [run(model, paged(model, 8), [n] + [1] * steps, ids)[0, n:] for n, ids in zip(lengths, streams)]
+    cache = paged(model, 8)
+    pool = cache.pool
+    sids = [pool.active[0], pool.add_sequence(), pool.add_sequence()]
+    for sid, n, ids in zip(sids, lengths, streams):
+        pool.active = [sid]
+        model(mx.array(ids[None, :n]), cache=cache)
+    pool.active = sids
+    for t in range(steps):
+        y = mx.array([[int(ids[n + t])] for n, ids in zip(lengths, streams)])
+        logits = np.array(model(y, cache=cache))[:, 0]
+        for b in range(3):
+            np.testing.assert_allclose(logits[b], alone[b][t], atol=TOL, rtol=0)
+
+
+def test_prefix_reuse_and_copy_on_write(model):
+    """A second prompt claims the first's quantized blocks and gives a cold run's logits; a fork written into a
+    shared block gets codes, scales and biases copied (else its earlier rows would read back as zeros)."""
+    prompt = PROMPTS[2][:30]
+    cold = run(model, paged(model, 8), [30], prompt)[0, -1]
+    cache = paged(model, 8, prefix_cache=True)
+    pool = cache.pool
+    first = pool.active[0]
+    run(model, cache, [30], prompt)
+    pool.commit_tokens(first, prompt.tolist())
+    second = pool.add_sequence()
+    n = pool.claim_prefix(second, prompt.tolist())
+    assert n == 28  # 7 full blocks of 4; the last token is prefilled
+    pool.active = [second]
+    np.testing.assert_allclose(run(model, cache, [2], prompt[n:])[0, -1], cold, atol=TOL, rtol=0)
+
+    # fork at 30 tokens (block 7 half full, shared), then both write into it
+    pool.active = [first]
+    child = pool.fork(first)
+    tails = {first: [7, 8], child: [9, 10]}
+    for sid, tail in tails.items():
+        pool.active = [sid]
+        got = run(model, cache, [1, 1], np.array(tail))
+        want = run(model, paged(model, 8), [30, 1, 1], np.concatenate([prompt, tail]))[:, 30:]
+        np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+
+
+def test_quantized_blocks_are_smaller(model):
+    float_cache, cache = paged(model, None), paged(model, 8)
+    run(model, float_cache, [9])
+    run(model, cache, [9])
+    # per float32 row of D: D bytes of 8-bit codes, and a float32 scale and bias per group of 32 (a quarter of 4 D)
+    assert sum(c.nbytes for c in cache) * 32 == sum(c.nbytes for c in float_cache) * 10
+
+
+def test_options_refused_naming_them(model):
+    with pytest.raises(ValueError, match="kv_bits"):
+        paged(model, 3)
+    with pytest.raises(ValueError, match="kv_group_size"):
+        model.make_cache(paged=True, kv_bits=8, kv_group_size=48)
+    with pytest.raises(ValueError, match="kv_group_size=128 does not divide .* use kv_group_size="):
+        model.make_cache(paged=True, kv_bits=4, kv_group_size=128)
