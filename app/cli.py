@@ -57,6 +57,13 @@ def add_adapter(p):
                         "applied on the fly; `mlxm convert --adapter-path` fuses them instead")
 
 
+def add_kv_bits(p):
+    p.add_argument("--kv-bits", type=int, choices=(4, 8), default=None,
+                   help="store the KV cache quantized to 4 or 8 bits (default: the model's float dtype)")
+    p.add_argument("--kv-group-size", type=int, choices=(32, 64, 128), default=64, metavar="{32,64,128}",
+                   help="values sharing one scale and bias in the quantized KV cache (default 64)")
+
+
 def add_sampling(p, defaults_note=""):
     s = p.add_argument_group("sampling" + defaults_note)
     s.add_argument("--temp", type=non_negative_float, default=None, help="temperature (0: greedy)")
@@ -347,6 +354,7 @@ def add_serve(sub):
                        epilog=EPILOG_MODEL)
     add_model(s)
     add_adapter(s)
+    add_kv_bits(s)
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=port_int, default=8080, help="port to listen on (default 8080; 0: any free one)")
     s.add_argument("--max-batch", type=positive_int, default=8, metavar="N",

@@ -58,7 +58,8 @@ def run(args) -> None:
         print(f"loading {model_arg.display_name(args.model)} ...", file=sys.stderr)
     model, tokenizer, folder = model_arg.load(args.model, args.dtype, args.adapter_path)
     context = model_arg.context_limit(folder, args.context) if args.context else None
-    engine = Engine(model, max_batch=args.max_batch, max_queue=args.max_queue, context=context)
+    engine = Engine(model, max_batch=args.max_batch, max_queue=args.max_queue, context=context,
+                    kv_bits=args.kv_bits, kv_group_size=args.kv_group_size)
     engine.start()
     try:
         app = build_app(engine, tokenizer, model_id(args.model), api_key=args.api_key,

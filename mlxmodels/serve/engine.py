@@ -28,6 +28,7 @@ from typing import Deque, Dict, List, Optional, Tuple
 import mlx.core as mx
 
 from ..batch import BatchGenerator, BatchResponse, check_prompt
+from ..parts.paged_quantized import check_kv_quantization
 from ..row_sampling import SamplingParams
 from .stream import Event, Stream
 
@@ -55,7 +56,8 @@ def model_context(model) -> Optional[int]:
 class Engine:
     def __init__(self, model, *, max_batch: int = 8, max_queue: int = 64, context: Optional[int] = None,
                  num_blocks: Optional[int] = None, block_size: int = 16, prefix_cache: bool = True,
-                 prefill_budget: Optional[int] = PREFILL_BUDGET):
+                 prefill_budget: Optional[int] = PREFILL_BUDGET, kv_bits: Optional[int] = None,
+                 kv_group_size: int = 64):
         limit = model_context(model)
         if context is None:
             context = min(limit or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
@@ -67,12 +69,15 @@ class Engine:
             raise ValueError(f"max_batch must be a whole number >= 1, got {max_batch!r}")
         if max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+        if kv_bits is not None:  # here, not when the engine thread builds the cache: a mistake is the caller's
+            check_kv_quantization(model.spec, kv_bits, kv_group_size)
         blocks = lambda tokens: -(-tokens // block_size)  # noqa: E731
         if num_blocks is None:
             num_blocks = max(blocks(context + 1), max_batch * blocks(min(context, BLOCKS_PER_ROW_TOKENS)))
         self.model, self.context, self.max_queue = model, context, max_queue
         self._options = dict(num_blocks=num_blocks, block_size=block_size, max_batch=max_batch,
-                             prefix_cache=prefix_cache, prefill_budget=prefill_budget)
+                             prefix_cache=prefix_cache, prefill_budget=prefill_budget, kv_bits=kv_bits,
+                             kv_group_size=kv_group_size)
         mx.eval(model.parameters())  # nothing lazy from this thread may reach the engine's
         self.gen: Optional[BatchGenerator] = None  # built on the engine thread
         self._ready = threading.Event()

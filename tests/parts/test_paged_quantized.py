@@ -2,12 +2,19 @@
 learned positions) 8-bit logits stay within TOL8 of the float paged cache's and 4-bit within a KL bound on a fixed
 prompt set; decode, a speculative step and a rollback equal one quantized prefill (each row is quantized alone, so
 the math is the same); batched rows equal each sequence alone; prefix caching reuses quantized blocks and copy on
-write copies codes, scales and biases; options that cannot apply are refused naming them."""
+write copies codes, scales and biases; options that cannot apply are refused naming them; BatchGenerator and the
+serve engine take kv_bits/kv_group_size (greedy batched == each prompt alone over a quantized pool), as does
+`mlxm serve`'s parser."""
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
+from app import cli
+from mlxmodels.batch import BatchGenerator
+from mlxmodels.generate import generate_step
+from mlxmodels.row_sampling import SamplingParams
+from mlxmodels.serve import Engine
 from tests.parts.test_paged_cache import FAMILIES, SIZES, model, run  # noqa: F401  (model: the fixture)
 
 GROUP = 32  # the tiny models' head dim (MLA rows: 32 + 32)
@@ -117,3 +124,39 @@ def test_options_refused_naming_them(model):
         model.make_cache(paged=True, kv_bits=8, kv_group_size=48)
     with pytest.raises(ValueError, match="kv_group_size=128 does not divide .* use kv_group_size="):
         model.make_cache(paged=True, kv_bits=4, kv_group_size=128)
+
+
+def test_batch_generator_over_a_quantized_pool(model):
+    """Greedy continuous batching over an 8-bit pool gives each prompt's tokens decoded alone over one."""
+    alone = [[t for t, _ in generate_step(model, p, paged(model, 8), max_tokens=6)] for p in PROMPTS]
+    gen = BatchGenerator(model, num_blocks=48, block_size=4, max_batch=3, kv_bits=8, kv_group_size=GROUP)
+    uids = [gen.add(p.tolist(), 6) for p in PROMPTS]
+    tokens = {}
+    for responses in gen:
+        for r in responses:
+            tokens.setdefault(r.uid, []).append(r.token)
+    assert [tokens[u] for u in uids] == alone
+    assert type(gen.cache[0]).__name__.startswith("Quantized")
+
+
+def test_engine_takes_kv_bits(model):
+    with pytest.raises(ValueError, match="kv_group_size=128"):
+        Engine(model, num_blocks=16, kv_bits=8, kv_group_size=128)  # refused before a thread starts
+    engine = Engine(model, max_batch=2, num_blocks=48, block_size=4, kv_bits=4, kv_group_size=GROUP)
+    engine.start()
+    try:
+        events = list(engine.submit(PROMPTS[0].tolist(), SamplingParams(5, temperature=0.0)))
+    finally:
+        engine.close()
+    want = [t for t, _ in generate_step(model, PROMPTS[0], paged(model, 4), max_tokens=5)]
+    assert [e.token for e in events if e.token != -1] == want
+
+
+def test_serve_parser_flags(capsys):
+    args = cli.parser().parse_args(["serve", "--kv-bits", "8", "--kv-group-size", "32"])
+    assert (args.kv_bits, args.kv_group_size) == (8, 32)
+    assert cli.parser().parse_args(["serve"]).kv_bits is None
+    for bad in (["--kv-bits", "3"], ["--kv-group-size", "48"]):
+        with pytest.raises(SystemExit) as e:
+            cli.parser().parse_args(["serve", *bad])
+        assert e.value.code == 2 and bad[0] in capsys.readouterr().err
