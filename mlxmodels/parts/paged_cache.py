@@ -34,8 +34,6 @@ __all__ = ["BlockPool", "PagedCaches", "PagedKVCache", "PagedLatentCache", "Pool
 class _PagedLayer(Cache):
     """What both paged caches share: the pool link, positions, rollback and block copies."""
 
-    fused_decode = True  # decode through metal_kernels' entry points, which read float blocks
-
     def __init__(self, pool: BlockPool):
         self.pool = pool
         self.layer_id = len(pool.layers)
@@ -91,6 +89,10 @@ class PagedKVCache(_PagedLayer):
         self.keys[step.blocks, step.rows] = k
         self.values[step.blocks, step.rows] = v
 
+    def _decode_blocks(self, tables):
+        """What a decode step's kernel reads: float key and value blocks, and the tables into them."""
+        return self.keys, self.values, tables
+
     def _gather(self, tables):
         """Keys and values of the sequences in `tables` (B, max_blocks) -> two (B, S, n_kv, D), token order."""
         return (metal_kernels.reference.gather_blocks(self.keys, tables),
@@ -102,8 +104,9 @@ class PagedKVCache(_PagedLayer):
         step = self.pool.begin(T, self.layer_id)
         self._store(step, k.transpose(0, 2, 1, 3).reshape(B * T, self.n_kv, -1),
                     v.transpose(0, 2, 1, 3).reshape(B * T, self.n_kv, -1))
-        if T == 1 and self.fused_decode:
-            out = metal_kernels.paged_attention(q[:, :, 0], self.keys, self.values, step.tables, step.context_lens,
+        if T == 1:
+            keys, values, tables = self._decode_blocks(step.tables)
+            out = metal_kernels.paged_attention(q[:, :, 0], keys, values, tables, step.context_lens,
                                                 scale, softcap, self.window, self.chunk)[:, :, None]
         else:
             keys, values = (a.transpose(0, 2, 1, 3) for a in self._gather(step.tables))  # (B, n_kv, S, D)
@@ -142,6 +145,10 @@ class PagedLatentCache(_PagedLayer):
             self.rows = mx.zeros((self.pool.num_blocks, self.pool.block_size, rows.shape[-1]), rows.dtype)
         self.rows[step.blocks, step.rows] = rows
 
+    def _decode_blocks(self, tables):
+        """What a decode step's kernel reads: float row blocks, and the tables into them."""
+        return self.rows, tables
+
     def _gather(self, tables):
         """The rows of the sequences in `tables` (B, max_blocks) -> (B, S, R + P), token order."""
         return metal_kernels.reference.gather_blocks(self.rows, tables)
@@ -163,9 +170,10 @@ class PagedLatentCache(_PagedLayer):
         B, H, T, _ = q.shape
         step = self._write(rows)
         R = self.rank
-        if T == 1 and softcap is None and self.fused_decode:
-            out = metal_kernels.paged_mla(q[:, :, 0, :R], q[:, :, 0, R:], self.rows, step.tables,
-                                          step.context_lens, scale)[:, :, None]
+        if T == 1 and softcap is None:
+            pool, tables = self._decode_blocks(step.tables)
+            out = metal_kernels.paged_mla(q[:, :, 0, :R], q[:, :, 0, R:], pool, tables, step.context_lens,
+                                          scale)[:, :, None]
         else:
             cached = self._gather(step.tables)[:, None]  # (B, 1, S, R + P)
             masks = self._visible(step, cached.shape[2])

@@ -1,9 +1,10 @@
 """Quantized paged caches: the pool's rows stored as `mx.quantize` codes with per-group scales and biases.
 
 Each token row (a head's key or value, or MLA's [latent | rope key]) is quantized along its last axis in groups of
-`group_size` at 4 or 8 bits, as it is written; a step gathers its sequences' blocks and dequantizes them, then
-attends as the float paged cache's multi-token path does (decode included: `metal_kernels`' entry points read
-float blocks). Codes, scales and biases are pool arrays of their own with the block axes first, so copy on write,
+`group_size` at 4 or 8 bits, as it is written. A step dequantizes only its sequences' blocks: a multi-token step
+attends over them as the float cache does; a decode step hands them to the same `metal_kernels` entry point as a
+small float pool of their own (B * max_blocks blocks, tables counting through it), since the kernels read float
+blocks. Codes, scales and biases are pool arrays of their own with the block axes first, so copy on write,
 prefix caching and nbytes handle them as they do the float arrays.
 
     cache = model.make_cache(paged=True, num_blocks=512, kv_bits=8, kv_group_size=64)
@@ -66,13 +67,22 @@ class QuantizedBlocks:
         codes, scales, biases = (metal_kernels.reference.gather_blocks(p, tables) for p in self.parts)
         return mx.dequantize(codes, scales, biases, group_size=self.group_size, bits=self.bits)
 
+    def gather_blocks(self, tables):
+        """The blocks of `tables` (B, W) dequantized -> (B * W, block_size, ..., F): a float pool of their own."""
+        codes, scales, biases = (p[tables.reshape(-1)] for p in self.parts)
+        return mx.dequantize(codes, scales, biases, group_size=self.group_size, bits=self.bits)
+
     def arrays(self) -> list:
         return self.parts or [None]
 
 
-class QuantizedPagedKVCache(PagedKVCache):
-    fused_decode = False
+def local_tables(tables):
+    """Tables into the pool `gather_blocks` makes: row b holds blocks b * W .. b * W + W - 1."""
+    B, W = tables.shape
+    return mx.arange(B * W, dtype=mx.int32).reshape(B, W)
 
+
+class QuantizedPagedKVCache(PagedKVCache):
     def __init__(self, pool: BlockPool, attn: AttnSpec, bits: int, group_size: int):
         super().__init__(pool, attn)
         self.bits, self.group_size = bits, group_size
@@ -89,11 +99,12 @@ class QuantizedPagedKVCache(PagedKVCache):
     def _gather(self, tables):
         return self.qkeys.gather(tables), self.qvalues.gather(tables)
 
+    def _decode_blocks(self, tables):
+        return self.qkeys.gather_blocks(tables), self.qvalues.gather_blocks(tables), local_tables(tables)
+
 
 class QuantizedPagedLatentCache(PagedLatentCache):
     """MLA's rows [latent | rope key] quantized whole, as stored: one set of groups over R + P."""
-
-    fused_decode = False
 
     def __init__(self, pool: BlockPool, kv_lora_rank: int, bits: int, group_size: int):
         super().__init__(pool, kv_lora_rank)
@@ -108,3 +119,6 @@ class QuantizedPagedLatentCache(PagedLatentCache):
 
     def _gather(self, tables):
         return self.qrows.gather(tables)
+
+    def _decode_blocks(self, tables):
+        return self.qrows.gather_blocks(tables), local_tables(tables)

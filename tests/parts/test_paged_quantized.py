@@ -21,6 +21,9 @@ GROUP = 32  # the tiny models' head dim (MLA rows: 32 + 32)
 TOL8 = 0.05  # max |logit difference| of 8-bit KV against float KV (measured 0.011-0.030; logits span 4-8)
 KL4 = 5e-3  # mean KL(float || 4-bit) of the next-token distributions over the prompt set (measured 0.9e-3-3.8e-3)
 TOL = 1e-5  # where the math is the same
+# ... but a key computed in another batch shape differs in its last float bit, which now and then moves a value
+# across a rounding boundary of its quantization: one code step, visible in the logits of the positions that see it
+FLIP = {8: 2e-3, 4: 3e-2}
 PROMPTS = [np.random.default_rng(10 + i).integers(0, 128, size=n) for i, n in enumerate([12, 25, 40])]
 
 
@@ -32,6 +35,13 @@ def paged(model, bits, num_blocks=48, block_size=4, **options):
 def log_softmax(x):
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def assert_same_math(got, want, bits):
+    """Equal up to TOL at most positions, and within one quantization step's reach (FLIP) at every one."""
+    diff = np.abs(np.asarray(got) - np.asarray(want)).max(axis=-1).reshape(-1)  # per position
+    assert diff.max() < FLIP[bits], diff.max()
+    assert np.mean(diff < TOL) >= 0.75, diff
 
 
 def test_8bit_logits_close_to_float(model):
@@ -60,7 +70,7 @@ def test_decode_and_rollback_equal_prefill(model, bits):
     run(model, cache, [2], np.array([5, 6]))  # rejected draft tokens, forgotten below
     assert [c.trim(2) for c in cache] == [2] * len(cache)
     got.append(run(model, cache, [1, 1], ids[28:]))
-    np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=TOL, rtol=0)
+    assert_same_math(np.concatenate(got, axis=1), want, bits)
 
 
 def test_batched_equals_alone(model):
@@ -75,18 +85,18 @@ def test_batched_equals_alone(model):
         pool.active = [sid]
         model(mx.array(ids[None, :n]), cache=cache)
     pool.active = sids
+    got = []
     for t in range(steps):
         y = mx.array([[int(ids[n + t])] for n, ids in zip(lengths, streams)])
-        logits = np.array(model(y, cache=cache))[:, 0]
-        for b in range(3):
-            np.testing.assert_allclose(logits[b], alone[b][t], atol=TOL, rtol=0)
+        got.append(np.array(model(y, cache=cache))[:, 0])
+    assert_same_math(np.stack(got, axis=1), np.stack(alone), 8)
 
 
 def test_prefix_reuse_and_copy_on_write(model):
     """A second prompt claims the first's quantized blocks and gives a cold run's logits; a fork written into a
     shared block gets codes, scales and biases copied (else its earlier rows would read back as zeros)."""
     prompt = PROMPTS[2][:30]
-    cold = run(model, paged(model, 8), [30], prompt)[0, -1]
+    cold = run(model, paged(model, 8), [28, 2], prompt)[:, 28:]  # the shapes the claiming sequence runs
     cache = paged(model, 8, prefix_cache=True)
     pool = cache.pool
     first = pool.active[0]
@@ -96,7 +106,7 @@ def test_prefix_reuse_and_copy_on_write(model):
     n = pool.claim_prefix(second, prompt.tolist())
     assert n == 28  # 7 full blocks of 4; the last token is prefilled
     pool.active = [second]
-    np.testing.assert_allclose(run(model, cache, [2], prompt[n:])[0, -1], cold, atol=TOL, rtol=0)
+    assert_same_math(run(model, cache, [2], prompt[n:]), cold, 8)
 
     # fork at 30 tokens (block 7 half full, shared), then both write into it
     pool.active = [first]
@@ -106,7 +116,7 @@ def test_prefix_reuse_and_copy_on_write(model):
         pool.active = [sid]
         got = run(model, cache, [1, 1], np.array(tail))
         want = run(model, paged(model, 8), [30, 1, 1], np.concatenate([prompt, tail]))[:, 30:]
-        np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+        assert_same_math(got, want, 8)
 
 
 def test_quantized_blocks_are_smaller(model):
