@@ -363,6 +363,9 @@ def add_serve(sub):
                    help="most requests waiting for a place in the batch; more get 429 (default 64)")
     s.add_argument("--api-key", type=non_empty, default=None, metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on every request but /health")
+    s.add_argument("--cors-origin", type=non_empty, action="append", default=[], metavar="ORIGIN",
+                   help="let browser pages from ORIGIN (e.g. http://localhost:3000; repeatable; '*': any site) call "
+                        "the API (default: none)")
     s.add_argument("--context", type=positive_int, default=None, metavar="TOKENS",
                    help="context per request in tokens, prompt and reply together (default: the model's maximum, "
                         "at most 8192)")

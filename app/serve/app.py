@@ -16,12 +16,14 @@ import asyncio
 import hmac
 import json
 import time
+from collections.abc import Sequence
 from typing import Optional
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -215,8 +217,9 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 
 def build_app(engine, tokenizer, model_id: str, *, api_key: Optional[str] = None,
-              defaults: Optional[dict] = None) -> Starlette:
-    """The ASGI app; the engine is started and closed by its owner (server.py)."""
+              defaults: Optional[dict] = None, cors_origins: Sequence[str] = ()) -> Starlette:
+    """The ASGI app; the engine is started and closed by its owner (server.py). `cors_origins` (none by default):
+    the web origins whose browser pages may call the API ("*": any)."""
     served = Served(engine, tokenizer, model_id, defaults)
     routes = [Route("/health", served.health), Route("/v1/models", served.models),
               Route("/v1/models/{name:path}", served.model),
@@ -224,4 +227,8 @@ def build_app(engine, tokenizer, model_id: str, *, api_key: Optional[str] = None
               Route("/v1/chat/completions", served.chat, methods=["POST"]),
               Route("/v1/completions", served.completions, methods=["POST"])]
     middleware = [Middleware(BearerAuth, api_key=api_key)] if api_key else []
+    if cors_origins:
+        # outermost, so a browser's preflight (OPTIONS, which never carries the key) is answered before the key check
+        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                                        allow_headers=["Authorization", "Content-Type"]))
     return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: _http_error})

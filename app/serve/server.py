@@ -63,7 +63,7 @@ def run(args) -> None:
     engine.start()
     try:
         app = build_app(engine, tokenizer, model_id(args.model), api_key=args.api_key,
-                        defaults=model_arg.sampling_defaults(folder))
+                        cors_origins=args.cors_origin, defaults=model_arg.sampling_defaults(folder))
         server = make_server(app, sock, engine.close)
         print(f"mlxm serve: {model_id(args.model)} on http://{url_host(args.host)}:{sock.getsockname()[1]}/v1 "
               f"(context {engine.context} tokens, batch {args.max_batch})", file=sys.stderr)
