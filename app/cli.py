@@ -363,6 +363,9 @@ def add_serve(sub):
                    help="most requests waiting for a place in the batch; more get 429 (default 64)")
     s.add_argument("--api-key", type=non_empty, default=None, metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on every request but /health")
+    s.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="prefill every prompt in full instead of reusing KV blocks cached for a shared prefix "
+                        "(to measure what the prefix cache saves)")
     s.add_argument("--cors-origin", type=non_empty, action="append", default=[], metavar="ORIGIN",
                    help="let browser pages from ORIGIN (e.g. http://localhost:3000; repeatable; '*': any site) call "
                         "the API (default: none)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """OpenAI-compatible servers under concurrent load: `mlxm serve` against `mlx_lm.server` on the same model.
 
-    python scripts/bench_serve.py -m MODEL_DIR [--tools ours,mlx-lm] [--clients 1,4,8,16] [--requests 2]
+    python scripts/bench_serve.py -m MODEL_DIR [--tools ours,mlx-lm,ours-no-prefix] [--clients 1,4,8,16] [--requests 2]
                                   [--prompt-words 64] [--max-tokens 64] [--system-words 1000]
                                   [--prefix-trials 3] [--json FILE]
 
@@ -16,7 +16,8 @@ with its own prompt.
 2. Shared prefix: per trial, a request with a fresh --system-words system prompt runs to its end; then, in
    alternating order, one with the same system prompt and another question (warm) and one with another fresh
    system prompt of the same length (cold). The medians of their TTFT and cold/warm are reported: the gain of a
-   prefix cache (mlx_lm.server has a prompt cache of its own).
+   prefix cache (mlx_lm.server has a prompt cache of its own). The tool ours-no-prefix is ours with
+   --no-prefix-cache: its cold and warm are both full prefills, the baseline for ours' warm TTFT.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ def free_port() -> int:
 
 
 def server_command(tool: str, model: str, port: int, max_batch: int) -> List[str]:
-    if tool == "ours":
+    if tool.startswith("ours"):  # ours-no-prefix: prefix cache off, to measure what it saves
         return [sys.executable, "-m", "app.cli", "serve", "-m", model, "--port", str(port), "--max-batch",
-                str(max_batch)]
+                str(max_batch)] + (["--no-prefix-cache"] if tool == "ours-no-prefix" else [])
     return [sys.executable, "-m", "mlx_lm.server", "--model", model, "--port", str(port),
             "--decode-concurrency", str(max_batch)]
 
@@ -176,8 +177,8 @@ def main(argv=None):
     ap.add_argument("--json", help="write every number to this file")
     args = ap.parse_args(argv)
     tools = [t.strip() for t in args.tools.split(",")]
-    if not set(tools) <= {"ours", "mlx-lm"}:
-        ap.error(f"--tools: ours and/or mlx-lm, got {args.tools}")
+    if not set(tools) <= {"ours", "ours-no-prefix", "mlx-lm"}:
+        ap.error(f"--tools: ours, ours-no-prefix and/or mlx-lm, got {args.tools}")
     clients = [int(c) for c in args.clients.split(",")]
     out = {"model": args.model, "settings": vars(args), "tools": {}}
     for tool in tools:
@@ -191,16 +192,16 @@ def main(argv=None):
                 load_round(server, n, args, random.Random(n))
                 rounds.append(load_round(server, n, args, rng))
                 r = rounds[-1]
-                print(f"{tool:7s} {n:3d} clients: {r['aggregate_tps']:8.1f} tok/s, TTFT median "
+                print(f"{tool:14s} {n:3d} clients: {r['aggregate_tps']:8.1f} tok/s, TTFT median "
                       f"{1000 * r['ttft_median']:7.0f} ms, p95 {1000 * r['ttft_p95']:7.0f} ms", flush=True)
             prefix = prefix_trials(server, args, rng)
-            print(f"{tool:7s} shared {args.system_words}-word system prompt: TTFT cold "
+            print(f"{tool:14s} shared {args.system_words}-word system prompt: TTFT cold "
                   f"{1000 * prefix['cold_ttft']:.0f} ms, warm {1000 * prefix['warm_ttft']:.0f} ms, "
                   f"{prefix['speedup']:.1f}x", flush=True)
             out["tools"][tool] = dict(rounds=rounds, prefix=prefix)
         finally:
             server.stop()
-    if len(out["tools"]) == 2:
+    if {"ours", "mlx-lm"} <= out["tools"].keys():
         for ours, theirs in zip(out["tools"]["ours"]["rounds"], out["tools"]["mlx-lm"]["rounds"]):
             print(f"{ours['clients']:3d} clients: ours / mlx-lm aggregate tok/s = "
                   f"{ours['aggregate_tps'] / theirs['aggregate_tps']:.2f}")

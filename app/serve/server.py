@@ -59,7 +59,8 @@ def run(args) -> None:
     model, tokenizer, folder = model_arg.load(args.model, args.dtype, args.adapter_path)
     context = model_arg.context_limit(folder, args.context) if args.context else None
     engine = Engine(model, max_batch=args.max_batch, max_queue=args.max_queue, context=context,
-                    kv_bits=args.kv_bits, kv_group_size=args.kv_group_size)
+                    kv_bits=args.kv_bits, kv_group_size=args.kv_group_size,
+                    prefix_cache=args.prefix_cache)
     engine.start()
     try:
         app = build_app(engine, tokenizer, model_id(args.model), api_key=args.api_key,
