@@ -137,7 +137,12 @@ def cmd_generate(args):
     if not tokenizer.has_chat_template and (needs_template or args.chat):
         raise ValueError(f"{needs_template[0] if needs_template else '--chat'} needs a chat template and "
                          f"{model_arg.display_name(args.model)} has none; prompt it with plain text")
-    cache = model.make_cache(max_kv_size=args.max_kv_size) if args.max_kv_size else None
+    if args.prompt_cache and args.kv_bits:
+        raise ValueError("--kv-bits does not apply with --prompt-cache (the file's cache is used as saved); drop one")
+    cache = None
+    if args.max_kv_size or args.kv_bits:  # rollback: the tokens a --draft step may reject
+        options = dict(kv_bits=args.kv_bits, kv_group_size=args.kv_group_size) if args.kv_bits else {}
+        cache = model.make_cache(args.num_draft if args.draft else 0, max_kv_size=args.max_kv_size, **options)
     if args.prompt_cache:  # the file holds the prompt's start: feed only what follows it
         from app.cache_prompt_cmd import resume
 
@@ -232,6 +237,7 @@ def add_generate(sub):
     g.add_argument("--num-draft", "--num-draft-tokens", type=positive_int, default=3,
                    help="most drafted tokens per step (default 3; fewer while drafts are rejected)")
     add_long_context(g)
+    add_kv_bits(g)
     g.add_argument("-v", "--verbose", action="store_true", help="print speed and memory to stderr")
     g.set_defaults(func=cmd_generate)
 
@@ -270,6 +276,12 @@ def cmd_chat(args):
                   chat=chat)
     if args.max_kv_size:
         app.session.cache_options["max_kv_size"] = args.max_kv_size
+    if args.kv_bits:
+        if args.prompt_cache:
+            raise ValueError("--kv-bits does not apply with --prompt-cache (the file's cache is used as saved); "
+                             "drop one")
+        model.make_cache(kv_bits=args.kv_bits, kv_group_size=args.kv_group_size)  # options refused here, in one line
+        app.session.cache_options.update(kv_bits=args.kv_bits, kv_group_size=args.kv_group_size)
     if args.prompt_cache:
         from app.cache_prompt_cmd import load_for_chat
 
@@ -301,6 +313,7 @@ def add_chat(sub):
     add_template_switches(c, " (for a new chat; a reopened chat keeps its own, Ctrl+T changes them)")
     add_sampling(c, " (default: the model's generation_config.json, else greedy)")
     add_long_context(c)
+    add_kv_bits(c)
     c.set_defaults(func=cmd_chat)
 
 
