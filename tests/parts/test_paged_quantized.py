@@ -20,7 +20,6 @@ from tests.parts.test_paged_cache import FAMILIES, SIZES, model, run  # noqa: F4
 GROUP = 32  # the tiny models' head dim (MLA rows: 32 + 32)
 TOL8 = 0.05  # max |logit difference| of 8-bit KV against float KV (measured 0.011-0.030; logits span 4-8)
 KL4 = 5e-3  # mean KL(float || 4-bit) of the next-token distributions over the prompt set (measured 0.9e-3-3.8e-3)
-TOL = 1e-5  # where the math is the same
 # ... but a key computed in another batch shape differs in its last float bit, which now and then moves a value
 # across a rounding boundary of its quantization: one code step, visible in the logits of the positions that see it
 FLIP = {8: 2e-3, 4: 3e-2}
@@ -38,10 +37,12 @@ def log_softmax(x):
 
 
 def assert_same_math(got, want, bits):
-    """Equal up to TOL at most positions, and within one quantization step's reach (FLIP) at every one."""
+    """Within one quantization step's reach (FLIP) at every position. Not bit-equal: a key computed in a many-row
+    matmul and in a one-row one may differ in its last bit (BLAS picks other kernels; with OpenBLAS a gpt2 run had
+    43% of positions off by ~1e-3), and a code on a rounding boundary then flips. A wrong position, mask or
+    rollback moves the logits by far more than FLIP."""
     diff = np.abs(np.asarray(got) - np.asarray(want)).max(axis=-1).reshape(-1)  # per position
     assert diff.max() < FLIP[bits], diff.max()
-    assert np.mean(diff < TOL) >= 0.75, diff
 
 
 def test_8bit_logits_close_to_float(model):

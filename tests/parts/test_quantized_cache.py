@@ -10,7 +10,7 @@ import pytest
 
 from mlxmodels.parts.quantized_cache import QuantizedKVCache, QuantizedLatentCache
 from tests.parts.test_paged_cache import SIZES, model, run  # noqa: F401  (model: the fixture)
-from tests.parts.test_paged_quantized import GROUP, KL4, PROMPTS, TOL8, log_softmax
+from tests.parts.test_paged_quantized import GROUP, KL4, PROMPTS, TOL8, assert_same_math, log_softmax
 
 TOL = 1e-5  # where the math is the same
 QUANTIZED = (QuantizedKVCache, QuantizedLatentCache)
@@ -54,7 +54,7 @@ def test_decode_and_rollback_equal_prefill(model, bits):
     run(model, cache, [2], np.array([5, 6]))  # rejected draft tokens, forgotten below
     assert [c.trim(2) for c in cache] == [2] * len(cache)
     got.append(run(model, cache, [1, 1], ids[28:]))
-    np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=1e-4, rtol=0)
+    assert_same_math(np.concatenate(got, axis=1), want, bits)
 
 
 def test_state_round_trip(model):
