@@ -25,20 +25,10 @@ sys.path.insert(0, str(ROOT))
 import mlxmodels  # noqa: E402,F401  (first: it loads a fast BLAS on Linux, which must come before mlx.core)
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
-from mlxmodels.decoder import Decoder  # noqa: E402
-from mlxmodels.spec import FFNSpec, LayerSpec, MLASpec, ModelSpec, RopeSpec  # noqa: E402
 from scripts.bench_paged import llama  # noqa: E402
+from scripts.bench_paged_kv import mla  # noqa: E402  (the same DeepSeek-V3-shaped model)
 
 CHUNK = 512
-
-
-def deepseek_shaped() -> Decoder:
-    attn = MLASpec(16, kv_lora_rank=512, qk_nope_head_dim=64, qk_rope_head_dim=64, v_head_dim=64, rope=RopeSpec(64),
-                   q_lora_rank=384)
-    mx.random.seed(0)
-    model = Decoder(ModelSpec(32000, 1024, tuple(LayerSpec(attn, FFNSpec(2816)) for _ in range(8))))
-    mx.eval(model.parameters())
-    return model
 
 
 def measure(model, context: int, bits, gen_tokens: int) -> dict:
@@ -71,7 +61,7 @@ def main() -> None:
     rows = []
     print(f"# {platform.machine()} {platform.system()}, MLX {mx.__version__}, device {mx.default_device()}")
     print("model     context  kv     bytes/token  decode tok/s  max|dlogit|  KL")
-    for name, build in (("llama", lambda: llama(False)), ("deepseek", deepseek_shaped)):
+    for name, build in (("llama", lambda: llama(False)), ("deepseek", mla)):
         model = build()
         for context in map(int, args.contexts.split(",")):
             base = None
