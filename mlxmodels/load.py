@@ -206,13 +206,22 @@ def load_model(folder: Path, dtype=None, gguf=None) -> Decoder:
     return model
 
 
-def load(path_or_hub_id, dtype=None, adapter_path=None):
+def load(path_or_hub_id, dtype=None, adapter_path=None, parallel=None):
     """-> (model, tokenizer); tokenizer is None if the folder has none. `adapter_path`: a LoRA/DoRA adapter folder
-    written by mlx_lm.lora, applied on the fly over the loaded weights (mlxmodels/adapters.py)."""
+    written by mlx_lm.lora, applied on the fly over the loaded weights (mlxmodels/adapters.py). `parallel`:
+    "pipeline" | "tensor" | "experts" | "auto" under mlx.launch: this rank's share of the model
+    (mlxmodels/distributed/), which still returns the full logits."""
     from .tokenizer import load_tokenizer
 
     folder = resolve(path_or_hub_id)
-    if folder.is_file():  # a GGUF file holds the config, the weights and the tokenizer: parse its header once
+    if parallel is not None:
+        from .distributed.load import load_parallel
+
+        if adapter_path is not None:
+            raise ModelError("--adapter-path cannot be combined with --parallel yet; fuse the adapter first "
+                             "(mlxm convert --adapter-path) and load the fused folder")
+        model, tokenizer = load_parallel(folder, parallel, dtype=dtype), load_tokenizer(folder)
+    elif folder.is_file():  # a GGUF file holds the config, the weights and the tokenizer: parse its header once
         from .formats.gguf_model import GGUFCheckpoint
 
         gguf = GGUFCheckpoint(folder)

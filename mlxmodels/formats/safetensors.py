@@ -178,10 +178,12 @@ class SafetensorsFile:
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return self._map
 
-    def array(self, name: str) -> mx.array:
+    def array(self, name: str, part: Optional[tuple] = None) -> mx.array:
         """The tensor as an MLX array (F8_E4M3 as its uint8 bits). Copied from the mapping straight into MLX's
         buffer a chunk at a time, each chunk's mapped pages released after: resident memory is the tensor once,
-        not twice, however large the file."""
+        not twice, however large the file. part=(axis, start, stop): only that slice is copied (a rank's shard)."""
+        if part is not None:
+            return self._part(name, *part)
         info = self.tensors[name]
         itemsize, np_dtype, mx_dtype = DTYPES[info.dtype]
         raw = mx.bool_ if np_dtype is np.bool_ else mx.array(np.zeros(0, np_dtype)).dtype
@@ -206,6 +208,22 @@ class SafetensorsFile:
             del view
             self._release(start, start + info.nbytes)
         return out.view(mx_dtype) if raw != mx_dtype else out
+
+    def _part(self, name: str, axis: int, lo: int, hi: int) -> mx.array:
+        """tensor[..., lo:hi, ...] along `axis`, copied out of a strided view of the mapping: only the pages that
+        hold the slice are read."""
+        info = self.tensors[name]
+        itemsize, np_dtype, mx_dtype = DTYPES[info.dtype]
+        if np_dtype is np.bool_ or not 0 <= lo <= hi <= info.shape[axis]:
+            raise SafetensorsError(f"{self.path}: cannot read {name}[{lo}:{hi}] along axis {axis} of "
+                                   f"{tuple(info.shape)}")
+        m, start = self._mapping(), self.data_start + info.begin
+        view = np.ndarray(tuple(info.shape), dtype=np_dtype, buffer=m, offset=start)
+        out = mx.array(np.ascontiguousarray(view[(slice(None),) * axis + (slice(lo, hi),)]))
+        mx.eval(out)
+        del view
+        self._release(start, start + info.nbytes)
+        return out.view(mx_dtype) if out.dtype != mx_dtype else out
 
     def _release(self, begin: int, end: int):
         """Drop the mapped pages of a span we have copied, so resident memory stays one tensor, not the file."""
@@ -261,8 +279,8 @@ class Checkpoint:
     def info(self, name: str) -> TensorInfo:
         return self.where[name].tensors[name]
 
-    def array(self, name: str) -> mx.array:
-        return self.where[name].array(name)
+    def array(self, name: str, part: Optional[tuple] = None) -> mx.array:
+        return self.where[name].array(name, part)
 
     def close(self):
         for f in self.files:

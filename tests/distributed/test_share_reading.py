@@ -1,0 +1,82 @@
+"""The sharded loader's own parts, in one process: slices read from a mapping, the whole model through it."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlxmodels
+from mlxmodels.decoder import Decoder
+from mlxmodels.distributed import LAYOUTS, Layout, ParallelError, Slice
+from mlxmodels.distributed.load import load_parallel
+from mlxmodels.formats.safetensors import SafetensorsFile
+from tests.families.test_families import CASES
+from tests.oracle import build_hf
+
+
+class Whole(Layout):
+    """Every tensor whole on the one rank: the sharded loader must then give the single-process model."""
+
+    name = "whole"
+
+    def place(self, name, shape):
+        return name, None
+
+    def build(self):
+        return Decoder(self.local_spec)
+
+
+@pytest.fixture
+def whole_mode(monkeypatch):
+    monkeypatch.setitem(LAYOUTS, "whole", "whole:Whole")
+    import sys
+    import types
+
+    module = types.ModuleType("mlxmodels.distributed.whole")
+    module.Whole = Whole
+    monkeypatch.setitem(sys.modules, "mlxmodels.distributed.whole", module)
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16, mx.float16, mx.int32, mx.uint32])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_slice_read_from_the_mapping_equals_the_slice_of_the_whole(tmp_path, dtype, axis):
+    a = (mx.random.normal((6, 8, 10)) * 100).astype(dtype)
+    mx.save_safetensors(str(tmp_path / "t.safetensors"), {"a": a})
+    f = SafetensorsFile(tmp_path / "t.safetensors")
+    n = a.shape[axis]
+    for lo, hi in [(0, n // 2), (n // 2, n), (1, n - 1), (2, 2)]:
+        got = f.array("a", (axis, lo, hi))
+        want = a[(slice(None),) * axis + (slice(lo, hi),)]
+        assert got.dtype == a.dtype and got.shape == want.shape
+        assert np.array_equal(np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32)))
+    f.close()
+
+
+def test_a_slice_past_the_tensor_is_refused(tmp_path):
+    mx.save_safetensors(str(tmp_path / "t.safetensors"), {"a": mx.zeros((4, 4))})
+    with pytest.raises(Exception, match="cannot read a"):
+        SafetensorsFile(tmp_path / "t.safetensors").array("a", (1, 2, 5))
+
+
+def test_slice_fractions_cut_packed_codes_and_scales_alike():
+    cut = Slice.part(1, 1, 2)
+    assert cut.bounds((64, 32), "w") == (1, 16, 32)  # 4-bit codes of 256 inputs
+    assert cut.bounds((64, 4), "w.scales") == (1, 2, 4)  # their groups of 64
+    with pytest.raises(ParallelError, match="w.scales"):
+        Slice.part(1, 1, 3).bounds((64, 4), "w.scales")
+
+
+@pytest.mark.parametrize("case", ["llama3", "mixtral", "deepseek_v3", "gemma3"])
+def test_the_whole_layout_loads_the_single_process_model(tmp_path, whole_mode, case):
+    """Direct reads and the per-layer mapped reads (HF experts stacked, kv_b_proj split) both go through."""
+    model_type, config, _ = CASES[case]
+    build_hf(model_type, tmp_path, **config)
+    ref, _ = mlxmodels.load(tmp_path)
+    model = load_parallel(tmp_path, "whole", group=mx.distributed.init())
+    ids = mx.array([[1, 5, 9, 2, 7, 3]])
+    assert np.array_equal(np.array(model(ids)), np.array(ref(ids)))
+
+
+def test_an_unknown_mode_is_one_line(tmp_path):
+    build_hf("llama", tmp_path, **CASES["llama3"][1])
+    with pytest.raises(ParallelError, match="unknown --parallel mode 'rows'"):
+        mlxmodels.load(tmp_path, parallel="rows")
