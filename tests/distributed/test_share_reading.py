@@ -1,6 +1,7 @@
 """The sharded loader's own parts, in one process: slices read from a mapping, the whole model through it."""
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 import numpy as np
 import pytest
 
@@ -80,3 +81,18 @@ def test_an_unknown_mode_is_one_line(tmp_path):
     build_hf("llama", tmp_path, **CASES["llama3"][1])
     with pytest.raises(ParallelError, match="unknown --parallel mode 'rows'"):
         mlxmodels.load(tmp_path, parallel="rows")
+
+
+@pytest.mark.parametrize("case", ["llama3", "qwen3_moe"])
+def test_the_whole_layout_loads_a_quantized_folder(tmp_path, whole_mode, case):
+    """mlx-lm's layout (packed codes, scales, biases, per-module overrides) goes through the sharded loader too."""
+    from quantize.convert import Options, convert
+
+    model_type, config, _ = CASES[case]
+    build_hf(model_type, tmp_path / "hf", **config)
+    convert(tmp_path / "hf", tmp_path / "q", Options(quantize=True))
+    ref, _ = mlxmodels.load(tmp_path / "q")
+    assert any(k.endswith(".scales") for k, _ in tree_flatten(ref.parameters()))
+    model = load_parallel(tmp_path / "q", "whole", group=mx.distributed.init())
+    ids = mx.array([[1, 5, 9, 2, 7, 3]])
+    assert np.array_equal(np.array(model(ids)), np.array(ref(ids)))
