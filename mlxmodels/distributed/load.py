@@ -75,7 +75,7 @@ def read_share(ckpt: Checkpoint, source: dict, mapped: dict, layout: Layout, ada
     for _, names in sorted(groups.items()):
         if not any(_placed(layout, n, mapped) for n in _outputs(names, source, adapter, cfg) & wanted):
             continue  # nothing of this group lives here: never read it
-        whole = adapter.map_weights({n: ckpt.array(n) for n in names}, cfg)
+        whole = _map(adapter, {n: ckpt.array(n) for n in names}, cfg)
         for name, a in whole.items():
             if name in wanted:
                 _put(out, layout, name, a.shape, lambda part, a=a: a[_index(part)])
@@ -85,7 +85,12 @@ def read_share(ckpt: Checkpoint, source: dict, mapped: dict, layout: Layout, ada
 
 def _outputs(names: list, source: dict, adapter, cfg) -> set:
     """The model-space names a group maps to, from placeholders (nothing read)."""
-    return set(adapter.map_weights({n: source[n] for n in names}, cfg))
+    return set(_map(adapter, {n: source[n] for n in names}, cfg))
+
+
+def _map(adapter, weights: dict, cfg) -> dict:
+    # families without map_weights keep their names: what is left over is what load drops (inv_freq, a tied head)
+    return adapter.map_weights(weights, cfg) if hasattr(adapter, "map_weights") else weights
 
 
 def _placed(layout: Layout, name: str, mapped: dict) -> bool:

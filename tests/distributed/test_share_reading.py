@@ -66,7 +66,7 @@ def test_slice_fractions_cut_packed_codes_and_scales_alike():
         Slice.part(1, 1, 3).bounds((64, 4), "w.scales")
 
 
-@pytest.mark.parametrize("case", ["llama3", "mixtral", "deepseek_v3", "gemma3"])
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_the_whole_layout_loads_the_single_process_model(tmp_path, whole_mode, case):
     """Direct reads and the per-layer mapped reads (HF experts stacked, kv_b_proj split) both go through."""
     model_type, config, _ = CASES[case]
