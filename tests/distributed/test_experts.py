@@ -1,0 +1,148 @@
+"""Experts mode: routed experts partitioned across ranks, the router whole, one all_sum per MoE layer.
+
+In process: a layer's experts split in two LocalExperts give the whole layer's output (both ways of running a
+rank's pairs), what each rank places, and the refusals. Over 2 ranks (one mlx.launch for the module): qwen3_moe,
+mixtral, DeepSeek-V3 with MTP (MLA + shared experts) and a 4-bit qwen3_moe folder against the single-process model.
+"""
+
+from fractions import Fraction
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlxmodels
+from mlxmodels.distributed import ParallelError, Slice
+from mlxmodels.distributed.experts import ExpertsLayout, LocalExperts
+from mlxmodels.families import build_spec
+from mlxmodels.config import read_config
+from mlxmodels.parts.experts import SwitchMLP
+from tests import mtp_fixture
+from tests.distributed import experts_worker
+from tests.distributed.harness import launch, rank_results
+from tests.families.test_families import CASES
+from tests.oracle import build_hf
+
+TOL = 1e-4
+
+
+class Group:
+    """What a Layout asks of a group: its rank and size (no collective runs in place())."""
+
+    def __init__(self, rank, size):
+        self._rank, self._size = rank, size
+
+    def rank(self):
+        return self._rank
+
+    def size(self):
+        return self._size
+
+
+def split_experts(whole: SwitchMLP, n_ranks: int) -> list:
+    """Each rank's LocalExperts holding its slice of `whole`'s stacked weights."""
+    E, inter, D = whole.gate_proj.weight.shape
+    per = E // n_ranks
+    parts = []
+    for r in range(n_ranks):
+        part = LocalExperts(D, inter, per, "silu", r * per)
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            getattr(part, proj).weight = getattr(whole, proj).weight[r * per : (r + 1) * per]
+        parts.append(part)
+    return parts
+
+
+@pytest.mark.parametrize("regroup", [False, True])
+@pytest.mark.parametrize("per_expert_input", [False, True])
+@pytest.mark.parametrize("tokens", [3, 40])
+def test_the_ranks_experts_add_up_to_the_whole_layer(regroup, per_expert_input, tokens):
+    mx.random.seed(0)
+    E, D, inter, k = 8, 64, 32, 3
+    whole = SwitchMLP(D, inter, E)
+    x = mx.random.normal((tokens, k, D) if per_expert_input else (tokens, D))
+    idx = mx.random.randint(0, E, (tokens, k))
+    idx = mx.concatenate([idx[:, :1] * 0 + 7, idx[:, 1:]], axis=1) if tokens > 3 else idx  # one rank's heavy load
+    want = whole(x, idx)  # (N, k, D)
+    parts = split_experts(whole, 2)
+    for part in parts:
+        part.regroup = regroup
+    got = sum(part(x, idx) for part in parts)
+    assert np.abs(np.array(got - want)).max() < 1e-5
+
+
+def test_a_rank_with_no_pair_of_a_step_gives_zeros():
+    whole = SwitchMLP(16, 8, 4)
+    part = split_experts(whole, 2)[1]  # experts 2, 3
+    part.regroup = True
+    y = part(mx.ones((5, 16)), mx.array([[0, 1]] * 5))
+    assert y.shape == (5, 2, 16) and not np.any(np.array(y))
+
+
+def layout_of(folder, rank, size):
+    _, spec = build_spec(read_config(folder), str(folder / "config.json"))
+    return ExpertsLayout(spec, Group(rank, size))
+
+
+def test_each_rank_places_its_experts_and_its_part_of_the_shared_experts(tmp_path):
+    build_hf("deepseek_v3", tmp_path, **CASES["deepseek_v3"][1])  # 8 experts, one shared expert of 32
+    layout = layout_of(tmp_path, 1, 2)
+    half = Fraction(1, 2)
+    p = "model.layers.1.mlp."
+    assert layout.place(p + "switch_mlp.up_proj.weight", (8, 32, 64)) == (p + "switch_mlp.up_proj.weight",
+                                                                          Slice(0, half, 1))
+    assert layout.place(p + "switch_mlp.down_proj.scales", (8, 64, 1))[1] == Slice(0, half, 1)
+    assert layout.place(p + "shared_experts.gate_proj.weight", (32, 64))[1] == Slice(0, half, 1)
+    assert layout.place(p + "shared_experts.down_proj.weight", (64, 32))[1] == Slice(1, half, 1)
+    assert layout.local_spec.layers[1].ffn.shared_hidden == 16
+    assert layout.local_spec.layers[1].ffn.n_experts == 8  # the router still scores every expert
+
+
+@pytest.mark.parametrize("case, size, match", [
+    ("qwen3_moe", 3, "8 routed experts do not divide over 3 ranks"),
+    ("llama3", 2, "has none; use --parallel tensor"),
+])
+def test_what_cannot_split_this_way_is_one_line(tmp_path, case, size, match):
+    model_type, config, _ = CASES[case]
+    build_hf(model_type, tmp_path, **config)
+    with pytest.raises(ParallelError, match=match):
+        layout_of(tmp_path, 0, size)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from quantize.convert import Options, convert
+
+    root = tmp_path_factory.mktemp("experts")
+    out = []
+    for case in ("qwen3_moe", "mixtral"):
+        model_type, config, _ = CASES[case]
+        build_hf(model_type, root / case, **config)
+        out.append(root / case)
+    out.append(mtp_fixture.build(root / "dsv3")[0])
+    convert(root / "qwen3_moe", root / "q4", Options(quantize=True))
+    out.append(root / "q4")
+    return out
+
+
+@pytest.fixture(scope="module")
+def ranks(folders, tmp_path_factory):
+    out = tmp_path_factory.mktemp("experts-out")
+    proc = launch([experts_worker.__file__, *folders], out, timeout=240)
+    return rank_results(out, proc)
+
+
+def test_two_ranks_give_the_single_process_model(folders, ranks):
+    for i, folder in enumerate(folders):
+        model, _ = mlxmodels.load(folder)
+        want, arrays = experts_worker.run(model)
+        for rank, got in enumerate(ranks):
+            mine = got[str(folder)]
+            for key in ("prefill", "decode"):
+                err = np.abs(got["arrays"][f"{i}.{key}"] - np.array(arrays[key])).max()
+                assert err <= TOL, f"{folder.name} rank {rank}: {key} logits off by {err}"
+            assert mine["greedy"] == want["greedy"], f"{folder.name} rank {rank}: greedy tokens differ"
+            assert mine.get("speculative") == want.get("speculative"), f"{folder.name} rank {rank}: MTP drafts"
+            # each rank holds half the routed experts' bytes (exactly: E divides), and less than the whole model
+            assert mine["expert_bytes"] * 2 == want["expert_bytes"], f"{folder.name} rank {rank}: expert bytes"
+            assert mine["bytes"] < want["bytes"]
+        assert "speculative" in want or folder.name != "dsv3"
