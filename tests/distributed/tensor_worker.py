@@ -14,15 +14,19 @@ GREEDY = 32
 
 
 def observe(model, mtp: bool = False) -> tuple:
-    """-> ({tokens, speculative tokens, parameter bytes}, {prefill and cached decode logits})."""
+    """-> ({tokens, speculative tokens, parameter bytes}, {logits of a prefill, a cached and a paged decode})."""
     ids = mx.array([PROMPT])
-    prefill = model(ids)  # (1, T, V)
-    cache = model.make_cache()
-    steps = [model(ids[:, :PREFILL], cache)] + [model(ids[:, t : t + 1], cache) for t in range(PREFILL, len(PROMPT))]
     found = {"tokens": greedy(model), "bytes": sum(v.nbytes for _, v in tree_flatten(model.parameters()))}
     if mtp:
         found["speculative"] = greedy(model, draft="mtp", num_draft=2)
-    return found, {"prefill": prefill, "decode": mx.concatenate(steps, axis=1)}
+    return found, {"prefill": model(ids), "decode": decode(model, ids, model.make_cache()),
+                   "paged": decode(model, ids, model.make_cache(paged=True))}
+
+
+def decode(model, ids, cache):
+    """PREFILL tokens at once, then the rest one at a time -> (1, T, V) logits."""
+    steps = [model(ids[:, :PREFILL], cache)] + [model(ids[:, t : t + 1], cache) for t in range(PREFILL, ids.shape[1])]
+    return mx.concatenate(steps, axis=1)
 
 
 def greedy(model, **options) -> list:

@@ -22,11 +22,11 @@ from tests.oracle import build_hf
 
 TOL = 1e-4
 N = 2
-# name -> (model_type, config): GQA split, KV head kept per rank (1 KV head), biases, an odd vocabulary
+# name -> (model_type, config): GQA split, an odd vocabulary, 1 KV head kept per rank with every bias, MoE
 MODELS = {
     "llama3": CASES["llama3"][:2],
     "gemma3": ("gemma3_text", dict(CASES["gemma3"][1], vocab_size=257)),  # tied head, rows 129 + 128
-    "qwen2": CASES["qwen2"][:2],
+    "llama_bias": ("llama", dict(CASES["llama2-linear"][1], num_key_value_heads=1)),  # o_proj/down_proj bias
     "qwen3_moe": CASES["qwen3_moe"][:2],
     "mixtral": CASES["mixtral"][:2],
 }
@@ -65,10 +65,10 @@ NAMES = [*MODELS, "dsv3_mtp", "llama3_q4"]
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_logits_of_prefill_and_cached_decode_equal_one_process(run, name):
+def test_logits_of_prefill_cached_and_paged_decode_equal_one_process(run, name):
     ranks, refs = run
     for r, result in enumerate(ranks):
-        for what in ("prefill", "decode"):
+        for what in ("prefill", "decode", "paged"):
             got, want = result["arrays"][f"{name}.{what}"], np.array(refs[name][1][what])
             assert got.shape == want.shape, (r, what)
             assert np.abs(got - want).max() <= TOL, (r, what, np.abs(got - want).max())
