@@ -7,8 +7,10 @@ all-gather; an all_gather of s bytes per rank forwards (N-1) s from each rank):
 - tensor, experts: one all_sum of the hidden state (D values) after attention and one after the FFN (dense, or the
   routed + shared experts) in every layer; one all_sum for the embedding split over the vocabulary; the head's
   vocabulary slices all-gathered to (V) on every rank.
-- pipeline: the hidden state (D) sent across each of the N - 1 cuts; then the full logits must reach every rank:
-  the last stage sends its (V) logits to the N - 1 others.
+- pipeline: the hidden state (D) sent across each of the N - 1 cuts; then the last stage's final hidden state (D)
+  and the head's logits (V) are shared with every rank by all_sums to which the other ranks add zeros (pipeline.py).
+  A one-to-all broadcast would send (N - 1) (D + V) instead of the all_sums' 2 (N - 1) (D + V), but MLX's ring
+  backend offers none; per token it is the head's V that dominates either way.
 
 Counting wraps the functions of `mx.distributed` (`counted()`), so whatever a Layout's modules call is seen
 without a branch in any part: the wrapper adds the same ring bytes for each call's array, then calls MLX's own.
@@ -46,8 +48,8 @@ def ring_bytes(op: str, nbytes: int, ranks: int) -> float:
 @dataclass(frozen=True)
 class Traffic:
     """Bytes all ranks together send for one token. per_layer: what each layer's sublayers add (tensor, experts);
-    cuts: the hidden state across stage boundaries (pipeline); ends: embedding and head (the full logits on every
-    rank)."""
+    cuts: the hidden state across stage boundaries (pipeline); ends: embedding and head, and in pipeline mode the
+    final hidden state shared (the full logits on every rank)."""
 
     mode: str
     ranks: int
@@ -74,9 +76,9 @@ def computed(spec: ModelSpec, mode: str, ranks: int, itemsize: int = 2) -> Traff
     layers = len(spec.layers)
     if n == 1:
         return Traffic(mode, 1, layers, 0, 0, 0)
-    if mode == "pipeline":
-        return Traffic(mode, n, layers, 0, (n - 1) * hidden, (n - 1) * vocab)
     all_sum = n * ring_bytes("all_sum", hidden, n)  # every rank sends its share
+    if mode == "pipeline":
+        return Traffic(mode, n, layers, 0, (n - 1) * hidden, all_sum + n * ring_bytes("all_sum", vocab, n))
     head = n * ring_bytes("all_gather", vocab / n, n)
     return Traffic(mode, n, layers, 2 * all_sum, 0, all_sum + head)
 
