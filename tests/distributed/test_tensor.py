@@ -3,6 +3,7 @@ prefill and of a cached decode, 32 greedy tokens, MTP speculative decoding, each
 models it refuses, in one process."""
 
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import mlx.core as mx
@@ -43,25 +44,26 @@ def run(tmp_path_factory):
         build_hf(model_type, root / name, **config)
         folders[name] = root / name
     folders["dsv3_mtp"], _ = mtp_fixture.build(root / "dsv3_mtp")
-    folders["llama3_q4"] = quantized(root)
+    for name in ("llama3", "gemma3"):  # an own head and a tied one
+        folders[f"{name}_q4"] = quantized(root, name)
     proc = launch([ROOT_WORKER, *(f"{n}={f}" for n, f in folders.items())], root / "out", n=N, timeout=240)
     ranks = rank_results(root / "out", proc, n=N)
     refs = {name: observe(mlxmodels.load(f)[0], mtp=name == "dsv3_mtp") for name, f in folders.items()}
     return ranks, refs
 
 
-def quantized(root):
-    """llama3 at 4 bits in groups of 32, so each rank's 32 o_proj input columns hold whole groups."""
+def quantized(root, name: str) -> Path:
+    """MODELS[name] at 4 bits in groups of 32 (embedding and head too), so each rank's 32 o_proj input columns hold
+    whole groups."""
     from quantize.convert import Options, convert
     from quantize.recipes import Setting
 
-    build_hf("llama", root / "llama3_hf", **CASES["llama3"][1])
-    convert(root / "llama3_hf", root / "llama3_q4", Options(quantize=True, setting=Setting(group_size=32)))
-    return root / "llama3_q4"
+    convert(root / name, root / f"{name}_q4", Options(quantize=True, setting=Setting(group_size=32)))
+    return root / f"{name}_q4"
 
 
 ROOT_WORKER = "tests/distributed/tensor_worker.py"
-NAMES = [*MODELS, "dsv3_mtp", "llama3_q4"]
+NAMES = [*MODELS, "dsv3_mtp", "llama3_q4", "gemma3_q4"]
 
 
 @pytest.mark.parametrize("name", NAMES)
