@@ -64,6 +64,22 @@ def add_kv_bits(p):
                    help="values sharing one scale and bias in the quantized KV cache (default 64)")
 
 
+def add_quantized_kv_start(p):
+    p.add_argument("--quantized-kv-start", type=non_negative_int, default=0, metavar="N",
+                   help="with --kv-bits: keep the KV cache float until it holds N tokens, then quantize it "
+                        "(default 0: from the first token; mlx-lm's default is 5000)")
+
+
+def kv_options(args) -> dict:
+    """make_cache's KV quantization options from --kv-bits, --kv-group-size, --quantized-kv-start ({}: float KV)."""
+    if args.quantized_kv_start and not args.kv_bits:
+        raise ValueError("--quantized-kv-start says when --kv-bits starts quantizing the KV cache; add --kv-bits or "
+                         "drop it")
+    if not args.kv_bits:
+        return {}
+    return dict(kv_bits=args.kv_bits, kv_group_size=args.kv_group_size, quantized_kv_start=args.quantized_kv_start)
+
+
 def add_sampling(p, defaults_note=""):
     s = p.add_argument_group("sampling" + defaults_note)
     s.add_argument("--temp", type=non_negative_float, default=None, help="temperature (0: greedy)")
@@ -139,9 +155,8 @@ def cmd_generate(args):
                          f"{model_arg.display_name(args.model)} has none; prompt it with plain text")
     if args.prompt_cache and args.kv_bits:
         raise ValueError("--kv-bits does not apply with --prompt-cache (the file's cache is used as saved); drop one")
-    cache = None
-    if args.max_kv_size or args.kv_bits:  # rollback: the tokens a --draft step may reject
-        options = dict(kv_bits=args.kv_bits, kv_group_size=args.kv_group_size) if args.kv_bits else {}
+    cache, options = None, kv_options(args)
+    if args.max_kv_size or options:  # rollback: the tokens a --draft step may reject
         cache = model.make_cache(args.num_draft if args.draft else 0, max_kv_size=args.max_kv_size, **options)
     if args.prompt_cache:  # the file holds the prompt's start: feed only what follows it
         from app.cache_prompt_cmd import resume
@@ -238,6 +253,7 @@ def add_generate(sub):
                    help="most drafted tokens per step (default 3; fewer while drafts are rejected)")
     add_long_context(g)
     add_kv_bits(g)
+    add_quantized_kv_start(g)
     g.add_argument("-v", "--verbose", action="store_true", help="print speed and memory to stderr")
     g.set_defaults(func=cmd_generate)
 
@@ -276,12 +292,13 @@ def cmd_chat(args):
                   chat=chat)
     if args.max_kv_size:
         app.session.cache_options["max_kv_size"] = args.max_kv_size
-    if args.kv_bits:
+    options = kv_options(args)
+    if options:
         if args.prompt_cache:
             raise ValueError("--kv-bits does not apply with --prompt-cache (the file's cache is used as saved); "
                              "drop one")
-        model.make_cache(kv_bits=args.kv_bits, kv_group_size=args.kv_group_size)  # options refused here, in one line
-        app.session.cache_options.update(kv_bits=args.kv_bits, kv_group_size=args.kv_group_size)
+        model.make_cache(**options)  # options refused here, in one line
+        app.session.cache_options.update(options)
     if args.prompt_cache:
         from app.cache_prompt_cmd import load_for_chat
 
@@ -314,6 +331,7 @@ def add_chat(sub):
     add_sampling(c, " (default: the model's generation_config.json, else greedy)")
     add_long_context(c)
     add_kv_bits(c)
+    add_quantized_kv_start(c)
     c.set_defaults(func=cmd_chat)
 
 

@@ -80,13 +80,18 @@ class Decoder(nn.Module):
             self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
 
     def make_cache(self, rollback: int = 0, paged: bool = False, *, kv_bits=None, kv_group_size: int = 64,
-                   max_kv_size=None, **paged_options) -> list:
+                   quantized_kv_start: int = 0, max_kv_size=None, **paged_options) -> list:
         """One cache per layer; `rollback` > 0 lets callers `trim` that many tokens after a step.
         paged=True: paged caches sharing one block pool (options: num_blocks, block_size, prefix_cache); any step can be
         rolled back while its blocks are kept, so `rollback` does not apply.
-        kv_bits=4|8: keys/values (MLA: latent rows) stored quantized in groups of kv_group_size (sliding-window and
-        chunked layers keep float caches unless paged). max_kv_size=N: every layer keeps at most N tokens (attention
-        sinks + recent window: changes the output past N)."""
+        kv_bits=4|8: every layer's keys/values (MLA: latent rows) stored quantized in groups of kv_group_size;
+        quantized_kv_start=N: float until a cache holds N tokens, then quantized (not paged). max_kv_size=N: every
+        layer keeps at most N tokens (attention sinks + recent window: changes the output past N)."""
+        if not isinstance(quantized_kv_start, int) or quantized_kv_start < 0:
+            raise ValueError(f"quantized_kv_start must be a token count >= 0, got {quantized_kv_start!r}")
+        if quantized_kv_start and (kv_bits is None or paged):
+            raise ValueError("quantized_kv_start applies only with kv_bits and paged=False (a paged pool is quantized "
+                             "from its first block); leave it out")
         if paged and max_kv_size is not None:
             raise ValueError("max_kv_size does not apply to paged caches (their pool bounds memory); leave one out")
         if paged:
@@ -95,16 +100,14 @@ class Decoder(nn.Module):
             return make_paged_cache(self.spec, kv_bits=kv_bits, kv_group_size=kv_group_size, **paged_options)
         if paged_options:
             raise TypeError(f"cache options {sorted(paged_options)} apply to paged=True only")
+        caches = [make_layer_cache(layer.attn, rollback, max_kv_size) for layer in self.spec.layers]
         if kv_bits is None:
-            return [make_layer_cache(layer.attn, rollback, max_kv_size) for layer in self.spec.layers]
+            return caches
         from .parts.paged_quantized import check_kv_quantization
-        from .parts.quantized_cache import make_quantized_layer_cache
+        from .parts.quantized_cache import quantize_cache
 
-        if max_kv_size is not None:
-            raise ValueError("max_kv_size does not apply with kv_bits (no quantized rolling cache yet); leave one out")
         check_kv_quantization(self.spec, kv_bits, kv_group_size)
-        return [make_quantized_layer_cache(layer.attn, kv_bits, kv_group_size) or make_layer_cache(layer.attn, rollback)
-                for layer in self.spec.layers]
+        return [quantize_cache(c, kv_bits, kv_group_size, quantized_kv_start) for c in caches]
 
     def make_mtp_cache(self, rollback: int = 0) -> list:
         """One cache per MTP module (empty if the checkpoint has none)."""

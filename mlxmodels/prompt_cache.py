@@ -27,6 +27,7 @@ from .parts.cache import (
     RotatingKVCache,
     make_bounded_cache,
 )
+from .parts.quantized_cache import Quantized
 from .parts.sink_cache import SinkKVCache
 from .spec import MLASpec
 
@@ -53,7 +54,8 @@ def model_identity(model) -> str:
 
 
 def _classes() -> dict:
-    """Cache classes by name, found among Cache's subclasses (so a new cache kind needs no registration)."""
+    """Cache classes by name, found among Cache's subclasses (so a new cache kind needs no registration, only its
+    module imported here: the quantized kinds come with Quantized)."""
     found, todo = {}, [Cache]
     while todo:
         for sub in todo.pop().__subclasses__():
@@ -209,20 +211,23 @@ def _kept(cache) -> int:
 
 
 def _fits(cache, attn) -> bool:
-    """The float caches' sizes agree with the layer and with each other (a wrong window or offset would attend
-    over the wrong rows or index past them). Other kinds (quantized) are checked by their arrays' shapes only."""
+    """The caches' sizes agree with the layer and with each other (a wrong window or offset would attend over the
+    wrong rows or index past them); a quantized kind is checked as its float kind (its codes count the rows)."""
     n, kept = cache.offset, _kept(cache)
     if len({a.shape[2] for a in cache.state if a.ndim == 4}) > 1:
         return False
-    if type(cache) in (KVCache, LatentCache):
-        ok = kept == n and (type(cache) is KVCache or cache.value_dims == attn.kv_lora_rank)
-        return ok and not (type(cache) is KVCache and isinstance(attn, MLASpec))
-    if type(cache) is RotatingKVCache:
+    if isinstance(cache, Quantized) and cache.quantized and cache.state \
+            and cache.state[1].shape[-1] * cache.group_size != _layer_width(attn)[1]:
+        return False  # its scales (state[1]) give rows of another width
+    if isinstance(cache, (KVCache, LatentCache)):
+        ok = kept == n and (isinstance(cache, KVCache) or cache.value_dims == attn.kv_lora_rank)
+        return ok and not (isinstance(cache, KVCache) and isinstance(attn, MLASpec))
+    if isinstance(cache, RotatingKVCache):
         return cache.window == attn.window and kept <= min(n, cache.capacity) and cache.capacity < 2 * cache.window
-    if type(cache) is ChunkedKVCache:
+    if isinstance(cache, ChunkedKVCache):
         return (cache.chunk == attn.chunk and cache.start % cache.chunk == 0 and cache.start <= n
                 and kept == n - cache.start and cache.slack < cache.chunk)
-    if type(cache) is SinkKVCache:
+    if isinstance(cache, SinkKVCache):
         if kept > min(n, cache.keep + cache.window - 1):
             return False
         try:

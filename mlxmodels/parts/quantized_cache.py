@@ -1,123 +1,156 @@
-"""Quantized contiguous caches (kv_bits=4|8, not paged): each token row is stored as `mx.quantize` codes with a
-float scale and bias per group of `group_size` along its last axis, and dequantized when a step attends.
+"""Quantized caches (kv_bits=4|8, not paged) for every layer kind: contiguous, sliding window (rotating), chunked,
+MLA latent and the bounded sink cache (max_kv_size).
 
-Dequantize-then-attend: the step's query then goes through the same attention as the float cache (masks, softcap,
-sinks, MLA's folded heads unchanged), so only the stored rows differ from float KV. Rows are quantized alone, so a
-token's stored row does not depend on how the prompt was split into steps: cached decode equals one prefill.
-Sliding-window and chunked layers keep their float caches: their memory is bounded by the window already.
+Each stored row (one KV head's key or value of a token, or MLA's row [latent | k_rope]) is `mx.quantize`d alone:
+codes with a float scale and bias per group of `group_size` along its last axis. The three are packed side by side
+into one array of the float dtype, the codes bit-cast (`pack`), so a row stays one row of one array: the float
+cache's own bookkeeping (growth, ring slots, window, chunk, sinks, trim) runs unchanged on packed rows, and a step
+dequantizes what it attends to (dequantize-then-attend: masks, softcap, sink rotation and MLA's folded heads stay
+the float cache's). Since rows are quantized alone, a token's stored row does not depend on how the prompt was split
+into steps: cached decode equals one prefill.
 
-    cache = model.make_cache(kv_bits=8, kv_group_size=64)
+quantized_kv_start=N (mlx-lm's --quantized-kv-start): the cache keeps float rows until a step leaves it holding N
+tokens, then converts every held row once, to exactly what quantizing each row on arrival would have stored.
+
+    cache = model.make_cache(kv_bits=8, kv_group_size=64, quantized_kv_start=0, max_kv_size=None)
 """
 
 import mlx.core as mx
 
-from ..spec import MLASpec
-from .cache import KVCache, LatentCache, append
+from .cache import ChunkedKVCache, KVCache, LatentCache, RotatingKVCache
+from .sink_cache import SinkKVCache
 
-__all__ = ["QuantizedKVCache", "QuantizedLatentCache", "make_quantized_layer_cache"]
+__all__ = ["QuantizedKVCache", "QuantizedRotatingKVCache", "QuantizedChunkedKVCache", "QuantizedLatentCache",
+           "QuantizedSinkKVCache", "quantize_cache"]
 
-
-class QuantizedRows:
-    """A growing buffer of quantized rows (B, H, S, D): codes, scales, biases each grown as `append` grows floats."""
-
-    def __init__(self, bits: int, group_size: int):
-        self.bits, self.group_size = bits, group_size
-        self.parts = None  # [codes (B, H, S, D * bits / 32) uint32, scales (B, H, S, D / g), biases (B, H, S, D / g)]
-
-    def write(self, x, used: int) -> None:
-        # x: (B, H, T, D) float, written after the first `used` rows
-        new = mx.quantize(x, self.group_size, self.bits)
-        old = self.parts or [None] * 3
-        self.parts = [append(buf, part, used)[0] for buf, part in zip(old, new)]
-
-    def read(self, n: int, dtype):
-        """The first n rows dequantized -> (B, H, n, D) in dtype."""
-        codes, scales, biases = (p[..., :n, :] for p in self.parts)
-        return mx.dequantize(codes, scales, biases, self.group_size, self.bits).astype(dtype)
-
-    def rows(self, n: int) -> list:
-        return [p[..., :n, :] for p in self.parts]
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.parts is None else sum(p.nbytes for p in self.parts)
+KV_BITS, KV_GROUP_SIZES = (4, 8), (32, 64, 128)
 
 
-class QuantizedKVCache(KVCache):
-    """KVCache whose keys and values are stored quantized (trim, mask and offsets as KVCache's)."""
-
-    def __init__(self, bits: int, group_size: int):
-        super().__init__()
-        self.bits, self.group_size = bits, group_size
-        self.qkeys, self.qvalues = QuantizedRows(bits, group_size), QuantizedRows(bits, group_size)
-
-    def update_and_fetch(self, k, v):
-        # k: (B, n_kv, T, Dk), v: (B, n_kv, T, Dv) -> all held rows, dequantized
-        self.qkeys.write(k, self.offset)
-        self.qvalues.write(v, self.offset)
-        self.offset += k.shape[2]
-        return self.qkeys.read(self.offset, k.dtype), self.qvalues.read(self.offset, v.dtype)
-
-    @property
-    def state(self):
-        return () if self.qkeys.parts is None else (*self.qkeys.rows(self.offset), *self.qvalues.rows(self.offset))
-
-    @property
-    def meta_state(self) -> dict:
-        return {"offset": str(self.offset), "bits": str(self.bits), "group_size": str(self.group_size)}
-
-    @classmethod
-    def from_state(cls, state, meta_state: dict):
-        c = cls(int(meta_state["bits"]), int(meta_state["group_size"]))
-        if state:
-            c.qkeys.parts, c.qvalues.parts = list(state[:3]), list(state[3:])
-        c.offset = int(meta_state["offset"])
-        return c
-
-    @property
-    def nbytes(self) -> int:
-        return self.qkeys.nbytes + self.qvalues.nbytes
+def pack(x, bits: int, group_size: int):
+    """(..., D) float rows -> (..., W) in x's dtype: [codes | scales | biases], the uint32 codes bit-cast."""
+    codes, scales, biases = mx.quantize(x, group_size, bits)
+    return mx.concatenate([codes.view(x.dtype), scales, biases], axis=-1)
 
 
-class QuantizedLatentCache(LatentCache):
-    """MLA's rows [latent | k_rope] stored quantized whole, as they are stored in float."""
+def pack_parts(codes, scales, biases, bits: int, group_size: int):
+    """pack() from the parts mx.quantize returned (a saved state); ValueError when they do not fit together."""
+    if codes.dtype != mx.uint32 or scales.dtype != biases.dtype or scales.dtype not in (mx.float32, mx.float16,
+                                                                                          mx.bfloat16):
+        raise ValueError("quantized rows need uint32 codes and float scales and biases of one dtype")
+    if scales.shape != biases.shape or codes.shape[:-1] != scales.shape[:-1] \
+            or codes.shape[-1] * 32 != scales.shape[-1] * group_size * bits:
+        raise ValueError(f"codes {codes.shape} do not fit scales {scales.shape} at {bits} bits in groups of "
+                         f"{group_size}")
+    return mx.concatenate([codes.view(scales.dtype), scales, biases], axis=-1)
 
-    def __init__(self, value_dims: int, bits: int, group_size: int):
-        super().__init__(value_dims)
-        self.bits, self.group_size = bits, group_size
-        self.qrows = QuantizedRows(bits, group_size)
 
-    def update_and_fetch(self, rows):
-        # rows: (B, 1, T, kv_lora + rope) -> all held rows, dequantized
-        self.qrows.write(rows, self.offset)
-        self.offset += rows.shape[2]
-        return self.qrows.read(self.offset, rows.dtype)
+def unpack(p, bits: int, group_size: int) -> list:
+    """pack()'s inverse -> [codes (..., D * bits / 32) uint32, scales (..., D / g), biases (..., D / g)]."""
+    # per group: g * bits / (8 * itemsize) code units, one scale, one bias
+    units = group_size * bits // (8 * p.dtype.size)
+    groups = p.shape[-1] // (units + 2)
+    c = groups * units
+    return [p[..., :c].view(mx.uint32), p[..., c: c + groups], p[..., c + groups:]]
+
+
+def dequantize(p, bits: int, group_size: int, dtype):
+    return mx.dequantize(*unpack(p, bits, group_size), group_size, bits).astype(dtype)
+
+
+class Quantized:
+    """Mixed in before a float cache class: the rows it stores are packed (once `quantized`), and a step gets them
+    dequantized. Built by quantize_cache (or from_state), never directly."""
+
+    bits = group_size = None
+    quantized_kv_start = 0  # tokens held before the rows are quantized
+    quantized = True
+    STORED = ("keys", "values", "rows")  # the float classes' row buffers
+
+    def _store(self, x):
+        """New float rows -> what the cache keeps."""
+        return pack(x, self.bits, self.group_size) if self.quantized else x
+
+    def _load(self, x, dtype):
+        """Kept rows -> float rows to attend to."""
+        return dequantize(x, self.bits, self.group_size, dtype) if self.quantized and x is not None else x
+
+    def _after_step(self) -> None:
+        if not self.quantized and self.offset >= self.quantized_kv_start:
+            for name in self.STORED:
+                if getattr(self, name, None) is not None:
+                    setattr(self, name, pack(getattr(self, name), self.bits, self.group_size))
+            self.quantized = True
+
+    def update_and_fetch(self, *new):
+        # new: (k, v) each (B, n_kv, T, D), or MLA's rows (B, 1, T, kv_lora + rope) -> all held rows, float
+        held = super().update_and_fetch(*(self._store(x) for x in new))
+        held = (held,) if len(new) == 1 else held
+        out = tuple(self._load(h, x.dtype) for h, x in zip(held, new))
+        self._after_step()
+        return out[0] if len(new) == 1 else out
 
     @property
     def state(self):
-        return () if self.qrows.parts is None else tuple(self.qrows.rows(self.offset))
+        arrays = super().state
+        if not self.quantized:
+            return arrays
+        # each row buffer as [codes, scales, biases] (as mlx-lm saves its quantized cache); others (RoPE periods) as is
+        return tuple(p for a in arrays for p in (unpack(a, self.bits, self.group_size) if a.ndim == 4 else (a,)))
 
     @property
     def meta_state(self) -> dict:
-        return {**super().meta_state, "bits": str(self.bits), "group_size": str(self.group_size)}
+        return {**super().meta_state, "bits": str(self.bits), "group_size": str(self.group_size),
+                "quantized_kv_start": str(self.quantized_kv_start), "quantized": str(int(self.quantized))}
 
     @classmethod
     def from_state(cls, state, meta_state: dict):
-        c = cls(int(meta_state["value_dims"]), int(meta_state["bits"]), int(meta_state["group_size"]))
-        if state:
-            c.qrows.parts = list(state)
-        c.offset = int(meta_state["offset"])
+        bits, group_size = int(meta_state["bits"]), int(meta_state["group_size"])
+        if bits not in KV_BITS or group_size not in KV_GROUP_SIZES:
+            raise ValueError(f"bits {bits} / group_size {group_size} is not a KV quantization")
+        quantized = meta_state.get("quantized", "1") == "1"  # files from before quantized_kv_start: from the start
+        arrays = list(state)
+        if quantized:  # row buffers come as 3 parts each, then the rest (a sink cache's RoPE periods)
+            n = len(arrays) // 3 * 3
+            arrays = [pack_parts(*arrays[i: i + 3], bits, group_size) for i in range(0, n, 3)] + arrays[n:]
+        c = super().from_state(arrays, meta_state)
+        c.bits, c.group_size, c.quantized = bits, group_size, quantized
+        c.quantized_kv_start = int(meta_state.get("quantized_kv_start", "0"))
         return c
 
-    @property
-    def nbytes(self) -> int:
-        return self.qrows.nbytes
+
+class QuantizedKVCache(Quantized, KVCache):
+    pass
 
 
-def make_quantized_layer_cache(attn, bits: int, group_size: int):
-    """A layer's quantized cache, or None where the layer keeps its float cache (sliding window, chunked)."""
-    if isinstance(attn, MLASpec):
-        return QuantizedLatentCache(attn.kv_lora_rank, bits, group_size)
-    if attn.window is None and attn.chunk is None:
-        return QuantizedKVCache(bits, group_size)
-    return None
+class QuantizedRotatingKVCache(Quantized, RotatingKVCache):
+    pass
+
+
+class QuantizedChunkedKVCache(Quantized, ChunkedKVCache):
+    pass
+
+
+class QuantizedLatentCache(Quantized, LatentCache):
+    pass
+
+
+class QuantizedSinkKVCache(Quantized, SinkKVCache):
+    """SinkKVCache stores and reads its rows through _store/_load; the conversion comes after its whole step."""
+
+    def attend(self, q, k, v, scale: float, softcap=None):
+        out = super().attend(q, k, v, scale, softcap)
+        self._after_step()
+        return out
+
+
+QUANTIZED = {KVCache: QuantizedKVCache, RotatingKVCache: QuantizedRotatingKVCache,
+             ChunkedKVCache: QuantizedChunkedKVCache, LatentCache: QuantizedLatentCache,
+             SinkKVCache: QuantizedSinkKVCache}
+
+
+def quantize_cache(cache, bits: int, group_size: int, start: int = 0):
+    """The quantized kind of an empty float layer cache (same window, chunk, sinks, rollback), rebuilt from its state
+    as a prompt-cache file would be; rows float until it holds `start` tokens."""
+    meta = {**cache.meta_state, "bits": str(bits), "group_size": str(group_size), "quantized_kv_start": str(start),
+            "quantized": str(int(start == 0))}
+    return QUANTIZED[type(cache)].from_state(cache.state, meta)

@@ -71,18 +71,27 @@ class SinkKVCache(Cache):
         sinks = min(self.keep, self.offset)
         return mx.concatenate([mx.arange(sinks), mx.arange(self.offset - (self.kept - sinks), self.offset + T)])
 
+    def _store(self, x):
+        """New rows -> what the cache keeps (a quantized subclass packs them)."""
+        return x
+
+    def _load(self, x, dtype):
+        """Kept rows -> rows to attend to."""
+        return x
+
     def attend(self, q, k, v, scale: float, softcap=None):
         # q: (B, H, T, D); k, v: (B, Hkv, T, D) for the T new tokens, rotated at their text positions
-        T = q.shape[2]
+        T, dtype = q.shape[2], k.dtype
+        k, v = self._store(k), None if self.latent else self._store(v)
         if self.keys is not None:
             k = mx.concatenate([self.keys, k], axis=2)
             v = None if self.latent else mx.concatenate([self.values, v], axis=2)
-        if self.latent:
-            v = k[..., : self.rot_start]  # the latent part of each row
         S = k.shape[2]
         n_sinks = min(self.keep, self.offset + T)  # the first n_sinks keys are the sinks
         step = self._decode if T == 1 else self._prefill
-        out = step(q, k, v, n_sinks, scale, softcap)
+        k_float = self._load(k, dtype)
+        v_float = k_float[..., : self.rot_start] if self.latent else self._load(v, dtype)  # MLA: the latent part
+        out = step(q, k_float, v_float, n_sinks, scale, softcap)
         # keep the sinks and the window - 1 most recent others: all the next query can see
         recent = min(S - n_sinks, self.window - 1)
         self.keys = mx.concatenate([k[..., :n_sinks, :], k[..., S - recent:, :]], axis=2)

@@ -1,5 +1,6 @@
-"""--kv-bits in generate and chat: generate writes what the API writes over a quantized cache (and differs from
-float KV at 4 bits); options that cannot apply are one line and exit 1, values argparse refuses exit 2."""
+"""--kv-bits (with --max-kv-size, --quantized-kv-start) in generate and chat: generate writes what the API writes over
+a quantized cache (and differs from float KV at 4 bits); options that cannot apply are one line and exit 1, values
+argparse refuses exit 2."""
 
 import pytest
 
@@ -25,9 +26,19 @@ def test_generate_uses_a_quantized_cache(wide_folder, capsys):
     assert capsys.readouterr().out == want and want != mlxmodels.generate(model, tok, ids, max_tokens=20)
 
 
+def test_bounded_and_late_quantized_cache(wide_folder, capsys):
+    """--max-kv-size and --quantized-kv-start with --kv-bits: the API's text over make_cache with the same options."""
+    model, tok = mlxmodels.load(wide_folder)
+    assert cli.main(["generate", "-m", str(wide_folder), "--raw", "-p", PROMPT, "--max-tokens", "20", "--kv-bits", "4",
+                     "--kv-group-size", "32", "--max-kv-size", "16", "--quantized-kv-start", "24"]) == 0
+    cache = model.make_cache(kv_bits=4, kv_group_size=32, max_kv_size=16, quantized_kv_start=24)
+    assert capsys.readouterr().out == mlxmodels.generate(model, tok, tok.encode(PROMPT), max_tokens=20, cache=cache)
+    assert all(c.quantized for c in cache) and cache[0].offset > 24
+
+
 def test_mistakes_are_one_line(wide_folder, capsys):
     for flags, needle in [(["--kv-bits", "8"], "kv_group_size=64"),
-                          (["--kv-bits", "8", "--kv-group-size", "32", "--max-kv-size", "16"], "max_kv_size")]:
+                          (["--quantized-kv-start", "16"], "--kv-bits")]:
         assert cli.main(["generate", "-m", str(wide_folder), "-p", "hi", *flags]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and needle in err, err
@@ -41,3 +52,7 @@ def test_parser_values(command, capsys):
     with pytest.raises(SystemExit) as e:
         cli.parser().parse_args([*command, "--kv-bits", "3"])
     assert e.value.code == 2 and "--kv-bits" in capsys.readouterr().err
+    assert cli.parser().parse_args([*command, "--quantized-kv-start", "100"]).quantized_kv_start == 100
+    with pytest.raises(SystemExit) as e:
+        cli.parser().parse_args([*command, "--quantized-kv-start", "-1"])
+    assert e.value.code == 2 and "--quantized-kv-start" in capsys.readouterr().err

@@ -1,48 +1,85 @@
-"""Quantized contiguous caches (make_cache(kv_bits=4|8), not paged) through whole models (dense, sliding+softcap,
-learned positions, chunked, MLA): 8-bit logits within TOL8 of float KV, 4-bit within a KL bound on a fixed prompt
-set; cached decode, a speculative step and its rollback equal one quantized prefill (rows are quantized alone, so
-the math is the same); state/meta_state/from_state give a cache that continues as the saved one; options refused
-naming them."""
+"""Quantized caches (make_cache(kv_bits=4|8), not paged) through whole models (dense, sliding window + softcap,
+Gemma 3's sliding/global mix, learned positions, chunked, MLA), every layer kind quantized, bounded ones
+(max_kv_size) too: 8-bit logits within TOL8 of float KV, 4-bit within a KL bound on a fixed prompt set; cached
+decode, a speculative step and its rollback equal one quantized prefill (rows are quantized alone, so the math is
+the same); kv_bits + max_kv_size keeps memory flat over 10x the bound; quantized_kv_start is float KV until the
+cache holds N tokens, then the quantized held rows; state round trips (and prompt-cache files) continue as the
+uninterrupted cache; options refused naming them."""
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxmodels.parts.quantized_cache import QuantizedKVCache, QuantizedLatentCache
-from tests.parts.test_paged_cache import SIZES, model, run  # noqa: F401  (model: the fixture)
+import mlxmodels
+from mlxmodels.config import HFConfig
+from mlxmodels.decoder import Decoder
+from mlxmodels.families import get_adapter
+from mlxmodels.parts.quantized_cache import Quantized, pack, pack_parts, unpack
+from tests.parts.test_paged_cache import BASE, FAMILIES, SIZES, run
 from tests.parts.test_paged_quantized import GROUP, KL4, PROMPTS, TOL8, assert_same_math, log_softmax
 
-TOL = 1e-5  # where the math is the same
-QUANTIZED = (QuantizedKVCache, QuantizedLatentCache)
+# Gemma 3: two sliding-window layers, then a global one (its 5:1 period shortened to the tiny models' depth)
+CASES = {**FAMILIES, "gemma3_text": dict(BASE, num_hidden_layers=3, sliding_window=6, sliding_window_pattern=3,
+                                         query_pre_attn_scalar=24, rope_scaling=dict(rope_type="linear", factor=8.0))}
+KL4_OF = {"gemma3_text": 1.5e-2}  # its 4-bit KL (measured 9.3e-3) is above the other families' KL4
+BOUND = 16  # max_kv_size: above the windows (6) and chunks (8), so dense and MLA layers get sink caches
 
 
-def quantized(model, bits, rollback=0):
-    return model.make_cache(rollback, kv_bits=bits, kv_group_size=GROUP)
+@pytest.fixture(scope="module", params=sorted(CASES))
+def model(request):
+    spec = get_adapter(request.param).spec(HFConfig(dict(CASES[request.param], model_type=request.param)))
+    mx.random.seed(len(request.param))
+    return Decoder(spec)
 
 
-def has_quantized(cache) -> bool:
-    return any(isinstance(c, QUANTIZED) for c in cache)
+def quantized(model, bits, rollback=0, **options):
+    return model.make_cache(rollback, kv_bits=bits, kv_group_size=GROUP, **options)
 
 
-def test_8bit_logits_close_to_float(model):
-    want = run(model, model.make_cache(), SIZES)
-    cache = quantized(model, 8)
-    got = run(model, cache, SIZES)
-    assert np.abs(got - want).max() < TOL8
-    # sliding-window layers keep float caches: a model of only those is unchanged
-    assert (np.abs(got - want).max() > 0) == has_quantized(cache)
+def nbytes(cache) -> int:
+    return sum(c.nbytes for c in cache)
+
+
+def same_bits(a, b) -> bool:
+    """Bit-equal, so packed codes that read as NaN compare too."""
+    return a.shape == b.shape and a.dtype == b.dtype and bool(mx.array_equal(a.view(mx.uint8), b.view(mx.uint8)))
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.float16, mx.bfloat16])
+def test_pack_keeps_quantize_parts(dtype):
+    x = mx.random.normal((1, 2, 5, 64)).astype(dtype)
+    for bits in (4, 8):
+        packed = pack(x, bits, GROUP)
+        assert packed.dtype == dtype and packed.shape[:3] == x.shape[:3]
+        for got, want in zip(unpack(packed, bits, GROUP), mx.quantize(x, GROUP, bits)):
+            assert same_bits(got, want)
+        assert same_bits(pack_parts(*unpack(packed, bits, GROUP), bits, GROUP), packed)
+    codes, scales, biases = mx.quantize(x, GROUP, 8)
+    with pytest.raises(ValueError, match="do not fit"):
+        pack_parts(codes, scales, biases, 4, GROUP)
+
+
+def test_every_layer_kind_is_quantized(model):
+    for options in ({}, {"max_kv_size": BOUND}):
+        cache = quantized(model, 8, **options)
+        assert all(isinstance(c, Quantized) for c in cache), [type(c).__name__ for c in cache]
+
+
+@pytest.mark.parametrize("max_kv_size", [None, BOUND])
+def test_8bit_logits_close_to_float(model, max_kv_size):
+    want = run(model, model.make_cache(max_kv_size=max_kv_size), SIZES)
+    got = run(model, quantized(model, 8, max_kv_size=max_kv_size), SIZES)
+    assert 0 < np.abs(got - want).max() < TOL8
 
 
 def test_4bit_kl_on_prompt_set(model):
-    if not has_quantized(quantized(model, 4)):
-        pytest.skip("every layer is windowed: float caches")
     kls = []
     for ids in PROMPTS:
         split = [len(ids) - 4] + [1] * 4
         p, q = (log_softmax(run(model, model.make_cache(kv_bits=bits, kv_group_size=GROUP), split, ids)[0]
                             .astype(np.float64)) for bits in (None, 4))
         kls.append((np.exp(p) * (p - q)).sum(-1).mean())
-    assert 0 < np.mean(kls) < KL4
+    assert 0 < np.mean(kls) < KL4_OF.get(model.spec.model_type, KL4)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -57,25 +94,68 @@ def test_decode_and_rollback_equal_prefill(model, bits):
     assert_same_math(np.concatenate(got, axis=1), want, bits)
 
 
-def test_state_round_trip(model):
-    """A cache rebuilt from copies of its state and meta_state (as a prompt-cache file does) continues as the
-    uninterrupted one."""
-    ids = np.random.default_rng(2).integers(0, 128, size=24)
-    want = run(model, quantized(model, 4), [20] + [1] * 4, ids)[:, 20:]
-    cache = quantized(model, 4)
-    run(model, cache, [20], ids[:20])
-    restored = [type(c).from_state([mx.array(np.array(a)) for a in c.state], dict(c.meta_state)) for c in cache]
-    np.testing.assert_array_equal(run(model, restored, [1] * 4, ids[20:]), want)
+def test_bounded_decode_equals_prefill(model):
+    """Past max_kv_size too: the sinks and window a query sees are the same quantized rows either way."""
+    ids = np.random.default_rng(3).integers(0, 128, size=40)
+    want = run(model, quantized(model, 8, max_kv_size=BOUND), [40], ids)
+    got = run(model, quantized(model, 8, max_kv_size=BOUND), [12] + [1] * 10 + [5] + [1] * 13, ids)
+    assert_same_math(got, want, 8)
+
+
+def test_bounded_memory_flat_over_ten_times_the_bound(model):
+    bound = 12  # 10x within gpt2's 128 learned positions
+    cache, float_cache = quantized(model, 8, max_kv_size=bound), model.make_cache(max_kv_size=bound)
+    sizes = []
+    for token in range(10 * bound):
+        for c in (cache, float_cache):
+            mx.eval(model(mx.array([[token % 128]]), cache=c))
+        sizes.append(nbytes(cache))
+        assert sizes[-1] < nbytes(float_cache) / 2
+    assert cache[0].offset == 10 * bound
+    assert max(sizes) == max(sizes[: 2 * bound])  # grows until the bound (chunked: its buffer), then no more
+
+
+def test_quantized_kv_start(model):
+    """Float KV (the same logits) while the cache holds fewer than N tokens; the step that reaches N converts
+    every held row, to what quantizing it on arrival stores; later steps attend the quantized rows."""
+    start, sizes = 12, [8, 1, 1, 1, 3, 1, 1, 1, 1]  # the 3-token step reaches 14 >= 12
+    ids = np.random.default_rng(4).integers(0, 128, size=sum(sizes))
+    float_cache, cache = model.make_cache(), quantized(model, 8, quantized_kv_start=start)
+    want_float = run(model, float_cache, sizes[:5], ids)
+    got = run(model, cache, sizes[:5], ids)
+    np.testing.assert_array_equal(got, want_float)
+    for c, f in zip(cache, float_cache):
+        assert c.quantized and c.offset == 14
+        rows = [p for a in f.state if a.ndim == 4 for p in mx.quantize(a, GROUP, 8)]
+        assert all(bool(mx.array_equal(a, b)) for a, b in zip(c.state, rows))
+    held_float, held = nbytes(float_cache), nbytes(cache)
+    assert held * 3 < held_float
+    later = run(model, cache, sizes[5:], ids[14:])
+    float_later = run(model, float_cache, sizes[5:], ids[14:])
+    assert 0 < np.abs(later - float_later).max() < TOL8
+
+
+@pytest.mark.parametrize("options", [{}, {"max_kv_size": BOUND}, {"quantized_kv_start": 40}],
+                         ids=["unbounded", "bounded", "still-float"])
+def test_prompt_cache_round_trip(model, options, tmp_path):
+    """save_prompt_cache/load_prompt_cache (state, meta_state, from_state through a file) continue exactly as the
+    uninterrupted cache, for each quantized kind, past the bound, and for a cache still float at saving."""
+    ids = np.random.default_rng(2).integers(0, 128, size=28)
+    want = run(model, quantized(model, 4, **options), [24] + [1] * 4, ids)[:, 24:]
+    cache = quantized(model, 4, **options)
+    run(model, cache, [24], ids[:24])
+    mlxmodels.save_prompt_cache(tmp_path / "q.cache", cache, model=model, tokens=ids[:24].tolist())
+    restored, meta = mlxmodels.load_prompt_cache(tmp_path / "q.cache", model)
+    assert [type(c) for c in restored] == [type(c) for c in cache]
+    assert meta["quantization"] == {"bits": "4", "group_size": str(GROUP)}
+    np.testing.assert_array_equal(run(model, restored, [1] * 4, ids[24:]), want)
 
 
 def test_quantized_rows_are_smaller(model):
-    cache = quantized(model, 8)
-    if not has_quantized(cache):
-        pytest.skip("every layer is windowed: float caches")
-    float_cache = model.make_cache()
+    cache, float_cache = quantized(model, 8), model.make_cache()
     run(model, float_cache, [9])
     run(model, cache, [9])
-    pairs = [(sum(a.nbytes for a in q.state), f.state) for q, f in zip(cache, float_cache) if isinstance(q, QUANTIZED)]
+    pairs = [(sum(a.nbytes for a in q.state), f.state) for q, f in zip(cache, float_cache)]
     # per float32 row of D: D bytes of 8-bit codes plus a float32 scale and bias per group of 32 -> 10/32 of 4 D
     assert all(n * 32 == sum(a.nbytes for a in s) * 10 for n, s in pairs)
 
@@ -85,5 +165,7 @@ def test_options_refused_naming_them(model):
         model.make_cache(kv_bits=3)
     with pytest.raises(ValueError, match="kv_group_size"):
         model.make_cache(kv_bits=8, kv_group_size=48)
-    with pytest.raises(ValueError, match="max_kv_size"):
-        model.make_cache(kv_bits=8, kv_group_size=GROUP, max_kv_size=16)
+    for options in ({"quantized_kv_start": 8}, {"quantized_kv_start": 8, "kv_bits": 8, "paged": True},
+                    {"quantized_kv_start": -1, "kv_bits": 8}):
+        with pytest.raises(ValueError, match="quantized_kv_start"):
+            model.make_cache(**options)
