@@ -14,7 +14,9 @@ all-gather; an all_gather of s bytes per rank forwards (N-1) s from each rank):
 
 Counting wraps the functions of `mx.distributed` (`counted()`), so whatever a Layout's modules call is seen
 without a branch in any part: the wrapper adds the same ring bytes for each call's array, then calls MLX's own.
-Install it before the model is loaded, since a module may keep a reference to the function it was given.
+Install it before the model is loaded, since a module may keep a reference to the function it was given, and
+count eager steps (parts/compiled.py's ENABLED = False, or MLXMODELS_COMPILE=0): a compiled few-token step
+replays its trace without calling Python, so a collective inside it is counted once per trace, not per step.
 """
 
 from __future__ import annotations

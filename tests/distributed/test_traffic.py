@@ -114,3 +114,40 @@ def test_counting_sees_mlx_collectives_a_module_calls_and_leaves_results_alone()
     assert np.array_equal(np.array(y), np.array(x))  # one rank: the sum is the input
     assert dict(count.calls) == {"all_sum": 1}
     assert count.total == 0  # a one-rank group sends nothing
+
+
+# ---------------------------------------------------------------- counted over 2 ranks == computed
+
+LAUNCHED = {"llama3/tensor": "llama3", "qwen3_moe/tensor": "qwen3_moe", "qwen3_moe/experts": "qwen3_moe",
+            "deepseek_v3/experts": "deepseek_v3"}
+
+
+@pytest.fixture(scope="module")
+def counted_on_two_ranks(tmp_path_factory):
+    """One mlx.launch: every (case, mode) of LAUNCHED, each rank's bytes sent per token."""
+    from tests.distributed import traffic_worker
+    from tests.distributed.harness import launch, rank_results
+    from tests.families.test_families import CASES
+    from tests.oracle import build_hf
+
+    root = tmp_path_factory.mktemp("traffic")
+    folders = {}
+    for case in set(LAUNCHED.values()):
+        model_type, config, _ = CASES[case]
+        build_hf(model_type, root / case, **config)
+        folders[case] = root / case
+    args = [f"{key}={folders[case]}" for key, case in LAUNCHED.items()]
+    proc = launch([traffic_worker.__file__, *args], root / "out", timeout=240)
+    return folders, rank_results(root / "out", proc)
+
+
+@pytest.mark.parametrize("key", sorted(LAUNCHED))
+def test_the_bytes_counted_through_the_backend_equal_the_computed_ones(counted_on_two_ranks, key):
+    folders, ranks = counted_on_two_ranks
+    folder = folders[LAUNCHED[key]]
+    spec = build_spec(read_config(folder), str(folder / "config.json"))[1]
+    want = computed(spec, key.split("/")[1], 2, itemsize=4).total  # float32 activations
+    for phase in ("prefill", "decode"):
+        got = sum(r[key][phase] for r in ranks)
+        assert got == pytest.approx(want), f"{key} {phase}: counted {got} bytes per token, computed {want}"
+    assert ranks[0][key]["calls"]["all_sum"] == 2 * len(spec.layers) + 1  # two per layer, one for the embedding
