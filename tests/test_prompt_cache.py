@@ -1,4 +1,5 @@
-"""Prompt-cache files: a save/load round trip answers exactly as the uninterrupted run, for every cache kind; a file
+"""Prompt-cache files: a save/load round trip answers exactly as the uninterrupted run, for every cache kind (quantized
+contiguous and latent caches included); a file
 for another model and hostile files are refused in one line; mlx-lm's files are read for the caches both have."""
 
 from pathlib import Path
@@ -8,6 +9,9 @@ import numpy as np
 import pytest
 
 import mlxmodels
+from mlxmodels.config import HFConfig
+from mlxmodels.decoder import Decoder
+from mlxmodels.families import get_adapter
 from mlxmodels.formats.safetensors import SafetensorsFile, save_file
 from mlxmodels.prompt_cache import PromptCacheError
 from tests.case_model import load_case
@@ -43,6 +47,25 @@ def test_round_trip_equals_the_uninterrupted_run(models, tmp_path, name, options
     loaded, meta = mlxmodels.load_prompt_cache(tmp_path / "doc.cache", model)
     assert meta["tokens"] == PROMPT and meta["source"] == "mlxmodels" and meta["metadata"] == {"a": "b"}
     assert [type(c) for c in loaded] == [type(c) for c in cache]
+    np.testing.assert_array_equal(continued(model, loaded), continued(model, cache))
+
+
+@pytest.mark.parametrize("family", ["llama", "deepseek_v3"])  # KV heads' rows; MLA's [latent | rope key] rows
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_round_trip_equals_the_uninterrupted_run(tmp_path, family, bits):
+    """Codes, scales and biases come back as saved: the loaded cache continues bit for bit as the one kept in
+    memory. The case models' heads (16 wide) are narrower than the smallest group mx.quantize takes, so these are
+    the paged tests' models (rows 32 and 64 wide)."""
+    from tests.parts.test_paged_cache import FAMILIES
+
+    mx.random.seed(len(family))
+    model = Decoder(get_adapter(family).spec(HFConfig(dict(FAMILIES[family], model_type=family))))
+    cache = model.make_cache(kv_bits=bits, kv_group_size=32)
+    model(mx.array([PROMPT]), cache=cache)
+    mlxmodels.save_prompt_cache(tmp_path / "doc.cache", cache, model=model, tokens=PROMPT)
+    loaded, meta = mlxmodels.load_prompt_cache(tmp_path / "doc.cache", model)
+    assert [type(c) for c in loaded] == [type(c) for c in cache] and type(cache[0]).__name__.startswith("Quantized")
+    assert [(c.bits, c.group_size) for c in loaded] == [(bits, 32)] * len(cache)
     np.testing.assert_array_equal(continued(model, loaded), continued(model, cache))
 
 

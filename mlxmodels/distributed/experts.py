@@ -16,21 +16,20 @@ Which pairs run here, two ways, each where it is cheap:
   decode step is bound by weight reads, not FLOPs, and the redirected pairs read at most one expert more than the
   single-process step reads; their FLOPs (k - k/N rows per token) are wasted.
 
-Attention, dense FFN layers, the embedding and the head are placed and built by the base layout (tensor mode).
+Everything else (attention heads, dense FFN layers, the embedding and head over the vocabulary) is tensor mode's:
+this layout is TensorLayout with its three expert hooks overridden.
 """
 
-import re
 from dataclasses import replace
 
 import mlx.core as mx
 
 from ..parts.compiled import use_compiled
 from ..parts.experts import SwitchMLP
-from ..parts.moe import MoE
 from ..spec import MoESpec
-from .layout import Layout, ParallelError, Slice
-
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+from .layout import ParallelError, Slice
+from .sharded import SummedMoE
+from .tensor import TensorLayout
 
 
 class LocalExperts(SwitchMLP):
@@ -64,91 +63,44 @@ class LocalExperts(SwitchMLP):
         return out.reshape(N, k, -1)
 
 
-class PartitionedMoE(MoE):
+class PartitionedMoE(SummedMoE):
     """A MoE layer with this rank's LocalExperts and its part of the shared experts (`spec.shared_hidden` is already
-    the rank's share); one all_sum of the layer's output, which is linear in both parts, makes it whole."""
+    the rank's share); SummedMoE's one all_sum of the output, which is linear in both parts, makes it whole."""
 
     def __init__(self, hidden: int, spec: MoESpec, first: int, n: int, all_sum):
-        super().__init__(hidden, spec)  # its whole-E SwitchMLP is lazy: replaced here before anything evaluates it
+        super().__init__(hidden, spec, all_sum)  # its whole-E SwitchMLP is lazy: replaced before anything reads it
         setattr(self, spec.experts_name, LocalExperts(hidden, spec.hidden, n, spec.act, first))
-        self._all_sum = all_sum
 
     def __call__(self, x):
         # x (B, T, D): steps the block runs compiled must mask; longer (eager) steps regroup
         self[self.spec.experts_name].regroup = not use_compiled(x.shape[1])
-        return self._all_sum(super().__call__(x))
+        return super().__call__(x)
 
 
-class Replicated(Layout):
-    """Every tensor whole on every rank (stands in for tensor mode as the base of experts mode)."""
+class ExpertsLayout(TensorLayout):
+    """Tensor mode but for the routed experts: whole experts partitioned, not every expert's intermediate split."""
 
-    name = "replicated"
-
-    def place(self, name, shape):
-        return name, None
-
-    def build(self):
-        from ..decoder import Decoder
-
-        return Decoder(self.local_spec)
-
-
-class ExpertsLayout(Layout):
     name = "experts"
-    base = Replicated  # places and builds every tensor that is not a MoE layer's routed or shared experts
 
     def __init__(self, spec, group, budgets=None):
+        if not any(isinstance(layer.ffn, MoESpec) for layer in spec.layers + spec.mtp):
+            raise ParallelError("--parallel experts splits MoE layers and this model has none; use --parallel "
+                                "tensor or pipeline")
         super().__init__(spec, group, budgets)
-        layers = spec.layers + spec.mtp  # MTP modules are stored after the main layers: their indices continue
-        self.moe = {i: layer for i, layer in enumerate(layers) if isinstance(layer.ffn, MoESpec)}
-        if not self.moe:
-            raise ParallelError("--parallel experts splits MoE layers and this model has none; use --parallel tensor "
-                                "or pipeline")
-        for layer in self.moe.values():
-            e, shared = layer.ffn.n_experts, layer.ffn.shared_hidden
-            if e % self.size:
-                raise ParallelError(f"{e} routed experts do not divide over {self.size} ranks; use a group size that "
-                                    f"divides {e}, or --parallel tensor or pipeline")
-            if shared and shared % self.size:
-                raise ParallelError(f"the shared experts' {shared} intermediate features do not divide over "
-                                    f"{self.size} ranks; use --parallel tensor or pipeline")
-        self.base_layout = self.base(spec, group, budgets)
-        local = list(self.base_layout.local_spec.layers + self.base_layout.local_spec.mtp)
-        for i, layer in self.moe.items():
-            ffn = layer.ffn
-            local[i] = replace(local[i], ffn=replace(ffn, shared_hidden=ffn.shared_hidden and ffn.shared_hidden // self.size))
-        n = spec.num_layers
-        self.local_spec = replace(self.base_layout.local_spec, layers=tuple(local[:n]), mtp=tuple(local[n:]))
 
-    def _experts(self, i: int) -> tuple:
-        """Layer i's first expert here and how many."""
-        per = self.moe[i].ffn.n_experts // self.size
-        return self.rank * per, per
+    def local_moe(self, moe: MoESpec, index: int) -> MoESpec:
+        """The router and each routed expert whole (n_experts stays E: the router scores them all); shared experts
+        split as a dense FFN."""
+        if moe.n_experts % self.size:
+            raise ParallelError(f"layer {index}: {moe.n_experts} routed experts do not divide over {self.size} ranks; "
+                                f"use a number of ranks that divides {moe.n_experts}, or --parallel tensor or pipeline")
+        shared = moe.shared_hidden and self._part(moe.shared_hidden, f"layer {index}: shared expert intermediate "
+                                                                       f"{moe.shared_hidden}")
+        return replace(moe, shared_hidden=shared)
 
-    def place(self, name, shape):
-        m = _LAYER.match(name)
-        layer = self.moe.get(int(m.group(1))) if m else None
-        if layer is not None:
-            rest = name[m.end():]
-            ffn = layer.ffn
-            if rest.startswith(f"{layer.ffn_name}.{ffn.experts_name}."):
-                return name, Slice.part(0, self.rank, self.size)  # (E, out, in): this rank's experts
-            if ffn.shared_hidden and rest.startswith(f"{layer.ffn_name}.{ffn.shared_name}."):
-                proj = rest.split(".")[2]  # gate/up: rows of the intermediate; down: its columns
-                return name, Slice.part(1 if proj == "down_proj" else 0, self.rank, self.size)
-        return self.base_layout.place(name, shape)
+    def expert_cut(self, moe: MoESpec, proj: str, leaf: str) -> Slice:
+        return Slice.part(0, self.rank, self.size)  # (E, out, in) and its scales/biases: this rank's experts
 
-    def build(self):
-        model = self.base_layout.build()
-        group = self.group
-
-        def all_sum(x):
-            return mx.distributed.all_sum(x, group=group)
-
-        local = self.local_spec.layers + self.local_spec.mtp
-        for i, layer in self.moe.items():
-            first, n = self._experts(i)
-            setattr(model.model.layers[i], layer.ffn_name,
-                    PartitionedMoE(self.spec.hidden_size, local[i].ffn, first, n, all_sum))
-        model.spec = self.local_spec
-        return model
+    def moe_module(self, hidden: int, moe: MoESpec):
+        n = moe.n_experts // self.size
+        return PartitionedMoE(hidden, moe, self.rank * n, n, self.all_sum)

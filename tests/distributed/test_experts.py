@@ -5,38 +5,24 @@ rank's pairs), what each rank places, and the refusals. Over 2 ranks (one mlx.la
 mixtral, DeepSeek-V3 with MTP (MLA + shared experts) and a 4-bit qwen3_moe folder against the single-process model.
 """
 
-from fractions import Fraction
-
 import mlx.core as mx
 import numpy as np
 import pytest
 
 import mlxmodels
-from mlxmodels.distributed import ParallelError, Slice
+from mlxmodels.distributed import ParallelError
 from mlxmodels.distributed.experts import ExpertsLayout, LocalExperts
 from mlxmodels.families import build_spec
 from mlxmodels.config import read_config
 from mlxmodels.parts.experts import SwitchMLP
 from tests import mtp_fixture
 from tests.distributed import experts_worker
+from tests.distributed.groups import Group
 from tests.distributed.harness import launch, rank_results
 from tests.families.test_families import CASES
 from tests.oracle import build_hf
 
 TOL = 1e-4
-
-
-class Group:
-    """What a Layout asks of a group: its rank and size (no collective runs in place())."""
-
-    def __init__(self, rank, size):
-        self._rank, self._size = rank, size
-
-    def rank(self):
-        return self._rank
-
-    def size(self):
-        return self._size
 
 
 def split_experts(whole: SwitchMLP, n_ranks: int) -> list:
@@ -84,26 +70,33 @@ def layout_of(folder, rank, size):
 
 
 def test_each_rank_places_its_experts_and_its_part_of_the_shared_experts(tmp_path):
-    build_hf("deepseek_v3", tmp_path, **CASES["deepseek_v3"][1])  # 8 experts, one shared expert of 32
+    build_hf("deepseek_v3", tmp_path, **CASES["deepseek_v3"][1])  # 8 experts of 32, one shared expert of 32
     layout = layout_of(tmp_path, 1, 2)
-    half = Fraction(1, 2)
     p = "model.layers.1.mlp."
-    assert layout.place(p + "switch_mlp.up_proj.weight", (8, 32, 64)) == (p + "switch_mlp.up_proj.weight",
-                                                                          Slice(0, half, 1))
-    assert layout.place(p + "switch_mlp.down_proj.scales", (8, 64, 1))[1] == Slice(0, half, 1)
-    assert layout.place(p + "shared_experts.gate_proj.weight", (32, 64))[1] == Slice(0, half, 1)
-    assert layout.place(p + "shared_experts.down_proj.weight", (64, 32))[1] == Slice(1, half, 1)
+
+    def bounds(name, shape):
+        local, cut = layout.place(p + name, shape)
+        assert local == p + name
+        return cut.bounds(shape, name)
+
+    assert bounds("switch_mlp.up_proj.weight", (8, 32, 64)) == (0, 4, 8)  # experts 4..7, each whole
+    assert bounds("switch_mlp.down_proj.weight", (8, 64, 4)) == (0, 4, 8)  # packed codes
+    assert bounds("switch_mlp.down_proj.scales", (8, 64, 1)) == (0, 4, 8)
+    assert bounds("shared_experts.gate_proj.weight", (32, 64)) == (0, 16, 32)  # intermediate rows
+    assert bounds("shared_experts.down_proj.weight", (64, 32)) == (1, 16, 32)  # intermediate columns
+    assert layout.place(p + "gate.weight", (8, 64)) == (p + "gate.weight", None)  # the router whole
     assert layout.local_spec.layers[1].ffn.shared_hidden == 16
     assert layout.local_spec.layers[1].ffn.n_experts == 8  # the router still scores every expert
+    assert layout.local_spec.layers[1].ffn.hidden == 32  # each expert whole
 
 
-@pytest.mark.parametrize("case, size, match", [
-    ("qwen3_moe", 3, "8 routed experts do not divide over 3 ranks"),
-    ("llama3", 2, "has none; use --parallel tensor"),
+@pytest.mark.parametrize("case, edit, size, match", [
+    ("qwen3_moe", dict(num_experts=6), 4, "layer 0: 6 routed experts do not divide over 4 ranks"),  # heads do
+    ("llama3", {}, 2, "has none; use --parallel tensor"),
 ])
-def test_what_cannot_split_this_way_is_one_line(tmp_path, case, size, match):
+def test_what_cannot_split_this_way_is_one_line(tmp_path, case, edit, size, match):
     model_type, config, _ = CASES[case]
-    build_hf(model_type, tmp_path, **config)
+    build_hf(model_type, tmp_path, **{**config, **edit})
     with pytest.raises(ParallelError, match=match):
         layout_of(tmp_path, 0, size)
 
@@ -111,6 +104,7 @@ def test_what_cannot_split_this_way_is_one_line(tmp_path, case, size, match):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     from quantize.convert import Options, convert
+    from quantize.recipes import Setting
 
     root = tmp_path_factory.mktemp("experts")
     out = []
@@ -119,7 +113,8 @@ def folders(tmp_path_factory):
         build_hf(model_type, root / case, **config)
         out.append(root / case)
     out.append(mtp_fixture.build(root / "dsv3")[0])
-    convert(root / "qwen3_moe", root / "q4", Options(quantize=True))
+    # groups of 32: attention's o_proj (64 inputs) must split into whole groups for tensor mode's heads
+    convert(root / "qwen3_moe", root / "q4", Options(quantize=True, setting=Setting(group_size=32)))
     out.append(root / "q4")
     return out
 

@@ -1,7 +1,8 @@
 """The quantized paged cache (kv_bits=4|8): through whole models (dense, sliding window with softcap, chunked, MLA,
 learned positions) 8-bit logits stay within TOL8 of the float paged cache's and 4-bit within a KL bound on a fixed
 prompt set; decode, a speculative step and a rollback equal one quantized prefill (each row is quantized alone, so
-the math is the same); batched rows equal each sequence alone; prefix caching reuses quantized blocks and copy on
+the math is the same); the paged pool equals the contiguous quantized cache (dense and MLA); batched rows equal each
+sequence alone; prefix caching reuses quantized blocks and copy on
 write copies codes, scales and biases; options that cannot apply are refused naming them; BatchGenerator and the
 serve engine take kv_bits/kv_group_size (greedy batched == each prompt alone over a quantized pool), as does
 `mlxm serve`'s parser."""
@@ -14,6 +15,9 @@ from app import cli
 from mlxmodels.batch import BatchGenerator
 from mlxmodels.generate import generate_step
 from mlxmodels.row_sampling import SamplingParams
+from mlxmodels.config import HFConfig
+from mlxmodels.decoder import Decoder
+from mlxmodels.families import get_adapter
 from mlxmodels.serve import Engine
 from tests.parts.test_paged_cache import FAMILIES, SIZES, model, run  # noqa: F401  (model: the fixture)
 
@@ -72,6 +76,23 @@ def test_decode_and_rollback_equal_prefill(model, bits):
     assert [c.trim(2) for c in cache] == [2] * len(cache)
     got.append(run(model, cache, [1, 1], ids[28:]))
     assert_same_math(np.concatenate(got, axis=1), want, bits)
+
+
+@pytest.mark.parametrize("family", ["llama", "deepseek_v3"])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_paged_equals_contiguous_quantized(family, bits):
+    """Both store each row's codes alone (a KV head's key or value; MLA's [latent | rope key]) with the same group
+    size, so the pool's blocks and the contiguous cache hold the same codes and attend alike, decode included (the
+    pool through the paged kernels' entry points, the contiguous cache by dequantize-then-attend)."""
+    spec = get_adapter(family).spec(HFConfig(dict(FAMILIES[family], model_type=family)))
+    mx.random.seed(len(family))
+    model = Decoder(spec)
+    contiguous = model.make_cache(kv_bits=bits, kv_group_size=GROUP)
+    want = run(model, contiguous, SIZES)
+    got = run(model, paged(model, bits), SIZES)
+    assert_same_math(got, want, bits)
+    float_kv = run(model, model.make_cache(), SIZES)
+    assert np.abs(want - float_kv).max() > FLIP[bits], "both must really be quantized, not float alike"
 
 
 def test_batched_equals_alone(model):
