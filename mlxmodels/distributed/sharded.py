@@ -141,7 +141,8 @@ def summed(linear: nn.Linear, all_sum) -> SumLinear:
 class SummedMoE(MoE):
     """Experts with this rank's part of every expert's intermediate (and of the shared experts): the routed and
     shared outputs are each linear in that part, so one all_sum of the layer's output makes it whole. The router
-    is whole on every rank and sees the same input, so every rank routes alike."""
+    is whole on every rank and sees the same input, bit for bit (MLX's ring all_sum reduces each segment on one rank
+    and copies it to the others), so every rank routes alike."""
 
     def __init__(self, hidden: int, spec, all_sum):
         super().__init__(hidden, spec)
