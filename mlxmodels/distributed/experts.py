@@ -12,9 +12,11 @@ Which pairs run here, two ways, each where it is cheap:
   gathered and run alone, so each rank does 1/N of the expert FLOPs. It costs one wait per MoE layer to learn how
   many pairs are here (a data-dependent shape), amortised over the chunk's tokens.
 - mask (decode and speculative verification, which run compiled, where shapes cannot depend on data): every pair
-  runs, the pairs of other ranks' experts pointed at this rank's first expert, and their outputs are dropped. A
-  decode step is bound by weight reads, not FLOPs, and the redirected pairs read at most one expert more than the
-  single-process step reads; their FLOPs (k - k/N rows per token) are wasted.
+  runs, the pairs of other ranks' experts pointed at this rank's first expert, and their outputs are dropped. The
+  distinct expert weights a step reads grow by at most that one expert, which is what a decode step on a Mac is
+  bound by; the redirected pairs' FLOPs (k - k/N rows per token) are wasted.
+scripts/bench_experts_split.py times both on one rank's half of a layer: on a CPU, bound by FLOPs, regrouped pairs
+take about half the whole layer's time and masked ones about all of it.
 
 Everything else (attention heads, dense FFN layers, the embedding and head over the vocabulary) is tensor mode's:
 this layout is TensorLayout with its three expert hooks overridden.
