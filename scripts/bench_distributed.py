@@ -8,9 +8,10 @@ Two random float32 models built with transformers (tests/oracle.build_hf): a Lla
 heads, 4 KV heads, FFN 2048, vocab 16000) and a Qwen3-MoE (hidden 512, 8 layers, 8 heads, 4 KV heads, 8 experts of
 512, top 2, vocab 16000). Each runs once in one plain process (1 rank) and once per applicable mode under
 `mlx.launch --backend ring -n 2` on 127.0.0.1 (tests/distributed/harness.py). Each rank: load, prefill the prompt
-(one call), then greedy decode; it reports prefill and decode tok/s, its peak memory (mx.get_peak_memory, load
-included), its parameter bytes, and the bytes its collectives sent (traffic.counted: ring bytes per call), per
-prompt token during prefill and per token during decode, beside traffic.computed's figure for the model.
+(one call), then greedy decode; it reports prefill and decode tok/s, its parameter bytes, its peak memory while
+loading and, apart, while running (mx.get_peak_memory), the median time of one all_sum of a hidden state, and the
+bytes its collectives sent (traffic.counted: ring bytes per call) per prompt token during prefill and per token
+during decode (an eager pass), beside traffic.computed's figure for the model.
 
 Both ranks share this machine's cores, so 2-rank tok/s measures the modes' overhead here, not a speed-up: on two
 Macs each rank would have a whole machine's bandwidth.
@@ -66,6 +67,18 @@ def run_steps(model, ids, steps: int, count_from=None) -> tuple:
     return prefill_s, time.perf_counter() - t0
 
 
+def all_sum_latency(hidden: int, calls: int = 50) -> float:
+    """Median seconds of one all_sum of a decode step's hidden state (1, 1, D), each evaluated alone."""
+    import mlx.core as mx
+
+    x, times = mx.ones((1, 1, hidden)), []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        mx.eval(mx.distributed.all_sum(x))
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[calls // 2]
+
+
 def worker(folder: str, mode: str, prompt_tokens: int, gen_tokens: int) -> None:
     import mlxmodels  # noqa: F401  (first: it loads a fast BLAS on Linux, which must come before mlx.core)
     import mlx.core as mx
@@ -82,9 +95,11 @@ def worker(folder: str, mode: str, prompt_tokens: int, gen_tokens: int) -> None:
     with counted() as count:  # before load: a Layout hands its modules the collective functions as it builds them
         model, _ = mlxmodels.load(folder, parallel=None if mode == "single" else mode)
         params = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+        load_peak = mx.get_peak_memory()
+        mx.reset_peak_memory()
         ids = mx.array(np.random.default_rng(0).integers(0, model.spec.vocab_size, size=(1, prompt_tokens)))
         prefill_s, decode_s = run_steps(model, ids, gen_tokens)
-        peak = mx.get_peak_memory()  # load, the prompt's activations, the cache
+        peak = mx.get_peak_memory()  # the weights, the prompt's activations, the cache
         # the bytes, from an eager pass: a compiled few-token step replays its trace without calling Python, so the
         # collectives inside it (the FFN half's all_sum) would be counted once per trace, not once per step
         compiled.ENABLED = False
@@ -94,15 +109,17 @@ def worker(folder: str, mode: str, prompt_tokens: int, gen_tokens: int) -> None:
         count.reset()
         run_steps(model, ids[:, :1], COUNTED_STEPS, count_from=count)
         decode_sent, calls = count.total, dict(count.calls)
+    latency = all_sum_latency(model.spec.hidden_size) if group.size() > 1 else 0.0
     whole = build_spec(read_config(Path(folder)), str(Path(folder) / "config.json"))[1]  # a rank's spec may be cut
     expected = computed(whole, "tensor" if mode == "single" else mode, group.size(), itemsize=4)
-    write_result({"mode": mode, "ranks": group.size(), "params_bytes": params, "peak_bytes": peak,
+    write_result({"mode": mode, "ranks": group.size(), "params_bytes": params, "load_peak_bytes": load_peak,
+                  "peak_bytes": peak,
                   "prefill_tok_s": prompt_tokens / prefill_s, "decode_tok_s": gen_tokens / decode_s,
                   "prefill_sent_per_token": prefill_sent / prompt_tokens,
                   "decode_sent_per_token": decode_sent / COUNTED_STEPS,
                   "decode_calls_per_token": {k: v / COUNTED_STEPS for k, v in calls.items()},
-                  "computed_per_token": expected.total, "computed_per_layer": expected.per_layer_average,
-                  "layers": len(whole.layers)})
+                  "all_sum_ms": latency * 1e3, "computed_per_token": expected.total,
+                  "computed_per_layer": expected.per_layer_average, "layers": len(whole.layers)})
 
 
 # ---------------------------------------------------------------- the driver
@@ -155,14 +172,16 @@ def row(model: str, results: list) -> str:
     sent = sum(r["decode_sent_per_token"] for r in results)  # all ranks together, as traffic.computed counts
     prefill_sent = sum(r["prefill_sent_per_token"] for r in results)
     return (f"| {model} | {r0['mode']} | {ranks} | {min(r['prefill_tok_s'] for r in results):.1f} | "
-            f"{min(r['decode_tok_s'] for r in results):.1f} | {per_rank('params_bytes')} | {per_rank('peak_bytes')} | "
+            f"{min(r['decode_tok_s'] for r in results):.1f} | {per_rank('params_bytes')} | "
+            f"{per_rank('load_peak_bytes')} | {per_rank('peak_bytes')} | "
             f"{sent / 1e3:.1f} | {r0['computed_per_token'] / 1e3:.1f} | {sent / r0['layers'] / 1e3:.2f} | "
-            f"{prefill_sent / 1e3:.1f} |")
+            f"{prefill_sent / 1e3:.1f} | {max(r['all_sum_ms'] for r in results):.2f} |")
 
 
-HEADER = ("| model | mode | ranks | prefill tok/s | decode tok/s | params MB per rank | peak MB per rank | "
-          "decode KB sent per token (counted) | (computed) | per layer | prefill KB sent per prompt token |\n"
-          "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|")
+HEADER = ("| model | mode | ranks | prefill tok/s | decode tok/s | params MB per rank | load peak MB | run peak MB | "
+          "decode KB sent per token (counted) | (computed) | per layer | prefill KB sent per prompt token | "
+          "all_sum ms |\n"
+          "|---|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|")
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from app import info  # noqa: E402
 from app.sizes import human_bytes  # noqa: E402
+from mlxmodels.distributed.traffic import MODES, computed  # noqa: E402
 
 CONFIGS = ROOT / "tests" / "data" / "configs"
 GIB = 2 ** 30
@@ -81,7 +82,8 @@ def config_folder(name: str, context: int, tmp: Path) -> Path:
 
 
 def stage_bytes(folder: Path, context: int) -> list:
-    """Bytes of each pipeline unit in order: embedding, each layer with its KV at `context`, then the rest."""
+    """-> (bytes of each pipeline unit in order: embedding, each layer with its KV at `context`, then the rest;
+    the spec)."""
     from mlx.utils import tree_flatten
 
     from mlxmodels.config import read_config
@@ -98,7 +100,8 @@ def stage_bytes(folder: Path, context: int) -> list:
               for layer, block in zip(spec.layers, model.model.layers[: len(spec.layers)])]
     whole = size(model)
     embed = size(model.model.embed_tokens)
-    return [embed] + layers + [whole - embed - sum(size(b) for b in model.model.layers[: len(spec.layers)])]
+    rest = whole - embed - sum(size(b) for b in model.model.layers[: len(spec.layers)])
+    return [embed] + layers + [rest], spec
 
 
 def fewest_stages(units: list, capacity: float) -> int:
@@ -137,7 +140,7 @@ def decode_tok_s(active: float, kv: float, macs: int, bandwidth: float, mode: st
 def plan(name: str, context: int, tmp: Path) -> dict:
     folder = config_folder(name, context, tmp)
     r = info.describe(str(folder), "bfloat16")
-    units = stage_bytes(folder, context)
+    units, spec = stage_bytes(folder, context)
     total = r["load_bytes"] + r["kv_bytes_full_context"]
     active = r["params_active"] * BYTES_PER_WEIGHT
     dims = (r["hidden_size"], r["vocab_size"], r["layers"])
@@ -153,8 +156,10 @@ def plan(name: str, context: int, tmp: Path) -> dict:
                                                 LINKS["Thunderbolt 5 (ring, TCP)"], dims),
                        **{f"tensor over {link}": decode_tok_s(active, r["kv_bytes_full_context"], n, bandwidth,
                                                               "tensor", LINKS[link], dims) for link in LINKS}}
-    return {"model": name, "params_total": r["params_total"], "params_active": r["params_active"],
-            "params_mtp": r["params_mtp"], "weights_bytes": r["load_bytes"], "kv_bytes": r["kv_bytes_full_context"],
+    traffic = {n: {mode: computed(spec, mode, n).total for mode in MODES} for n in (2, 4, 8)}
+    return {"model": name, "params_total": r["params_total"], "traffic": traffic, "layer_count": r["layers"],
+            "params_active": r["params_active"], "params_mtp": r["params_mtp"], "weights_bytes": r["load_bytes"],
+            "kv_bytes": r["kv_bytes_full_context"],
             "total_bytes": total, "active_bytes": active, "largest_layer_bytes": max(units[1:-1]),
             "fits": fits, "speeds": speeds}
 
@@ -174,6 +179,12 @@ def table(plans: list, context: int) -> str:
             cells = " | ".join(f"{s[f'tensor over {k}']:.1f}" for k in LINKS)
             lines.append(f"| {p['model']} | {s['macs']} x {s['mac']} {gib} GB ({s['bandwidth_gb_s']} GB/s) | "
                          f"{s['pipeline']:.1f} | {cells} |")
+    lines += ["", "| model | Macs | " + " | ".join(f"{m} KB per token (per layer)" for m in MODES) + " |",
+              "|---|---:|" + "---:|" * len(MODES)]
+    for p in plans:
+        for n, by_mode in p["traffic"].items():
+            cells = " | ".join(f"{b / 1e3:.0f} ({b / p['layer_count'] / 1e3:.1f})" for b in by_mode.values())
+            lines.append(f"| {p['model']} | {n} | {cells} |")
     return "\n".join(lines)
 
 
