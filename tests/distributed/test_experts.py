@@ -139,5 +139,6 @@ def test_two_ranks_give_the_single_process_model(folders, ranks):
             assert mine.get("speculative") == want.get("speculative"), f"{folder.name} rank {rank}: MTP drafts"
             # each rank holds half the routed experts' bytes (exactly: E divides), and less than the whole model
             assert mine["expert_bytes"] * 2 == want["expert_bytes"], f"{folder.name} rank {rank}: expert bytes"
-            assert mine["bytes"] < want["bytes"]
+            # the rest split as in tensor mode; whole on every rank: norms, routers, MLA's latent projections, eh_proj
+            assert mine["bytes"] <= 0.6 * want["bytes"], f"{folder.name} rank {rank}: {mine['bytes']} bytes"
         assert "speculative" in want or folder.name != "dsv3"
