@@ -149,7 +149,14 @@ def cmd_generate(args):
     if args.draft and (args.max_kv_size or args.prompt_cache):
         raise ValueError(f"{'--max-kv-size' if args.max_kv_size else '--prompt-cache'} cannot roll back the tokens "
                          "speculative decoding (--draft) rejects; drop one")
-    model, tokenizer, folder = model_arg.load(args.model, args.dtype, args.adapter_path)
+    run = None
+    if args.parallel:
+        from app import parallel
+
+        if args.prompt_cache:
+            raise ValueError("--prompt-cache holds one process's whole cache, which --parallel cannot split; drop one")
+        run = parallel.start(args)  # before loading: a follower says nothing from here on
+    model, tokenizer, folder = model_arg.load(args.model, args.dtype, args.adapter_path, parallel=args.parallel)
     if not tokenizer.has_chat_template and (needs_template or args.chat):
         raise ValueError(f"{needs_template[0] if needs_template else '--chat'} needs a chat template and "
                          f"{model_arg.display_name(args.model)} has none; prompt it with plain text")
@@ -179,14 +186,20 @@ def cmd_generate(args):
     elif args.draft:
         draft, _, _ = model_arg.load(args.draft, args.dtype)
     sampling = sampling_of(args)
+    sampler = progress = None
+    if run is not None:  # every rank feeds rank 0's prompt and samples rank 0's tokens
+        ids, sampling["seed"] = run.share(list(ids), sampling["seed"])
+        sampler, progress = run.sampler(sampling), run.watchdog.pet
     stream = split_stream(mlxmodels.stream_generate(
         model, tokenizer, ids, max_tokens=max_tokens, stop=args.stop or None, draft=draft, num_draft=args.num_draft,
-        cache=cache, **sampling), Splitter.for_prompt(tokenizer, prompt))
+        cache=cache, sampler=sampler, progress=progress, **sampling), Splitter.for_prompt(tokenizer, prompt))
     last = None
     out, err = sys.stdout, sys.stderr
     dim = use_color(err)
     open_line = False  # reasoning was written to stderr and its line is not ended yet
     for r in stream:
+        if run is not None:
+            run.watchdog.pet()
         if r.reasoning and not args.hide_thinking:  # a thinking model's reasoning: stderr, dimmed in a terminal
             err.write(f"\x1b[2m{r.reasoning}\x1b[0m" if dim else r.reasoning)
             err.flush()
@@ -198,6 +211,8 @@ def cmd_generate(args):
             out.write(r.answer)
             out.flush()
         last = r
+    if run is not None:
+        run.close()
     if open_line:
         err.write("\n")
     if out.isatty():
@@ -255,6 +270,9 @@ def add_generate(sub):
     add_kv_bits(g)
     add_quantized_kv_start(g)
     g.add_argument("-v", "--verbose", action="store_true", help="print speed and memory to stderr")
+    from app import parallel
+
+    parallel.add_flags(g)
     g.set_defaults(func=cmd_generate)
 
 
@@ -478,9 +496,16 @@ def _main(argv):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (ModelError, ValueError, OSError) as e:
-        print(f"mlxm: error: {_one_line(e)}", file=sys.stderr)
+        from app.parallel import say_error
+
+        say_error(f"mlxm: error: {_one_line(e)}", e)  # under --parallel: rank 0 says what the ranks found together
         return 1
     except RuntimeError as e:  # MLX found a damaged library in its compiled-kernel cache; anything else is our bug
+        from app.parallel import lost_rank, say_error
+
+        if lost_rank(e):  # --parallel: MLX's backend saw another rank's connection close
+            say_error(lost_rank(e), e)
+            return 1
         if "shared library" not in str(e) and "load compiled function" not in str(e):
             raise
         print(f"mlxm: error: MLX's compiled-kernel cache holds a damaged library; delete the folder "

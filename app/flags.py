@@ -35,6 +35,10 @@ def non_negative_float(text):
     return number(float, text, lambda v: v >= 0, "a number >= 0")
 
 
+def positive_float(text):
+    return number(float, text, lambda v: v > 0, "a number > 0")
+
+
 def unit_float(text):
     return number(float, text, lambda v: 0 < v <= 1, "a number in (0, 1]")
 

@@ -39,14 +39,15 @@ def display_name(arg: Optional[str]) -> str:
     return arg if arg else "default model"
 
 
-def load(arg: Optional[str], dtype: Optional[str] = None, adapter_path: Optional[str] = None):
+def load(arg: Optional[str], dtype: Optional[str] = None, adapter_path: Optional[str] = None,
+         parallel: Optional[str] = None):
     """-> (model, tokenizer, folder). A folder without tokenizer files is a user error here: every command that
     loads a model this way turns text into tokens. `adapter_path`: --adapter-path, a LoRA/DoRA folder from
-    mlx_lm.lora applied on the fly."""
+    mlx_lm.lora applied on the fly. `parallel`: --parallel, this rank's share under mlx.launch."""
     import mlxmodels
 
     folder = resolve_folder(arg)
-    model, tokenizer = mlxmodels.load(folder, dtype=dtype, adapter_path=adapter_path)
+    model, tokenizer = mlxmodels.load(folder, dtype=dtype, adapter_path=adapter_path, parallel=parallel)
     if tokenizer is None:
         raise ModelError(f"{folder} has no tokenizer files; add the model's tokenizer.json to the folder")
     return model, tokenizer, folder

@@ -19,7 +19,9 @@ from ..families import build_spec
 from ..formats.safetensors import Checkpoint
 from ..load import build, check_finite, check_weights, compute_dtype, placeholders, quantize_like
 from .agree import agree
+from .auto import choose
 from .layout import Layout, ParallelError
+from .memory import check_share, model_bytes, rank_budgets
 
 LAYER = re.compile(r"^(?:model\.)?(?:layers|h)\.(\d+)\.")
 
@@ -43,9 +45,14 @@ def load_parallel(folder: Path, mode: str, group=None, dtype=None, budgets=None)
     ckpt = Checkpoint(folder)
     try:
         source = placeholders(ckpt)
-        agree(group, _identity(folder, source), f"the model in {folder}")
+        agree(group, _identity(folder, source), "model")
         whole, mapped = build(folder, cfg, adapter, spec, source)  # the whole model checked from headers alone
-        layout = layout_for(mode, whole.spec, group, budgets)
+        rooms = budgets if budgets is not None else rank_budgets(group)  # what each rank may hold
+        if mode == "auto":
+            layout = choose(whole.spec, group, budgets, model_bytes(mapped), rooms)
+        else:
+            layout = layout_for(mode, whole.spec, group, budgets)
+        check_share(layout, mapped, rooms)  # before reading: every rank stops together when one cannot hold it
         weights = read_share(ckpt, source, mapped, layout, adapter, cfg)
     finally:
         ckpt.close()

@@ -232,7 +232,7 @@ def scripted_load(thinker, monkeypatch, tiny_folder):
     """`mlxm generate` loads the thinker, made to reply REPLY."""
     model = ScriptedModel(thinker, REPLY)
     monkeypatch.setattr(model_arg, "load",
-                        lambda name, dtype=None, adapter_path=None: (model, thinker[1], tiny_folder))
+                        lambda name, dtype=None, adapter_path=None, parallel=None: (model, thinker[1], tiny_folder))
 
 
 def test_generate_sends_reasoning_to_stderr_and_the_answer_to_stdout(scripted_load, capsys):

@@ -1,0 +1,41 @@
+"""Rank 0 leads, the others follow: what rank 0 decided (the prompt's tokens, the seed, each sampled token) reaches
+every rank through one all_sum in which the followers add zeros.
+
+Every rank computes the same logits, but sampling is not left to each rank: a random draw (or a tie broken by a
+last-bit difference) that went another way on one rank would feed the ranks different tokens, and the model's
+collectives would then mix two sequences. With rank 0's token on every rank they cannot drift apart.
+"""
+
+import random
+from typing import Callable
+
+import mlx.core as mx
+
+
+def from_leader(group, value: mx.array) -> mx.array:
+    """rank 0's `value` on every rank (same shape and dtype everywhere)."""
+    mine = value if group.rank() == 0 else mx.zeros_like(value)  # lazy: a follower never evaluates its own value
+    return mx.distributed.all_sum(mine, group=group)
+
+
+def leading(sampler: Callable, group) -> Callable:
+    """A sampler (logprobs, key) -> token (1,) that returns rank 0's sample on every rank."""
+
+    def sample(logprobs: mx.array, key=None) -> mx.array:
+        return from_leader(group, sampler(logprobs, key))
+
+    return sample
+
+
+def share_tokens(group, tokens) -> list:
+    """rank 0's token ids (a list) on every rank: their count first, then the ids."""
+    n = int(from_leader(group, mx.array([len(tokens)], dtype=mx.int32)).item())
+    mine = mx.array(list(tokens) if group.rank() == 0 else [0] * n, dtype=mx.int32)  # (n,)
+    return from_leader(group, mine).tolist() if n else []
+
+
+def share_seed(group, seed) -> int:
+    """rank 0's seed on every rank (drawn on rank 0 when none is given), so that draws made outside the sampler
+    (speculative decoding's acceptance test) come out the same everywhere."""
+    mine = seed if seed is not None else random.getrandbits(31)
+    return int(from_leader(group, mx.array([mine % 2 ** 31], dtype=mx.int32)).item())
