@@ -142,3 +142,45 @@ def test_two_ranks_give_the_single_process_model(folders, ranks):
             # the rest split as in tensor mode; whole on every rank: norms, routers, MLA's latent projections, eh_proj
             assert mine["bytes"] <= 0.6 * want["bytes"], f"{folder.name} rank {rank}: {mine['bytes']} bytes"
         assert "speculative" in want or folder.name != "dsv3"
+
+
+def placed_shapes(layout, mapped: dict) -> dict:
+    """{local name: shape of the part placed here} for every tensor of the whole model (headers only)."""
+    out = {}
+    for name, a in mapped.items():
+        placement = layout.place(name, tuple(a.shape))
+        if placement is not None:
+            local, cut = placement
+            shape = list(a.shape)
+            if cut is not None:
+                axis, lo, hi = cut.bounds(tuple(a.shape), name)
+                shape[axis] = hi - lo
+            out[local] = tuple(shape)
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(c for c, (_, config, _) in CASES.items()
+                                        if any(k in config for k in ("num_experts", "num_local_experts",
+                                                                     "n_routed_experts"))))
+def test_every_moe_family_places_exactly_what_each_rank_builds(tmp_path, case):
+    """Every rank's modules take exactly the parts placed there (names and shapes), in every MoE family:
+    Llama 4's `feed_forward.experts`, Qwen2-MoE's gated shared expert, DeepSeek's MLA and shared experts."""
+    from mlx.utils import tree_flatten
+
+    from mlxmodels.formats.safetensors import Checkpoint
+    from mlxmodels.load import build, placeholders
+
+    model_type, config, _ = CASES[case]
+    build_hf(model_type, tmp_path, **config)
+    cfg = read_config(tmp_path)
+    adapter, spec = build_spec(cfg, str(tmp_path / "config.json"))
+    ckpt = Checkpoint(tmp_path)
+    whole, mapped = build(tmp_path, cfg, adapter, spec, placeholders(ckpt))
+    ckpt.close()
+    experts = 0
+    for rank in range(2):
+        layout = ExpertsLayout(whole.spec, Group(rank, 2))
+        built = {n: tuple(a.shape) for n, a in tree_flatten(layout.build().parameters())}
+        assert placed_shapes(layout, mapped) == built
+        experts += sum(1 for n in built if any(f".{e}." in n for e in ("switch_mlp", "experts")))
+    assert experts > 0
