@@ -6,6 +6,8 @@ the same); kv_bits + max_kv_size keeps memory flat over 10x the bound; quantized
 cache holds N tokens, then the quantized held rows; state round trips (and prompt-cache files) continue as the
 uninterrupted cache; options refused naming them."""
 
+import json
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -15,8 +17,10 @@ from mlxmodels.config import HFConfig
 from mlxmodels.decoder import Decoder
 from mlxmodels.families import get_adapter
 from mlxmodels.parts.quantized_cache import Quantized, pack, pack_parts, unpack
-from tests.parts.test_paged_cache import BASE, FAMILIES, SIZES, run
+from mlxmodels.prompt_cache import PromptCacheError
+from tests.parts.test_paged_cache import BASE, FAMILIES, IDS, SIZES, run
 from tests.parts.test_paged_quantized import GROUP, KL4, PROMPTS, TOL8, assert_same_math, log_softmax
+from tests.test_prompt_cache import rewrite
 
 # Gemma 3: two sliding-window layers, then a global one (its 5:1 period shortened to the tiny models' depth)
 CASES = {**FAMILIES, "gemma3_text": dict(BASE, num_hidden_layers=3, sliding_window=6, sliding_window_pattern=3,
@@ -149,6 +153,32 @@ def test_prompt_cache_round_trip(model, options, tmp_path):
     assert [type(c) for c in restored] == [type(c) for c in cache]
     assert meta["quantization"] == {"bits": "4", "group_size": str(GROUP)}
     np.testing.assert_array_equal(run(model, restored, [1] * 4, ids[24:]), want)
+
+
+def wider_rows(meta, state):
+    """Layer 0's parts replaced by those of rows twice as wide as the layer's (codes still no wider than a row)."""
+    wide = mx.zeros((*state[0].shape[:3], 2 * state[1].shape[-1] * GROUP))
+    return {f"0.{j}": part for j, part in enumerate(mx.quantize(wide, GROUP, int(meta["bits"])))}, None
+
+
+DAMAGED = {
+    "bits changed": lambda meta, state: (None, {"0.meta": json.dumps({**meta, "bits": "8"})}),
+    "group size changed": lambda meta, state: (None, {"0.meta": json.dumps({**meta, "group_size": "128"})}),
+    "bits not a KV quantization": lambda meta, state: (None, {"0.meta": json.dumps({**meta, "bits": "3"})}),
+    "start not a number": lambda meta, state: (None, {"0.meta": json.dumps({**meta, "quantized_kv_start": "x"})}),
+    "rows of another width": wider_rows,
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_damaged_quantized_files_are_refused_in_one_line(model, tmp_path, case):
+    cache, path = quantized(model, 4), tmp_path / "q.cache"
+    run(model, cache, [12])
+    mlxmodels.save_prompt_cache(path, cache, model=model, tokens=IDS[:12].tolist())
+    rewrite(path, *DAMAGED[case](cache[0].meta_state, cache[0].state))
+    with pytest.raises(PromptCacheError) as e:
+        mlxmodels.load_prompt_cache(path, model)
+    assert "\n" not in str(e.value) and "layer 0" in str(e.value)
 
 
 def test_quantized_rows_are_smaller(model):
