@@ -18,13 +18,11 @@ tokens, then converts every held row once, to exactly what quantizing each row o
 import mlx.core as mx
 
 from .cache import ChunkedKVCache, KVCache, LatentCache, RotatingKVCache
+from .paged_quantized import KV_BITS, KV_GROUP_SIZES
 from .sink_cache import SinkKVCache
 
 __all__ = ["QuantizedKVCache", "QuantizedRotatingKVCache", "QuantizedChunkedKVCache", "QuantizedLatentCache",
            "QuantizedSinkKVCache", "quantize_cache"]
-
-KV_BITS, KV_GROUP_SIZES = (4, 8), (32, 64, 128)
-
 
 def pack(x, bits: int, group_size: int):
     """(..., D) float rows -> (..., W) in x's dtype: [codes | scales | biases], the uint32 codes bit-cast."""
