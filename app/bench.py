@@ -40,10 +40,12 @@ EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(
 # ---------------------------------------------------------------- loading, in the worker process
 
 
-def load_tool(tool: str, folder: str, dtype: Optional[str], adapter_path: Optional[str] = None
-              ) -> Tuple[Any, Callable[[], list], str]:
+def load_tool(tool: str, folder: str, dtype: Optional[str], adapter_path: Optional[str] = None,
+              cache_options: Optional[dict] = None) -> Tuple[Any, Callable[[], list], str]:
     """-> (model, make_cache, compute dtype name). dtype None: the tool's own default. `adapter_path`: a LoRA/DoRA
     folder from mlx_lm.lora, applied by each tool its own way (ours on the fly, mlx-lm's load_adapters).
+    `cache_options`: make_cache's kv_bits, kv_group_size, quantized_kv_start, max_kv_size; mlx-lm gets them as its
+    generate_step applies them (see `mlx_lm_cache`).
 
     ours: `mlxmodels.load(folder, dtype)`. mlx-lm: `mlx_lm.utils.load_model` (it has no dtype option; it computes
     in the checkpoint's dtype, for 4-bit the scales' dtype), then `model.set_dtype(...)` when a dtype is asked
@@ -56,7 +58,9 @@ def load_tool(tool: str, folder: str, dtype: Optional[str], adapter_path: Option
         import mlxmodels
 
         model, _ = mlxmodels.load(folder, dtype=dtype, adapter_path=adapter_path)
-        make_cache = model.make_cache
+
+        def make_cache():
+            return model.make_cache(**(cache_options or {}))
     elif tool == "mlx-lm":
         from mlx_lm.models.cache import make_prompt_cache
         from mlx_lm.utils import load_model
@@ -70,12 +74,50 @@ def load_tool(tool: str, folder: str, dtype: Optional[str], adapter_path: Option
             model.set_dtype(getattr(mx, dtype))
             mx.eval(model.parameters())
         model.eval()
-
-        def make_cache():
-            return make_prompt_cache(model)
+        model, make_cache = mlx_lm_cache(model, cache_options or {})
     else:
         raise ValueError(f"unknown tool {tool!r}; use ours or mlx-lm")
     return model, make_cache, float_dtype(model)
+
+
+class QuantizingModel:
+    """mlx-lm's model, its KV cache converted after each forward as mlx-lm's generate_step does
+    (maybe_quantize_kv_cache: every layer whose cache has to_quantized, once it holds quantized_kv_start tokens)."""
+
+    def __init__(self, model, bits: int, group_size: int, start: int):
+        self.model, self.bits, self.group_size, self.start = model, bits, group_size, start
+
+    def __call__(self, x, cache=None, **kwargs):
+        from mlx_lm.generate import maybe_quantize_kv_cache
+
+        out = self.model(x, cache=cache, **kwargs)
+        maybe_quantize_kv_cache(cache, self.start, self.group_size, self.bits)
+        return out
+
+    def __getattr__(self, name):  # parameters(), layers, ...: the model's
+        return getattr(self.model, name)
+
+
+def mlx_lm_cache(model, options: dict) -> Tuple[Any, Callable[[], list]]:
+    """-> (model, make_cache) for mlx-lm with our cache options: max_kv_size as make_prompt_cache takes it (a
+    RotatingKVCache keeping 4 tokens), kv_bits by QuantizingModel. A model with a make_cache of its own (Llama's,
+    for its sliding layers) gets no bound from make_prompt_cache, and a RotatingKVCache cannot be quantized
+    (to_quantized raises): either way mlx-lm's worker fails and the report names why, rather than timing a cache
+    unlike ours."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    bound = options.get("max_kv_size")
+    if bound and hasattr(model, "make_cache"):
+        raise ValueError(f"mlx-lm's {type(model).__module__} model makes its own cache, which ignores max_kv_size")
+
+    def make_cache():
+        return make_prompt_cache(model, max_kv_size=bound)
+
+    quantizing = model
+    if options.get("kv_bits"):
+        quantizing = QuantizingModel(model, options["kv_bits"], options.get("kv_group_size", 64),
+                                     options.get("quantized_kv_start", 0))
+    return quantizing, make_cache
 
 
 def float_dtype(model) -> str:
@@ -105,9 +147,10 @@ def time_generation(model, make_cache: Callable[[], list], prompt: Sequence[int]
                     prefill_step_size: int = 512) -> Dict[str, float]:
     """One greedy generation from a fresh cache, timed; see the module docstring for the definitions."""
     import mlx.core as mx
+    from mlx.utils import tree_flatten
 
-    def states(cache):
-        return [a for c in cache for a in c.state if isinstance(a, mx.array)]
+    def states(cache):  # mlx-lm's QuantizedKVCache nests (codes, scales, biases) tuples in its state
+        return [a for c in cache for _, a in tree_flatten(c.state) if isinstance(a, mx.array)]
 
     cache = make_cache()
     tokens = mx.array(list(prompt), dtype=mx.int32)
@@ -209,14 +252,14 @@ def _env(openblas: bool) -> dict:
 
 def worker(tool: str, folder: str, dtype: Optional[str], prompt_tokens: int, gen_tokens: int,
            prefill_step_size: int = 512, seed: int = 0, vocab: int = 32000,
-           adapter_path: Optional[str] = None) -> None:
+           adapter_path: Optional[str] = None, cache_options: Optional[dict] = None) -> None:
     """Load once, warm up, then answer one JSON line per "trial" (or "own") line read on stdin."""
     import mlx.core as mx
 
     from app.model_arg import model_config
 
     t0 = time.perf_counter()
-    model, make_cache, dt = load_tool(tool, folder, dtype, adapter_path)
+    model, make_cache, dt = load_tool(tool, folder, dtype, adapter_path, cache_options)
     load_s = time.perf_counter() - t0
     cfg = model_config(Path(folder))  # checked and bounded, as every folder file is (a GGUF: its header)
     vocab = min(vocab, (cfg.get("text_config") or cfg).get("vocab_size") or vocab)  # ids past it crash the embedding
@@ -254,10 +297,12 @@ class Worker:
 
     def __init__(self, tool: str, folder: str, dtype: Optional[str], prompt_tokens: int, gen_tokens: int,
                  prefill_step_size: int = 512, openblas: bool = False, cwd: Optional[str] = None,
-                 log: Optional[Path] = None, adapter_path: Optional[str] = None):
+                 log: Optional[Path] = None, adapter_path: Optional[str] = None,
+                 cache_options: Optional[dict] = None):
         env = _env(openblas)
         args = [sys.executable, "-m", "app.bench", "worker", tool, folder, dtype or "default",
-                str(prompt_tokens), str(gen_tokens), str(prefill_step_size)] + ([adapter_path] if adapter_path else [])
+                str(prompt_tokens), str(gen_tokens), str(prefill_step_size), adapter_path or "",
+                json.dumps(cache_options or {})]
         self.tool, self.log = tool, log
         stderr = open(log, "wb") if log is not None else None
         self.proc = None
@@ -438,10 +483,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.setpgid(0, 0)
         tool, folder, dtype, p, g, step = argv[1:7]
         worker(tool, folder, None if dtype == "default" else dtype, int(p), int(g), int(step),
-               adapter_path=argv[7] if len(argv) > 7 else None)
+               adapter_path=argv[7] or None if len(argv) > 7 else None,
+               cache_options=json.loads(argv[8]) if len(argv) > 8 else None)
         return 0
-    print("usage: python -m app.bench worker TOOL FOLDER DTYPE|default PROMPT_TOKENS GEN_TOKENS STEP [ADAPTER_DIR]",
-          file=sys.stderr)
+    print("usage: python -m app.bench worker TOOL FOLDER DTYPE|default PROMPT_TOKENS GEN_TOKENS STEP "
+          "[ADAPTER_DIR|'' [CACHE_OPTIONS_JSON]]", file=sys.stderr)
     return 2
 
 

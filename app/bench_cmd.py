@@ -35,7 +35,10 @@ csv|json for scripts (JSON keeps every trial and records the versions, OS and ch
 process. --compare mlx-lm runs mlx-lm on the same folder in the same run (trials interleaved) and prints
 mlxmodels / mlx-lm ratios (mlx-lm reads a temporary view of the folder without MTP layers, which it cannot load; if it
 still cannot load the model, ours is reported alone with one line saying why); --plot draws tok/s against context
-length to a PNG (a sweep's -p values, or -p/8 .. -p for one -p), for the first -g."""
+length to a PNG (a sweep's -p values, or -p/8 .. -p for one -p), for the first -g. --kv-bits, --kv-group-size,
+--quantized-kv-start and --max-kv-size set the KV cache of every tool (mlx-lm converts to its QuantizedKVCache as its
+generate_step does; where it cannot bound or quantize a cache as asked it is left out, saying why); the report names
+them and each tool's KV bytes after a trial."""
 
 
 def length_list(low: int):
@@ -101,6 +104,27 @@ def run(args) -> None:
               file=sys.stderr)
 
 
+def cache_options(args) -> dict:
+    """make_cache's options from --kv-bits, --kv-group-size, --quantized-kv-start and --max-kv-size ({}: the model's
+    own float cache)."""
+    from app.cli import kv_options
+
+    options = kv_options(args)
+    return {**options, "max_kv_size": args.max_kv_size} if args.max_kv_size else options
+
+
+def describe_cache(options: dict) -> str:
+    """'8-bit KV (groups of 64, float for the first 512 tokens), bounded to 4,096 tokens'; '' for float KV."""
+    parts = []
+    if options.get("kv_bits"):
+        start = options.get("quantized_kv_start")
+        parts.append(f"{options['kv_bits']}-bit KV (groups of {options['kv_group_size']}"
+                     + (f", float for the first {start:,} tokens" if start else "") + ")")
+    if options.get("max_kv_size"):
+        parts.append(f"KV bounded to {options['max_kv_size']:,} tokens")
+    return ", ".join(parts)
+
+
 TOOL_NAMES = {"ours": "mlxmodels"}  # how tables, CSV and plots name a tool (JSON keeps the keys "ours", "mlx-lm")
 
 
@@ -145,6 +169,8 @@ def _bench(args) -> dict:
     adapter = str(adapter_folder(args.adapter_path).absolute()) if args.adapter_path else None  # checked in a worker
     cfg = model_arg.model_config(folder)
     get_adapter(cfg.get("model_type"))  # a model we cannot load fails here
+    cache = cache_options(args)  # a group size the model's rows cannot take: the ours worker says so, in one line
+    options = {"adapter_path": adapter, "cache_options": cache}
     context = model_arg.context_length(folder)
     ps, gs = args.prompt_tokens, args.gen_tokens
     if max(ps) + max(gs) > context:  # past it positions are undefined (or out of range)
@@ -174,7 +200,7 @@ def _bench(args) -> dict:
                 logs = Path(tempfile.mkdtemp(prefix="mlxm-bench-"))  # the workers' stderr: kept if one fails
             runs, failed, start = [], {}, time.monotonic()
             for i, (p, g) in enumerate(pairs, 1):
-                r = measure(folders, p, g, args.trials, args.dtype, args.prefill_step, progress, logs, adapter)
+                r = measure(folders, p, g, args.trials, args.dtype, args.prefill_step, progress, logs, options)
                 failed.update(r.pop("peer_failed", {}))
                 folders = {t: f for t, f in folders.items() if t not in failed}  # a peer that failed stays out
                 runs.append(r)
@@ -182,7 +208,7 @@ def _bench(args) -> dict:
                     progress.line(_finished(i, len(pairs), r, time.monotonic() - start))
             top = {"folder": str(folder), "model": model_arg.display_name(args.model), "trials": args.trials,
                    "prefill_step": args.prefill_step, "versions": versions(args.compare),
-                   **({"adapter": adapter} if adapter else {})}
+                   **({"adapter": adapter} if adapter else {}), **({"cache": cache} if cache else {})}
             report = {**runs[0], **top} if len(runs) == 1 else {**top, "runs": runs}
             if failed:
                 report["peer_failed"] = failed
@@ -191,7 +217,7 @@ def _bench(args) -> dict:
             keep = bool(failed)  # the note names the peer's log
             if args.plot:
                 report["plot"] = plot(runs, report["model"], args.plot, folders, args.dtype, args.prefill_step,
-                                      progress, logs, adapter)
+                                      progress, logs, options)
     except BenchmarkFailed:
         keep = True  # its error names its log
         raise
@@ -239,7 +265,7 @@ class BenchmarkFailed(ModelError):
 
 @contextlib.contextmanager
 def _running(folders: Dict[str, str], p: int, g: int, dtype: Optional[str], step: int, logs: Optional[Path],
-             failed: Optional[Dict[str, str]] = None, adapter: Optional[str] = None):
+             failed: Optional[Dict[str, str]] = None, options: Optional[dict] = None):
     """The workers of one setting (loaded and warmed up), one per tool -> folder. Leaving normally they quit;
     leaving by an error or a signal they are stopped at once, mid-trial or not. With `failed`, a peer (a tool
     other than ours) that cannot load is recorded there (tool -> why) and left out instead of ending the run."""
@@ -250,7 +276,7 @@ def _running(folders: Dict[str, str], p: int, g: int, dtype: Optional[str], step
         for tool, folder in folders.items():
             try:
                 workers.append(bench.Worker(tool, folder, dtype, p, g, step,
-                                            log=logs and logs / f"{tool}-p{p}.log", adapter_path=adapter))
+                                            log=logs and logs / f"{tool}-p{p}.log", **(options or {})))
             except bench.WorkerFailed as e:
                 if failed is None or tool == "ours":
                     raise
@@ -276,14 +302,15 @@ def _trials(workers, n: int) -> List[List[dict]]:
 
 
 def measure(folders: Dict[str, str], p: int, g: int, n: int, dtype: Optional[str], step: int,
-            progress=lambda s: None, logs: Optional[Path] = None, adapter: Optional[str] = None) -> dict:
-    """folders: tool -> the folder it loads, ours first; `adapter`: a LoRA/DoRA folder every tool applies. A peer
-    that cannot load is left out, named in report["peer_failed"] with why."""
+            progress=lambda s: None, logs: Optional[Path] = None, options: Optional[dict] = None) -> dict:
+    """folders: tool -> the folder it loads, ours first; `options`: what every tool's Worker takes besides
+    (adapter_path, a LoRA/DoRA folder; cache_options, make_cache's KV options). A peer that cannot load is left
+    out, named in report["peer_failed"] with why."""
     from app import bench
 
     progress(f"loading {' and '.join(folders)} ...")
     failed: Dict[str, str] = {}
-    with _running(folders, p, g, dtype, step, logs, failed, adapter) as workers:
+    with _running(folders, p, g, dtype, step, logs, failed, options) as workers:
         progress(f"{n} trial(s) of a {p}-token prompt + {g} tokens ...")
         results = _trials(workers, n)
     tools = [w.tool for w in workers]
@@ -293,6 +320,7 @@ def measure(folders: Dict[str, str], p: int, g: int, n: int, dtype: Optional[str
             "dtype": w.info.get("dtype"),
             "load_s": w.info.get("load_s"),
             "weight_bytes": w.info.get("weight_bytes"),
+            "kv_bytes": trials[-1].get("kv_state_bytes"),  # the cache's arrays after the last trial, as allocated
             **bench.summarize(trials),
             "trials": [{k: t[k] for k in bench.METRICS + bench.CPU_METRICS if k in t} for t in trials],
         }
@@ -309,7 +337,7 @@ PLOT_WARN_S = 60.0  # a --plot sweep estimated to take longer than this is annou
 
 
 def plot(runs: List[dict], model: str, path: str, folders: Dict[str, str], dtype: Optional[str], step: int,
-         progress=lambda s: None, logs: Optional[Path] = None, adapter: Optional[str] = None) -> dict:
+         progress=lambda s: None, logs: Optional[Path] = None, options: Optional[dict] = None) -> dict:
     """tok/s against context length for the first -g: a sweep's -p values (measured already), or for one -p one
     trial per tool at p/8, p/4 and p/2 (p itself comes from the main run)."""
     from app.png_plot import line_chart
@@ -335,7 +363,7 @@ def plot(runs: List[dict], model: str, path: str, folders: Dict[str, str], dtype
             row = {t: {m: at_g[c]["tools"][t][m]["median"] for m in ("prompt_tps", "generation_tps")} for t in tools}
         else:
             progress(f"plot: context {c} ...")
-            with _running(folders, c, g, dtype, step, logs, adapter=adapter) as workers:
+            with _running(folders, c, g, dtype, step, logs, options=options) as workers:
                 results = _trials(workers, 1)
             row = {t: {m: r[0][m] for m in ("prompt_tps", "generation_tps")} for t, r in zip(tools, results)}
         points.append({"context": c, **row})
@@ -408,6 +436,7 @@ def _write_plot(path: Path, data: bytes) -> None:
 
 def format_report(report: dict) -> str:
     from app import bench
+    from app.sizes import human_bytes
 
     runs = runs_of(report)
     rows = []
@@ -419,8 +448,13 @@ def format_report(report: dict) -> str:
             rows.append({"setting": setting, "ratio": r["ratios"]})
     what = (f"{runs[0]['prompt_tokens']}-token prompt, {runs[0]['gen_tokens']} generated tokens" if len(runs) == 1
             else f"{len(runs)} settings (pN gM: N prompt tokens, M generated)")
-    lines = [(f"{report['model']}: {what}, {report['trials']} trial(s) each; tok/s as mean ± standard deviation and "
-              "median [min-max]"), "", bench.table(rows)]
+    cache = describe_cache(report.get("cache", {}))
+    lines = [(f"{report['model']}: {what}, {cache + ', ' if cache else ''}{report['trials']} trial(s) each; tok/s as "
+              "mean ± standard deviation and median [min-max]"), "", bench.table(rows)]
+    kv = [(tool_name(t), x["kv_bytes"]) for t, x in runs[-1]["tools"].items() if x.get("kv_bytes") is not None]
+    if kv:
+        at = f" at p{runs[-1]['prompt_tokens']} g{runs[-1]['gen_tokens']}" if len(runs) > 1 else ""
+        lines += ["", f"KV cache arrays after a trial{at}: " + ", ".join(f"{t} {human_bytes(b)}" for t, b in kv)]
     compared = [r for r in runs if "ratios" in r]
     lines += [""] if compared else []
     for r in compared:

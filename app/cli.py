@@ -280,6 +280,10 @@ def add_long_context(p):
     p.add_argument("--prompt-cache", "--prompt-cache-file", default=None, metavar="FILE",
                    help="start from a prompt-cache file (`mlxm cache-prompt`): its tokens are not fed again (chat: "
                         "for a chat whose prompt starts with them, e.g. a first message opening with the document)")
+    add_max_kv_size(p)
+
+
+def add_max_kv_size(p):
     p.add_argument("--max-kv-size", type=at_least(5), default=None, metavar="N",
                    help="bound the KV cache to N tokens per layer (attention sinks + recent window, as StreamingLLM; "
                         "changes the output past N tokens)")
@@ -381,7 +385,11 @@ def add_info(sub):
 def add_bench(sub):
     from app import bench_cmd
 
-    add_adapter(bench_cmd.add_parser(sub, add_model))
+    p = bench_cmd.add_parser(sub, add_model)
+    add_adapter(p)
+    add_kv_bits(p)
+    add_quantized_kv_start(p)
+    add_max_kv_size(p)
 
 
 # ---------------------------------------------------------------- serve
