@@ -65,7 +65,10 @@ class Quantized:
     STORED = ("keys", "values", "rows")  # the float classes' row buffers
 
     def _store(self, x):
-        """New float rows -> what the cache keeps."""
+        """New float rows -> what the cache keeps, in the dtype of the rows it holds: packed codes cast to another
+        float dtype (a concatenate or a write into the buffer) would be changed as numbers."""
+        held = next((a for a in (getattr(self, name, None) for name in self.STORED) if a is not None), None)
+        x = x if held is None else x.astype(held.dtype)
         return pack(x, self.bits, self.group_size) if self.quantized else x
 
     def _load(self, x, dtype):

@@ -16,7 +16,8 @@ import mlxmodels
 from mlxmodels.config import HFConfig
 from mlxmodels.decoder import Decoder
 from mlxmodels.families import get_adapter
-from mlxmodels.parts.quantized_cache import Quantized, pack, pack_parts, unpack
+from mlxmodels.parts.cache import KVCache, RotatingKVCache
+from mlxmodels.parts.quantized_cache import Quantized, pack, pack_parts, quantize_cache, unpack
 from mlxmodels.prompt_cache import PromptCacheError
 from tests.parts.test_paged_cache import BASE, FAMILIES, IDS, SIZES, run
 from tests.parts.test_paged_quantized import GROUP, KL4, PROMPTS, TOL8, assert_same_math, log_softmax
@@ -61,6 +62,20 @@ def test_pack_keeps_quantize_parts(dtype):
     codes, scales, biases = mx.quantize(x, GROUP, 8)
     with pytest.raises(ValueError, match="do not fit"):
         pack_parts(codes, scales, biases, 4, GROUP)
+
+
+@pytest.mark.parametrize("make", [KVCache, lambda: RotatingKVCache(8)], ids=["contiguous", "rotating"])
+def test_rows_of_another_dtype_keep_the_held_codes(make):
+    """A cache saved by a float16 model and continued by a float32 one (a prompt-cache file's model identity does not
+    see the dtype): new rows are stored in the held rows' dtype, so the held codes are not cast as numbers."""
+    k16 = mx.random.normal((1, 2, 5, 64)).astype(mx.float16)
+    saved = quantize_cache(make(), 8, GROUP)
+    saved.update_and_fetch(k16, k16)
+    cache = type(saved).from_state(saved.state, saved.meta_state)
+    keys, _ = cache.update_and_fetch(*[mx.random.normal((1, 2, 1, 64))] * 2)
+    want = mx.dequantize(*mx.quantize(k16, GROUP, 8), GROUP, 8)
+    assert keys.dtype == mx.float32 and keys.shape[2] == 6
+    np.testing.assert_array_equal(np.array(keys[..., :5, :]), np.array(want.astype(mx.float32)))
 
 
 def test_every_layer_kind_is_quantized(model):
