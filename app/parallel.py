@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Optional
 
 MODES = ("pipeline", "tensor", "experts", "auto")
@@ -96,8 +97,16 @@ def error_line(line: str, e: BaseException) -> Optional[str]:
     return line.replace("mlxm: error: ", f"mlxm: error: {_rank_prefix()}", 1)
 
 
+FOLLOWER_GRACE = 3.0  # seconds a follower waits before its own line: mlx.launch ends it first if rank 0 failed too
+
+
 def say_error(line: str, e: BaseException) -> None:
+    """Print this rank's line for a user error. A follower waits a moment first: the same files on every Mac give
+    every rank the same mistake, and then rank 0's line is the one to read (mlx.launch stops the other ranks
+    when rank 0 exits 1); a mistake of this Mac alone is still said, late by that moment."""
     out = error_line(line, e)
+    if out is not None and _follower:
+        time.sleep(FOLLOWER_GRACE)
     if out is not None:
         print(out, file=_follower[1] if _follower else sys.stderr)
 
