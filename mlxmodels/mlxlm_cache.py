@@ -2,9 +2,10 @@
 
 Its layout: arrays "<layer>.<j>" are each cache's `state` with scalars stored as 0-d arrays; metadata "0.<key>" is
 the user's, "1.<layer>" the cache class, "2.<k>.0"/"2.<k>.1" which array is a scalar, a string or None. Read here:
-KVCache (a buffer padded to 256-token steps, then the offset) and RotatingKVCache without sinks (Gemma's sliding
-layers: buffer, offset, keep, max_size, ring index). Each becomes (our class, arrays to read, meta_state, convert),
-where convert turns the arrays as stored into our `state`; prompt_cache checks shapes and builds the cache.
+KVCache (a buffer padded to 256-token steps, then the offset), QuantizedKVCache (`--kv-bits`: keys' and values'
+codes, scales and biases padded alike, then offset, group size, bits) and RotatingKVCache without sinks (Gemma's
+sliding layers: buffer, offset, keep, max_size, ring index). Each becomes (our class, arrays to read, meta_state,
+convert), where convert turns the arrays as stored into our `state`; prompt_cache checks shapes and builds the cache.
 """
 
 import mlx.core as mx
@@ -58,12 +59,18 @@ def from_mlx_lm(f, where: str, n_layers: int):
     while f"2.{k}.0" in meta and k <= len(f.tensors):
         kinds[meta[f"2.{k}.0"]] = meta.get(f"2.{k}.1")
         k += 1
-    layers = []
+    layers, quantization = [], None
     for i, kind in enumerate(classes):
         offset = _scalar(f, f"{i}.2", kinds, where)
         arrays = [] if kinds.get(f"{i}.0") == "none" else [(f"{i}.0", f), (f"{i}.1", f)]
         if kind == "KVCache":
             layers.append(("KVCache", arrays, {"offset": str(offset)},
+                           lambda a, n=offset: [x[..., :n, :] for x in a]))
+        elif kind == "QuantizedKVCache":  # our QuantizedKVCache keeps the same parts: keys' then values'
+            group_size, bits = (_scalar(f, f"{i}.{j}", kinds, where) for j in (3, 4))
+            quantization = {"bits": str(bits), "group_size": str(group_size)}
+            arrays = [] if kinds.get(f"{i}.0") == "none" else [(f"{i}.{a}.{b}", f) for a in (0, 1) for b in (0, 1, 2)]
+            layers.append(("QuantizedKVCache", arrays, {"offset": str(offset), **quantization},
                            lambda a, n=offset: [x[..., :n, :] for x in a]))
         elif kind == "RotatingKVCache":
             keep, size, idx = (_scalar(f, f"{i}.{j}", kinds, where) for j in (3, 4, 5))
@@ -75,7 +82,7 @@ def from_mlx_lm(f, where: str, n_layers: int):
                            lambda a, o=order, n=n: [o(x)[..., -n:, :] for x in a]))
         else:
             raise MlxLmCacheError(f"{where}: layer {i} is an mlx-lm {str(kind)[:40]}; mlx-lm files are read for "
-                                  "KVCache and RotatingKVCache layers only")
+                                  "KVCache, QuantizedKVCache and RotatingKVCache layers only")
     user = {key[2:]: v for key, v in meta.items() if key.startswith("0.")}
-    return layers, {"tokens": None, "model_type": None, "quantization": None, "source": "mlx-lm",
+    return layers, {"tokens": None, "model_type": None, "quantization": quantization, "source": "mlx-lm",
                     "metadata": user}

@@ -196,6 +196,31 @@ def test_damaged_quantized_files_are_refused_in_one_line(model, tmp_path, case):
     assert "\n" not in str(e.value) and "layer 0" in str(e.value)
 
 
+def test_reads_mlx_lm_quantized_prompt_cache(tmp_path):
+    """mlx-lm's QuantizedKVCache (mlx_lm.cache_prompt --kv-bits; mlx-lm quantizes no other kind) filled with our
+    quantized run's keys and values as mlx-lm fills it (chunks into a padded buffer), saved by mlx-lm, read by us:
+    the continuation equals ours."""
+    pytest.importorskip("mlx_lm")
+    from mlx_lm.models import cache as lm
+
+    model, ids = Decoder(get_adapter("llama").spec(HFConfig(dict(CASES["llama"], model_type="llama")))), IDS[:24]
+    ours = quantized(model, 4)
+    fed = [[] for _ in ours]
+    for c, log in zip(ours, fed):  # record each layer's new keys and values as our layers hand them over
+        store = c.update_and_fetch
+        c.update_and_fetch = lambda k, v, store=store, log=log: (log.append((k, v)), store(k, v))[1]
+    run(model, ours, [16, 1, 1, 6], ids)
+    theirs = [lm.QuantizedKVCache(group_size=GROUP, bits=4) for _ in ours]
+    for c, log in zip(theirs, fed):
+        for k, v in log:
+            c.update_and_fetch(k, v)
+    lm.save_prompt_cache(str(tmp_path / "lm.safetensors"), theirs, {"model": "tiny"})
+    loaded, meta = mlxmodels.load_prompt_cache(tmp_path / "lm.safetensors", model)
+    assert meta["source"] == "mlx-lm" and meta["quantization"] == {"bits": "4", "group_size": str(GROUP)}
+    probe = np.array([7, 3, 9])
+    np.testing.assert_array_equal(run(model, loaded, [3], probe), run(model, ours, [3], probe))
+
+
 def test_quantized_rows_are_smaller(model):
     cache, float_cache = quantized(model, 8), model.make_cache()
     run(model, float_cache, [9])
