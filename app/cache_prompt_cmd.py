@@ -88,7 +88,9 @@ def cmd_cache_prompt(args):
     context = model_arg.context_limit(folder, None)
     if len(ids) >= context:
         raise ValueError(f"the prompt is {len(ids):,} tokens and the model's context is {context:,}: shorten it")
-    cache = model.make_cache(max_kv_size=args.max_kv_size)
+    from app.cli import kv_options
+
+    cache = model.make_cache(max_kv_size=args.max_kv_size, **kv_options(args))
     start = time.perf_counter()
     prefill(model, ids, cache)
     out = Path(args.output)
@@ -118,4 +120,8 @@ def add_parser(sub, add_model):
     p.add_argument("--max-kv-size", type=at_least(5), default=None, metavar="N",
                    help="bound the cache to N tokens per layer (attention sinks + recent window; changes the output "
                         "past N tokens)")
+    from app.cli import add_kv_bits, add_quantized_kv_start  # chat's and generate's flags (cli is loaded by now)
+
+    add_kv_bits(p)
+    add_quantized_kv_start(p)
     p.set_defaults(func=cmd_cache_prompt)

@@ -1,4 +1,4 @@
-"""--kv-bits (with --max-kv-size, --quantized-kv-start) in generate and chat: generate writes what the API writes over
+"""--kv-bits (with --max-kv-size, --quantized-kv-start) in generate, chat and cache-prompt: generate writes what the API writes over
 a quantized cache (and differs from float KV at 4 bits); options that cannot apply are one line and exit 1, values
 argparse refuses exit 2."""
 
@@ -34,6 +34,25 @@ def test_bounded_and_late_quantized_cache(wide_folder, capsys):
     cache = model.make_cache(kv_bits=4, kv_group_size=32, max_kv_size=16, quantized_kv_start=24)
     assert capsys.readouterr().out == mlxmodels.generate(model, tok, tok.encode(PROMPT), max_tokens=20, cache=cache)
     assert all(c.quantized for c in cache) and cache[0].offset > 24
+
+
+def test_cache_prompt_saves_a_quantized_cache(wide_folder, tmp_path, capsys):
+    """cache-prompt --kv-bits writes the quantized cache that generate --prompt-cache resumes from (its text is the
+    API's over the same cache), and the file says its quantization."""
+    from mlxmodels.generate import prefill
+
+    model, tok = mlxmodels.load(wide_folder)
+    out, question = tmp_path / "doc.cache", " What jumps?"
+    assert cli.main(["cache-prompt", "-m", str(wide_folder), "--raw", "-p", PROMPT, "-o", str(out), "--kv-bits", "4",
+                     "--kv-group-size", "32", "--quantized-kv-start", "8"]) == 0
+    assert mlxmodels.load_prompt_cache(out, model)[1]["quantization"] == {"bits": "4", "group_size": "32"}
+    capsys.readouterr()
+    assert cli.main(["generate", "-m", str(wide_folder), "--raw", "--prompt-cache", str(out), "-p", question,
+                     "--max-tokens", "20"]) == 0
+    cache = model.make_cache(kv_bits=4, kv_group_size=32, quantized_kv_start=8)
+    prefill(model, tok.encode(PROMPT), cache)
+    want = mlxmodels.generate(model, tok, tok.encode(question, add_special_tokens=False), max_tokens=20, cache=cache)
+    assert capsys.readouterr().out == want
 
 
 def test_mistakes_are_one_line(wide_folder, capsys):
