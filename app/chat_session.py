@@ -69,6 +69,7 @@ class ChatSession:
         self.cache_tokens: List[int] = []  # what the cache holds, in order
         self._cache_chat: Optional[Chat] = None  # the chat whose turn last filled the cache
         self.cache_options: dict = {}  # model.make_cache's options for every new cache (max_kv_size=N)
+        self.lead = None  # --parallel: rank 0's side of each turn, sent to the other ranks (app/parallel_chat.Lead)
         self._stop = threading.Event()
 
     def preload(self, cache: list, tokens: List[int]) -> None:
@@ -227,7 +228,7 @@ class ChatSession:
         stats (app.reply_stats); a stopped reply is kept as it is. `progress(done, total)` follows the prompt's
         chunks (of `turn.feed`, as stream_generate reports them)."""
         import mlxmodels
-        from mlxmodels.generate import Interrupted
+        from mlxmodels.generate import Interrupted, make_sampler
 
         s = self.sampling
         # MLX's global random state is per thread and starts the same in every new thread: without a seed of our
@@ -239,17 +240,22 @@ class ChatSession:
         last = None  # the latest response: its stats are the reply's
         stopped = False
         splitter = Splitter(self.markers, turn.inside)
+        sampler, interrupt, stopped_at = None, self._stop.is_set, lambda n: self._stop.is_set()
+        if self.lead is not None:  # every rank stops after the same token, and a prompt is fed whole on all
+            sampler = self.lead.begin(turn.feed, turn.reused, turn.max_tokens,
+                                      make_sampler(s.temperature, s.top_k, s.top_p, s.min_p), self._stop.is_set)
+            interrupt, stopped_at = None, self.lead.stopped
         stream = split_stream(mlxmodels.stream_generate(
             self.model, self.tokenizer, turn.feed, max_tokens=turn.max_tokens, temperature=s.temperature,
             top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, repetition_penalty=s.repetition_penalty, seed=seed,
-            stop=None if getattr(self.tokenizer, "has_chat_template", False) else PLAIN_STOP, cache=self.cache,
-            interrupt=self._stop.is_set, progress=progress), splitter)
+            stop=plain_stop(self.tokenizer), cache=self.cache, sampler=sampler, interrupt=interrupt,
+            progress=progress), splitter)
         try:
             for r in stream:
                 tokens.append(r.token)
                 last = r
                 yield r
-                if self._stop.is_set():
+                if stopped_at(len(tokens)):
                     stopped = True
                     break
         except GeneratorExit:  # the caller stopped iterating: a stop like any other
@@ -264,6 +270,8 @@ class ChatSession:
             raise
         finally:
             stream.close()  # the cache now holds the prompt and exactly the tokens yielded
+            if self.lead is not None:
+                self.lead.end()
             if self.cache is not None:
                 self.cache_tokens = self.cache_tokens + tokens
             if tokens:
@@ -276,6 +284,11 @@ class ChatSession:
                 if last is not None:
                     message["stats"] = stats_of(last)
                 self.messages.append(message)
+
+
+def plain_stop(tokenizer) -> Optional[List[str]]:
+    """The stop strings of a chat without a template (the turn markers plain_prompt writes)."""
+    return None if getattr(tokenizer, "has_chat_template", False) else PLAIN_STOP
 
 
 def _for_template(m: dict) -> dict:

@@ -296,11 +296,23 @@ def cmd_chat(args):
     from app import model_arg
     from app.chat_store import TEMPLATE_KWARGS, Chat, ChatStore, Sampling
 
+    run = None
+    if args.parallel:
+        from app import parallel, parallel_chat
+        from app.chat_session import plain_stop
+
+        if args.prompt_cache:
+            raise ValueError("--prompt-cache holds one process's whole cache, which --parallel cannot split; drop one")
+        run = parallel.start(args)  # before loading: a follower says nothing from here on
+        if run.rank != 0:  # no terminal and no saved chats: it replays rank 0's turns
+            model, tokenizer, _ = model_arg.load(args.model, args.dtype, args.adapter_path, parallel=args.parallel)
+            options = {**({"max_kv_size": args.max_kv_size} if args.max_kv_size else {}), **kv_options(args)}
+            return parallel_chat.follow(run, model, tokenizer, options, plain_stop(tokenizer))
     store = ChatStore()
     chat = store.load(args.open) if args.open is not None else None  # --open "" is a mistake, not "no chat"
     if sys.stderr.isatty():  # progress for a person; in a pipe, stderr keeps to errors
         print(f"loading {model_arg.display_name(args.model)} ...", file=sys.stderr)
-    model, tokenizer, folder = model_arg.load(args.model, args.dtype, args.adapter_path)
+    model, tokenizer, folder = model_arg.load(args.model, args.dtype, args.adapter_path, parallel=args.parallel)
     limit = model_arg.context_limit(folder, args.context)
     sampling = Sampling.from_dict({**sampling_of(args, model_arg.sampling_defaults(folder)),
                                    "max_tokens": args.max_tokens})
@@ -327,7 +339,13 @@ def cmd_chat(args):
         app.session.preload(*load_for_chat(model, args.prompt_cache))
     app.load_options = {"dtype": args.dtype, "context": args.context}  # for the models switched to in the chat
     del model, tokenizer  # the app holds them: a model switch in the chat must be able to free this one
-    app.run()
+    if run is not None:  # rank 0 sends each turn to the others; a model switch is refused
+        app.session.lead, app.model_loader = parallel_chat.Lead(run), parallel_chat.refuse_switch
+    try:
+        app.run()
+    finally:
+        if run is not None:
+            app.session.lead.quit()
     if app.crash is not None:  # our bug: one line here, the traceback in a log file
         print(f"mlxm: error: {crash_report(app.crash)}", file=sys.stderr)
         sys.exit(1)
@@ -354,6 +372,9 @@ def add_chat(sub):
     add_long_context(c)
     add_kv_bits(c)
     add_quantized_kv_start(c)
+    from app import parallel
+
+    parallel.add_flags(c)
     c.set_defaults(func=cmd_chat)
 
 

@@ -1,6 +1,6 @@
-"""`--parallel MODE` for `mlxm generate` (and its flags) under mlx.launch: every rank runs the same command;
-rank 0 owns the terminal and decides (prompt tokens, seed, each sampled token), the others compute their share of
-every forward pass, follow rank 0's tokens and print nothing.
+"""`--parallel MODE` for `mlxm generate` and `mlxm chat` (its turns: app/parallel_chat.py) under mlx.launch: every
+rank runs the same command; rank 0 owns the terminal and decides (prompt tokens, seed, each sampled token), the
+others compute their share of every forward pass, follow rank 0's tokens and print nothing.
 
 Errors stay one line on rank 0 with every rank exiting 1: those the ranks find together (ParallelError: models
 that differ, a share that does not fit, a mode that does not apply) are said by rank 0 alone; a follower's own

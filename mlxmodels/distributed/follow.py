@@ -37,5 +37,29 @@ def share_tokens(group, tokens) -> list:
 def share_seed(group, seed) -> int:
     """rank 0's seed on every rank (drawn on rank 0 when none is given), so that draws made outside the sampler
     (speculative decoding's acceptance test) come out the same everywhere."""
-    mine = seed if seed is not None else random.getrandbits(31)
-    return int(from_leader(group, mx.array([mine % 2 ** 31], dtype=mx.int32)).item())
+    if seed is not None:  # every rank runs the same command line
+        return seed
+    return int(from_leader(group, mx.array([random.getrandbits(31)], dtype=mx.int32)).item())
+
+
+class Stoppable:
+    """A leading sampler that carries rank 0's stop request with each token, for turns a person can stop (chat's
+    Esc): every rank then ends the reply after the same token, and so runs the same number of forward passes
+    (the collectives inside them must pair up). `asked()` is read on rank 0 when a token's step is built;
+    `stopped(n)` says whether the n-th token (from 1) carried the request."""
+
+    def __init__(self, sampler: Callable, group, asked: Callable[[], bool] = lambda: False,
+                 tick: Callable[[], None] = lambda: None):
+        self.sampler, self.group, self.asked, self.tick = sampler, group, asked, tick
+        self.flags = []
+
+    def __call__(self, logprobs: mx.array, key=None) -> mx.array:
+        self.tick()
+        token = self.sampler(logprobs, key)  # (1,)
+        flag = mx.array([int(self.group.rank() == 0 and self.asked())], dtype=mx.int32)
+        both = from_leader(self.group, mx.concatenate([token.astype(mx.int32), flag]))  # (2,): token, stop
+        self.flags.append(both[1])
+        return both[:1].astype(token.dtype)
+
+    def stopped(self, n: int) -> bool:
+        return bool(self.flags[n - 1].item())
