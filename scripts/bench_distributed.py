@@ -2,16 +2,17 @@
 """Several ranks on this machine (loopback, indicative only): tok/s, peak memory and bytes sent per token per mode.
 
     python scripts/bench_distributed.py [--modes pipeline,tensor,experts] [--prompt-tokens 128] [--gen-tokens 32]
-                                        [--json FILE] [--workdir DIR]
+                                        [--quantized] [--json FILE] [--workdir DIR]
 
 Two random float32 models built with transformers (tests/oracle.build_hf): a Llama (hidden 768, 8 layers, 12
 heads, 4 KV heads, FFN 2048, vocab 16000) and a Qwen3-MoE (hidden 512, 8 layers, 8 heads, 4 KV heads, 8 experts of
-512, top 2, vocab 16000). Each runs once in one plain process (1 rank) and once per applicable mode under
-`mlx.launch --backend ring -n 2` on 127.0.0.1 (tests/distributed/harness.py). Each rank: load, prefill the prompt
-(one call), then greedy decode; it reports prefill and decode tok/s, its parameter bytes, its peak memory while
-loading and, apart, while running (mx.get_peak_memory), the median time of one all_sum of a hidden state, and the
-bytes its collectives sent (traffic.counted: ring bytes per call) per prompt token during prefill and per token
-during decode (an eager pass), beside traffic.computed's figure for the model.
+512, top 2, vocab 16000), or with --quantized their 4-bit mlx-lm conversions. Each runs once in one plain process
+(1 rank) and once per applicable mode under `mlx.launch --backend ring -n 2` on 127.0.0.1
+(tests/distributed/harness.py). Each rank loads, prefills the prompt (one call), then decodes greedily; it reports
+prefill and decode tok/s, its parameter bytes, its peak memory while loading and, apart, while running
+(mx.get_peak_memory), the median time of one all_sum of a hidden state, and the bytes its collectives sent
+(traffic.counted: ring bytes per call) per prompt token during prefill and per token during decode (an eager
+pass), beside traffic.computed's figure for the model.
 
 Both ranks share this machine's cores, so 2-rank tok/s measures the modes' overhead here, not a speed-up: on two
 Macs each rank would have a whole machine's bandwidth.
@@ -125,7 +126,10 @@ def worker(folder: str, mode: str, prompt_tokens: int, gen_tokens: int) -> None:
 # ---------------------------------------------------------------- the driver
 
 
-def build(workdir: Path) -> dict:
+def build(workdir: Path, quantized: bool) -> dict:
+    """name -> the random Hugging Face folder, or (quantized) its 4-bit mlx-lm conversion, which the sharded loader
+    reads by name and slice straight from the file."""
+    from quantize.convert import Options, convert
     from tests.oracle import build_hf
 
     folders = {}
@@ -133,7 +137,9 @@ def build(workdir: Path) -> dict:
         folder = workdir / name
         if not (folder / "config.json").exists():
             build_hf(model_type, folder, **config)
-        folders[name] = folder
+        if quantized and not (workdir / f"{name}-4bit" / "config.json").exists():
+            convert(folder, workdir / f"{name}-4bit", Options(quantize=True))
+        folders[name] = workdir / f"{name}-4bit" if quantized else folder
     return folders
 
 
@@ -195,19 +201,20 @@ def main() -> None:
     ap.add_argument("--gen-tokens", type=int, default=32)
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--quantized", action="store_true", help="4-bit mlx-lm conversions of the models (group 64)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_distributed_"))
-    folders = build(workdir)
+    folders = build(workdir, args.quantized)
     rows, found, missing = [HEADER], {}, []
     for name in args.models.split(","):
         for mode in ["single"] + [m for m in args.modes.split(",") if m in MODELS[name][2]]:
             if mode != "single" and not available(mode):
                 missing.append(mode)
                 continue
-            results = run(folders[name], mode, args, workdir / "out" / f"{name}-{mode}")
+            results = run(folders[name], mode, args, workdir / "out" / f"{folders[name].name}-{mode}")
             found[f"{name}/{mode}"] = results
-            rows.append(row(name, results))
+            rows.append(row(folders[name].name, results))
             print(rows[-1], flush=True)
     print("\n".join(rows))
     if missing:
