@@ -2,27 +2,37 @@
 """OpenAI-compatible servers under concurrent load: `mlxm serve` against `mlx_lm.server` on the same model.
 
     python scripts/bench_serve.py -m MODEL_DIR [--tools ours,mlx-lm,ours-no-prefix] [--clients 1,4,8,16] [--requests 2]
-                                  [--prompt-words 64] [--max-tokens 64] [--system-words 1000]
-                                  [--prefix-trials 3] [--json FILE]
+                                  [--trials 3] [--prompt-words 64] [--max-tokens 64] [--system-words 280]
+                                  [--prefix-trials 3] [--out FILE]
 
 Each tool's server is started on a free 127.0.0.1 port (its output kept in a log shown if it fails), ready when
 GET /health answers, and stopped after its runs. Every request is a streaming chat completion at temperature 0
 with its own prompt.
 1. Load: for each client count N, after an untimed round of the same shape (a batch size seen for the first time
-   costs a compile trace in ours), N threads each send --requests requests one after another. Aggregate tok/s =
-   completion tokens (the usage the server reports, else the content chunks) / wall time from the first request
-   to the last reply; time to first token (TTFT) runs from sending a request to its first content chunk, median
-   and p95 over the round's requests.
-2. Shared prefix: per trial, a request with a fresh --system-words system prompt runs to its end; then, in
+   costs a compile trace in ours), --trials timed rounds in which N threads each send --requests requests one
+   after another. Aggregate tok/s = completion tokens (the usage the server reports, else the content chunks) /
+   wall time from the first request to the last reply; time to first token (TTFT) runs from sending a request to
+   its first content chunk, median and p95 over the round's requests. Each figure reported is the median over
+   the trials. ours-no-prefix skips this part: its batching is ours'.
+2. Shared prefix: per trial, a request with a fresh --system-words system prompt (280 words are about 1,000
+   tokens with SmolLM2's tokenizer; the prompt's token count, from the server's usage, is reported) runs to its
+   end; then, in
    alternating order, one with the same system prompt and another question (warm) and one with another fresh
    system prompt of the same length (cold). The medians of their TTFT and cold/warm are reported: the gain of a
    prefix cache (mlx_lm.server has a prompt cache of its own). The tool ours-no-prefix is ours with
    --no-prefix-cache: its cold and warm are both full prefills, the baseline for ours' warm TTFT.
+
+mlx_lm.server imports mlx.core before anything could load OpenBLAS, so on Linux it would run on the mlx[cpu]
+wheel's reference BLAS (20-40x slower float32 matmuls) while ours loads OpenBLAS (mlxmodels/blas.py); the script
+starts it with OpenBLAS in LD_PRELOAD, the same library, so both servers do the same arithmetic. The machine
+(cores, load average before and after each tool, MLX and mlx-lm versions) goes into the table and the --out JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import importlib.metadata
 import json
 import os
 import random
@@ -39,6 +49,7 @@ from pathlib import Path
 from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
+OPENBLAS = ("/usr/lib/*/openblas-pthread/libopenblas.so.0", "/usr/lib/*/libopenblas.so.0")  # as mlxmodels/blas.py
 READY_TIMEOUT = 300  # seconds a server may take to load the model
 REQUEST_TIMEOUT = 600
 
@@ -47,6 +58,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def openblas() -> str:
+    """OpenBLAS's path where mlxmodels/blas.py would find it, else "" (macOS: MLX uses Accelerate)."""
+    if not sys.platform.startswith("linux"):
+        return ""
+    return next((path for pattern in OPENBLAS for path in sorted(glob.glob(pattern))), "")
 
 
 def server_command(tool: str, model: str, port: int, max_batch: int) -> List[str]:
@@ -62,8 +80,11 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix=f"bench_serve_{tool}_", suffix=".log", delete=False)
+        env = dict(os.environ)
+        if tool == "mlx-lm" and openblas():
+            env["LD_PRELOAD"] = " ".join(filter(None, [openblas(), env.get("LD_PRELOAD")]))
         self.proc = subprocess.Popen(server_command(tool, model, self.port, max_batch), cwd=ROOT, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, env=env)
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -103,7 +124,7 @@ def chat(server: Server, messages: list, max_tokens: int) -> Dict[str, float]:
     req = urllib.request.Request(server.url + "/v1/chat/completions", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
     start = time.perf_counter()
-    ttft, chunks, usage = None, 0, None
+    ttft, chunks, usage = None, 0, {}
     with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT) as r:
         for raw in r:
             line = raw.decode().strip()
@@ -116,9 +137,9 @@ def chat(server: Server, messages: list, max_tokens: int) -> Dict[str, float]:
                 chunks += 1
                 if ttft is None:
                     ttft = time.perf_counter() - start
-    tokens = usage["completion_tokens"] if usage else chunks
-    return dict(ttft=ttft if ttft is not None else time.perf_counter() - start,
-                seconds=time.perf_counter() - start, tokens=tokens, start=start, end=time.perf_counter())
+    return dict(ttft=ttft if ttft is not None else time.perf_counter() - start, seconds=time.perf_counter() - start,
+                tokens=usage.get("completion_tokens", chunks), prompt_tokens=usage.get("prompt_tokens"), start=start,
+                end=time.perf_counter())
 
 
 def words(rng: random.Random, n: int) -> str:
@@ -126,9 +147,9 @@ def words(rng: random.Random, n: int) -> str:
                     str(rng.randrange(100)) for _ in range(n))
 
 
-def load_round(server: Server, clients: int, args, rng: random.Random) -> dict:
+def load_round(server: Server, clients: int, args, rng: random.Random, requests: int) -> dict:
     prompts = [[{"role": "user", "content": f"Request {c}.{k}: " + words(rng, args.prompt_words)}
-                for k in range(args.requests)] for c in range(clients)]
+                for k in range(requests)] for c in range(clients)]
     results: List[dict] = []
     lock = threading.Lock()
 
@@ -150,8 +171,17 @@ def load_round(server: Server, clients: int, args, rng: random.Random) -> dict:
                 ttft_p95=ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))])
 
 
+def load_rounds(server: Server, clients: int, args, rng: random.Random) -> dict:
+    """The median of --trials timed rounds of `clients` clients, after an untimed one (one request per client:
+    a batch size seen for the first time costs a compile trace in ours)."""
+    load_round(server, clients, args, random.Random(clients), 1)
+    trials = [load_round(server, clients, args, rng, args.requests) for _ in range(args.trials)]
+    keys = ("aggregate_tps", "ttft_median", "ttft_p95")
+    return dict({k: statistics.median(t[k] for t in trials) for k in keys}, clients=clients, trials=trials)
+
+
 def prefix_trials(server: Server, args, rng: random.Random) -> dict:
-    cold, warm = [], []
+    cold, warm, tokens = [], [], []
     for t in range(args.prefix_trials):
         system = words(rng, args.system_words)
         chat(server, [{"role": "system", "content": system}, {"role": "user", "content": "First question?"}], 4)
@@ -160,8 +190,50 @@ def prefix_trials(server: Server, args, rng: random.Random) -> dict:
         for name, text in (runs if t % 2 == 0 else runs[::-1]):
             out = chat(server, [{"role": "system", "content": text}, second], 4)
             (warm if name == "warm" else cold).append(out["ttft"])
+            tokens.append(out["prompt_tokens"])
     c, w = statistics.median(cold), statistics.median(warm)
-    return dict(cold_ttft=c, warm_ttft=w, speedup=c / w, cold=cold, warm=warm)
+    known = [n for n in tokens if n]
+    return dict(cold_ttft=c, warm_ttft=w, speedup=c / w, cold=cold, warm=warm,
+                prompt_tokens=statistics.median(known) if known else None)
+
+
+def machine() -> dict:
+    versions = {}
+    for package in ("mlx", "mlx-lm"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return dict(platform=sys.platform, cpus=os.cpu_count(), load_average=os.getloadavg(), versions=versions)
+
+
+def table(out: dict) -> str:
+    """The results as Markdown, ready for docs/BENCHMARKS.md."""
+    tools = out["tools"]
+    lines = ["| tool | clients | aggregate tok/s | TTFT median (ms) | TTFT p95 (ms) | ours / mlx-lm tok/s |",
+             "|---|---|---|---|---|---|"]
+    theirs = {r["clients"]: r for r in tools.get("mlx-lm", {}).get("rounds", [])}
+    for tool, result in tools.items():
+        for r in result["rounds"]:
+            ratio = (f"{r['aggregate_tps'] / theirs[r['clients']]['aggregate_tps']:.2f}"
+                     if tool == "ours" and r["clients"] in theirs else "")
+            lines.append(f"| {tool} | {r['clients']} | {r['aggregate_tps']:.1f} | {1000 * r['ttft_median']:.0f} | "
+                         f"{1000 * r['ttft_p95']:.0f} | {ratio} |")
+    lines += ["", "| tool | system prompt tokens | TTFT fresh prompt (ms) | TTFT shared prefix (ms) | fresh / shared |",
+              "|---|---|---|---|---|"]
+    for tool, result in tools.items():
+        p = result["prefix"]
+        lines.append(f"| {tool} | {p['prompt_tokens']:.0f} | {1000 * p['cold_ttft']:.0f} | {1000 * p['warm_ttft']:.0f} | "
+                     f"{p['speedup']:.1f}x |")
+    if {"ours", "ours-no-prefix"} <= tools.keys():
+        on, off = tools["ours"]["prefix"]["warm_ttft"], tools["ours-no-prefix"]["prefix"]["warm_ttft"]
+        lines += ["", (f"Shared-prefix TTFT, prefix cache on vs off (ours): {1000 * on:.0f} ms vs {1000 * off:.0f} "
+                       f"ms, {off / on:.1f}x.")]
+    m = out["machine"]
+    loads = ", ".join(f"{tool} {a[0]:.1f} -> {b[0]:.1f}" for tool, (a, b) in out["load_average"].items())
+    lines += ["", (f"Machine: {m['platform']}, {m['cpus']} CPUs, MLX {m['versions']['mlx']}, mlx-lm "
+                   f"{m['versions']['mlx-lm']}; 1-minute load average before -> after each tool: {loads}.")]
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -170,43 +242,44 @@ def main(argv=None):
     ap.add_argument("--tools", default="ours,mlx-lm")
     ap.add_argument("--clients", default="1,4,8,16")
     ap.add_argument("--requests", type=int, default=2, help="requests per client, one after another")
+    ap.add_argument("--trials", type=int, default=3, help="timed rounds per client count (medians reported)")
     ap.add_argument("--prompt-words", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--system-words", type=int, default=1000)
+    ap.add_argument("--system-words", type=int, default=280)
     ap.add_argument("--prefix-trials", type=int, default=3)
-    ap.add_argument("--json", help="write every number to this file")
+    ap.add_argument("--out", "--json", dest="out", help="write every number to this JSON file")
     args = ap.parse_args(argv)
     tools = [t.strip() for t in args.tools.split(",")]
     if not set(tools) <= {"ours", "ours-no-prefix", "mlx-lm"}:
         ap.error(f"--tools: ours, ours-no-prefix and/or mlx-lm, got {args.tools}")
+    if args.trials < 1 or args.requests < 1 or args.prefix_trials < 1:
+        ap.error("--trials, --requests and --prefix-trials must be at least 1")
     clients = [int(c) for c in args.clients.split(",")]
-    out = {"model": args.model, "settings": vars(args), "tools": {}}
+    out = {"model": args.model, "settings": vars(args), "machine": machine(), "load_average": {}, "tools": {}}
     for tool in tools:
+        before = os.getloadavg()
         server = Server(tool, args.model, max(clients))
         try:
             rng = random.Random(0)  # every tool gets the same prompts
             chat(server, [{"role": "user", "content": "warm up"}], 4)
             rounds = []
-            for n in clients:
-                # untimed first: batch sizes seen for the first time cost a trace each (mx.compile) in ours
-                load_round(server, n, args, random.Random(n))
-                rounds.append(load_round(server, n, args, rng))
+            for n in clients if tool != "ours-no-prefix" else ():
+                rounds.append(load_rounds(server, n, args, rng))
                 r = rounds[-1]
                 print(f"{tool:14s} {n:3d} clients: {r['aggregate_tps']:8.1f} tok/s, TTFT median "
                       f"{1000 * r['ttft_median']:7.0f} ms, p95 {1000 * r['ttft_p95']:7.0f} ms", flush=True)
             prefix = prefix_trials(server, args, rng)
-            print(f"{tool:14s} shared {args.system_words}-word system prompt: TTFT cold "
+            print(f"{tool:14s} shared {prefix['prompt_tokens']}-token system prompt: TTFT cold "
                   f"{1000 * prefix['cold_ttft']:.0f} ms, warm {1000 * prefix['warm_ttft']:.0f} ms, "
                   f"{prefix['speedup']:.1f}x", flush=True)
             out["tools"][tool] = dict(rounds=rounds, prefix=prefix)
         finally:
             server.stop()
-    if {"ours", "mlx-lm"} <= out["tools"].keys():
-        for ours, theirs in zip(out["tools"]["ours"]["rounds"], out["tools"]["mlx-lm"]["rounds"]):
-            print(f"{ours['clients']:3d} clients: ours / mlx-lm aggregate tok/s = "
-                  f"{ours['aggregate_tps'] / theirs['aggregate_tps']:.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        out["load_average"][tool] = (before, os.getloadavg())
+    print()
+    print(table(out))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
