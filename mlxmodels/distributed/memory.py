@@ -40,7 +40,8 @@ def parse_bytes(text: str) -> int:
     except ValueError:
         value = -1.0
     if unit not in UNITS or not value > 0:
-        raise ParallelError(f"{ENV}={text!r} is not a size; give bytes such as 64GB or 68719476736")
+        # ValueError, not ParallelError: only this rank sees its own environment, so it must say so itself
+        raise ValueError(f"{ENV}={text!r} is not a size; give bytes such as 64GB or 68719476736")
     return int(value * UNITS[unit])
 
 
