@@ -48,7 +48,7 @@ def layer_ranges(layer_sizes: list, first: int, last: int, budgets: list) -> lis
 
     def share(r, i, j):  # rank r holding layers [i, j), as a fraction of its budget
         extra = (first if r == 0 else 0) + (last if r == n - 1 else 0)
-        return Fraction(prefix[j] - prefix[i] + extra, budgets[r])
+        return Fraction(prefix[j] - prefix[i] + extra) / Fraction(budgets[r])
 
     # best[r][j]: the smallest largest share when ranks 0..r hold layers [0, j); cut[r][j]: where rank r starts
     best = [{j: share(0, 0, j) for j in range(1, count - n + 2)}]
@@ -76,11 +76,11 @@ class PipelineLayout(Layout):
             raise ParallelError(f"--parallel pipeline gives every rank at least one layer, but the model has "
                                 f"{spec.num_layers} layers for {self.size} ranks; use fewer ranks or --parallel tensor")
         budgets = [1] * self.size if budgets is None else list(budgets)
-        if len(budgets) != self.size or any(not b > 0 for b in budgets):
+        if len(budgets) != self.size or any(not 0 < b < float("inf") for b in budgets):
             raise ParallelError(f"pipeline budgets {budgets} must be one positive byte count per rank "
                                 f"({self.size} ranks)")
         self.head_rank = 0 if spec.tie_embeddings else self.size - 1
-        self.ranges = layer_ranges(*self._sizes(), [int(b) for b in budgets])
+        self.ranges = layer_ranges(*self._sizes(), budgets)
         self.start, self.stop = self.ranges[self.rank]
         self.last = self.size - 1
         # this rank's layers; MTP kept whole so every rank builds the same MTP caches (empty off the last rank) and

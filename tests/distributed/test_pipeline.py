@@ -48,7 +48,8 @@ def layout_of(folder, rank, size, budgets=None):
 @pytest.mark.parametrize("sizes, first, last, budgets, want", [
     ([1] * 6, 0, 0, [1, 1], [(0, 3), (3, 6)]),
     ([1] * 6, 0, 0, [1, 2], [(0, 2), (2, 6)]),
-    ([1] * 6, 0, 0, [5, 1], [(0, 5), (5, 6)]),  # every rank at least one layer, however small its budget
+    ([1] * 6, 0, 0, [5, 1], [(0, 5), (5, 6)]),
+    ([1] * 6, 0, 0, [0.5, 1.0], [(0, 2), (2, 6)]),  # every rank at least one layer, however small its budget
     ([1] * 6, 2, 0, [1, 1], [(0, 2), (2, 6)]),  # the embedding counts on rank 0
     ([1] * 6, 0, 2, [1, 1], [(0, 4), (4, 6)]),  # the head and MTP modules on the last rank
     ([1, 1, 4, 1, 1], 0, 0, [1, 1, 1], [(0, 2), (2, 3), (3, 5)]),
@@ -84,6 +85,7 @@ def test_a_tied_head_stays_with_the_embedding_on_rank_0(tmp_path):
     (3, None, "the model has 2 layers for 3 ranks; use fewer ranks or --parallel tensor"),
     (2, [1, 1, 1], r"must be one positive byte count per rank \(2 ranks\)"),
     (2, [1, 0], r"must be one positive byte count per rank \(2 ranks\)"),
+    (2, [1, float("inf")], r"must be one positive byte count per rank \(2 ranks\)"),
 ])
 def test_what_cannot_split_this_way_is_one_line(tmp_path, size, budgets, match):
     build_hf("llama", tmp_path, **CASES["llama3"][1])
