@@ -1,4 +1,5 @@
-"""Bytes per token per mode: the ring costs, the figures computed from a spec, and the counting hook."""
+"""Bytes per token per mode: the ring costs, the figures computed from a spec, the counting hook, and (one 2-rank
+launch) the bytes counted through the backend equal to the computed ones in every mode."""
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -119,7 +120,7 @@ def test_counting_sees_mlx_collectives_a_module_calls_and_leaves_results_alone()
 # ---------------------------------------------------------------- counted over 2 ranks == computed
 
 LAUNCHED = {"llama3/tensor": "llama3", "qwen3_moe/tensor": "qwen3_moe", "qwen3_moe/experts": "qwen3_moe",
-            "deepseek_v3/experts": "deepseek_v3"}
+            "deepseek_v3/experts": "deepseek_v3", "llama3/pipeline": "llama3", "deepseek_v3/pipeline": "deepseek_v3"}
 
 
 @pytest.fixture(scope="module")
@@ -150,4 +151,7 @@ def test_the_bytes_counted_through_the_backend_equal_the_computed_ones(counted_o
     for phase in ("prefill", "decode"):
         got = sum(r[key][phase] for r in ranks)
         assert got == pytest.approx(want), f"{key} {phase}: counted {got} bytes per token, computed {want}"
-    assert ranks[0][key]["calls"]["all_sum"] == 2 * len(spec.layers) + 1  # two per layer, one for the embedding
+    if key.endswith("/pipeline"):  # rank 0 sends across the cut; both share the last hidden state, then the logits
+        assert [r[key]["calls"] for r in ranks] == [{"send": 1, "all_sum": 2}, {"all_sum": 2}]
+    else:  # two per layer, one for the embedding; the logits gathered
+        assert ranks[0][key]["calls"] == {"all_sum": 2 * len(spec.layers) + 1, "all_gather": 1}
