@@ -16,7 +16,7 @@ import mlxmodels
 from mlxmodels.config import HFConfig
 from mlxmodels.decoder import Decoder
 from mlxmodels.families import get_adapter
-from mlxmodels.parts.cache import KVCache, RotatingKVCache
+from mlxmodels.parts.cache import Cache, ChunkedKVCache, KVCache, RotatingKVCache
 from mlxmodels.parts.quantized_cache import Quantized, pack, pack_parts, quantize_cache, unpack
 from mlxmodels.prompt_cache import PromptCacheError
 from tests.parts.test_paged_cache import BASE, FAMILIES, IDS, SIZES, run
@@ -76,6 +76,24 @@ def test_rows_of_another_dtype_keep_the_held_codes(make):
     want = mx.dequantize(*mx.quantize(k16, GROUP, 8), GROUP, 8)
     assert keys.dtype == mx.float32 and keys.shape[2] == 6
     np.testing.assert_array_equal(np.array(keys[..., :5, :]), np.array(want.astype(mx.float32)))
+
+
+KINDS = {"contiguous": KVCache, "rotating": lambda: RotatingKVCache(6), "rotating+slack": lambda: RotatingKVCache(6, 2),
+         "chunked": lambda: ChunkedKVCache(8)}
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_decode_on_the_codes_equals_dequantize_then_attend(kind, softcap):
+    """A decode step's quantized_matmul attention, under the float class's mask, equals the float class's attention
+    over the dequantized rows (a copy of the cache), before and after a ring fills or a chunk turns."""
+    cache = quantize_cache(KINDS[kind](), 8, GROUP)
+    cache.attend(mx.random.normal((1, 4, 3, 64)), *[mx.random.normal((1, 2, 3, 64))] * 2, 0.125, softcap)
+    for _ in range(12):
+        q, k, v = mx.random.normal((1, 4, 1, 64)), mx.random.normal((1, 2, 1, 64)), mx.random.normal((1, 2, 1, 64))
+        copy = type(cache).from_state(cache.state, cache.meta_state)
+        want = Cache.attend(copy, q, k, v, 0.125, softcap)  # mask, update_and_fetch (dequantized), attend
+        np.testing.assert_allclose(np.array(cache.attend(q, k, v, 0.125, softcap)), np.array(want), atol=1e-5)
 
 
 def test_every_layer_kind_is_quantized(model):
@@ -207,8 +225,8 @@ def test_reads_mlx_lm_quantized_prompt_cache(tmp_path):
     ours = quantized(model, 4)
     fed = [[] for _ in ours]
     for c, log in zip(ours, fed):  # record each layer's new keys and values as our layers hand them over
-        store = c.update_and_fetch
-        c.update_and_fetch = lambda k, v, store=store, log=log: (log.append((k, v)), store(k, v))[1]
+        attend = c.attend
+        c.attend = lambda q, k, v, *a, attend=attend, log=log: (log.append((k, v)), attend(q, k, v, *a))[1]
     run(model, ours, [16, 1, 1, 6], ids)
     theirs = [lm.QuantizedKVCache(group_size=GROUP, bits=4) for _ in ours]
     for c, log in zip(theirs, fed):
