@@ -60,6 +60,11 @@ class Run:
                                     sampling["min_p"]), self.group)
 
     def close(self) -> None:
+        """A last all_sum as a barrier: generate_step leaves one step queued, and a rank that exits while a peer
+        still runs it closes the sockets under that peer (the watchdog still bounds the wait)."""
+        import mlx.core as mx
+
+        mx.eval(mx.distributed.all_sum(mx.zeros((1,)), group=self.group))
         self.watchdog.close()
 
     def _lost(self) -> None:

@@ -47,11 +47,12 @@ def load_parallel(folder: Path, mode: str, group=None, dtype=None, budgets=None)
         source = placeholders(ckpt)
         agree(group, _identity(folder, source), "model")
         whole, mapped = build(folder, cfg, adapter, spec, source)  # the whole model checked from headers alone
-        rooms = budgets if budgets is not None else rank_budgets(group)  # what each rank may hold
+        # what each rank may hold: pipeline stages are sized by it, so a 192 GB Mac takes more layers than a 64 GB one
+        rooms = budgets if budgets is not None else rank_budgets(group)
         if mode == "auto":
-            layout = choose(whole.spec, group, budgets, model_bytes(mapped), rooms)
+            layout = choose(whole.spec, group, rooms, model_bytes(mapped), rooms)
         else:
-            layout = layout_for(mode, whole.spec, group, budgets)
+            layout = layout_for(mode, whole.spec, group, rooms)
         check_share(layout, mapped, rooms)  # before reading: every rank stops together when one cannot hold it
         weights = read_share(ckpt, source, mapped, layout, adapter, cfg)
     finally:

@@ -19,25 +19,13 @@ from mlxmodels.distributed.pipeline import PipelineLayout, layer_ranges
 from mlxmodels.families import build_spec
 from tests import mtp_fixture
 from tests.distributed import pipeline_worker
+from tests.distributed.groups import Group
 from tests.distributed.harness import launch, rank_results
 from tests.families.test_families import CASES
 from tests.oracle import build_hf
 
 TOL = 1e-4
 UNEVEN = [2**30, 3 * 2**30]  # bytes each rank may hold: 1 GiB and 3 GiB
-
-
-class Group:
-    """What a Layout asks of a group: its rank and size (no collective runs in place())."""
-
-    def __init__(self, rank, size):
-        self._rank, self._size = rank, size
-
-    def rank(self):
-        return self._rank
-
-    def size(self):
-        return self._size
 
 
 def layout_of(folder, rank, size, budgets=None):
