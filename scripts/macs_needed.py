@@ -12,7 +12,8 @@ context. The memory a Mac gives the GPU is macOS's default wired limit (3/4 of R
 with the first, norm, head and MTP with the last), so the count below is the fewest equal Macs whose stages fit.
 
 Decode speed (batch 1) is bounded by bandwidth: every token reads the active weights and the KV cache once.
-pipeline runs the stages one after another (one Mac's bandwidth) plus one hop per cut and the logits back;
+pipeline runs the stages one after another (one Mac's bandwidth) plus one hop per cut and two all_sums (the last
+hidden state and the logits reach every rank);
 tensor/experts read 1/N each in parallel, plus 2 all_sums per layer (traffic.computed) each costing 2 (N-1) ring
 steps of link latency + bytes / link rate. The latencies and rates are the LINKS table: published figures, cited
 in docs/DISTRIBUTED.md.
@@ -129,12 +130,13 @@ def decode_tok_s(active: float, kv: float, macs: int, bandwidth: float, mode: st
     read = (active + kv) * 1e-9 / bandwidth  # seconds: GB over GB/s
     if macs == 1:
         return 1 / read
-    if mode == "pipeline":
-        hops = (macs - 1) * (latency + hidden * 2 / rate) + latency + vocab * 2 / rate  # cuts, then the logits
-        return 1 / (read + hops)
-    all_sum = 2 * (macs - 1) * latency + ring_bytes("all_sum", hidden * 2, macs) / rate
+    def all_sum(nbytes: float) -> float:  # 2 (N-1) ring steps
+        return 2 * (macs - 1) * latency + ring_bytes("all_sum", nbytes, macs) / rate
+
+    if mode == "pipeline":  # a hop per cut, then the last hidden state and the logits shared (pipeline.py)
+        return 1 / (read + (macs - 1) * (latency + hidden * 2 / rate) + all_sum(hidden * 2) + all_sum(vocab * 2))
     gather = (macs - 1) * latency + ring_bytes("all_gather", vocab * 2 / macs, macs) / rate
-    return 1 / (read / macs + (2 * layers + 1) * all_sum + gather)
+    return 1 / (read / macs + (2 * layers + 1) * all_sum(hidden * 2) + gather)
 
 
 def plan(name: str, context: int, tmp: Path) -> dict:
