@@ -9,8 +9,8 @@ all-gather; an all_gather of s bytes per rank forwards (N-1) s from each rank):
   vocabulary slices all-gathered to (V) on every rank.
 - pipeline: the hidden state (D) sent across each of the N - 1 cuts; then the last stage's final hidden state (D)
   and the head's logits (V) are shared with every rank by all_sums to which the other ranks add zeros (pipeline.py).
-  A one-to-all broadcast would send (N - 1) (D + V) instead of the all_sums' 2 (N - 1) (D + V), but MLX's ring
-  backend offers none; per token it is the head's V that dominates either way.
+  A one-to-all broadcast would send (N - 1) (D + V) instead of the all_sums' 2 (N - 1) (D + V); mx.distributed
+  has no broadcast, so it would take a send per other rank. Per token the head's V dominates either way.
 
 Counting wraps the functions of `mx.distributed` (`counted()`), so whatever a Layout's modules call is seen
 without a branch in any part: the wrapper adds the same ring bytes for each call's array, then calls MLX's own.
