@@ -6,11 +6,12 @@
                                   [--prefix-trials 3] [--out FILE]
 
 Each tool's server is started on a free 127.0.0.1 port (its output kept in a log shown if it fails), ready when
-GET /health answers, and stopped after its runs. Every request is a streaming chat completion at temperature 0
-with its own prompt.
+GET /health answers; all stay up for the whole run and take turns (ABBA) within each measurement, so a load
+that drifts on a shared machine weighs on every tool alike (an idle server takes no CPU), and all are stopped at
+the end. Every request is a streaming chat completion at temperature 0 with its own prompt.
 1. Load: for each client count N, after an untimed round of the same shape (a batch size seen for the first time
    costs a compile trace in ours), --trials timed rounds in which N threads each send --requests requests one
-   after another. Aggregate tok/s = completion tokens (the usage the server reports, else the content chunks) /
+   after another (the tools alternating round by round). Aggregate tok/s = completion tokens (the usage the server reports, else the content chunks) /
    wall time from the first request to the last reply; time to first token (TTFT) runs from sending a request to
    its first content chunk, median and p95 over the round's requests. Each figure reported is the median over
    the trials. ours-no-prefix skips this part: its batching is ours'.
@@ -168,31 +169,34 @@ def load_round(server: Server, clients: int, args, rng: random.Random, requests:
     ttfts = sorted(r["ttft"] for r in results)
     return dict(clients=clients, requests=len(results), tokens=sum(r["tokens"] for r in results), seconds=wall,
                 aggregate_tps=sum(r["tokens"] for r in results) / wall, ttft_median=statistics.median(ttfts),
-                ttft_p95=ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))])
+                ttft_p95=ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))], load_average=os.getloadavg()[0])
 
 
-def load_rounds(server: Server, clients: int, args, rng: random.Random) -> dict:
-    """The median of --trials timed rounds of `clients` clients, after an untimed one (one request per client:
-    a batch size seen for the first time costs a compile trace in ours)."""
-    load_round(server, clients, args, random.Random(clients), 1)
-    trials = [load_round(server, clients, args, rng, args.requests) for _ in range(args.trials)]
+def summary(clients: int, trials: List[dict]) -> dict:
+    """The medians of a client count's timed rounds."""
     keys = ("aggregate_tps", "ttft_median", "ttft_p95")
     return dict({k: statistics.median(t[k] for t in trials) for k in keys}, clients=clients, trials=trials)
 
 
-def prefix_trials(server: Server, args, rng: random.Random) -> dict:
-    cold, warm, tokens = [], [], []
-    for t in range(args.prefix_trials):
-        system = words(rng, args.system_words)
-        chat(server, [{"role": "system", "content": system}, {"role": "user", "content": "First question?"}], 4)
-        second = {"role": "user", "content": f"Second question {t}?"}
-        runs = [("warm", system), ("cold", words(rng, args.system_words))]
-        for name, text in (runs if t % 2 == 0 else runs[::-1]):
-            out = chat(server, [{"role": "system", "content": text}, second], 4)
-            (warm if name == "warm" else cold).append(out["ttft"])
-            tokens.append(out["prompt_tokens"])
+def prefix_trial(server: Server, args, rng: random.Random, t: int) -> List[tuple]:
+    """A request with a fresh system prompt, then (in an order alternating with t) one sharing it (warm) and one
+    with another fresh one of the same length (cold): [(name, ttft, prompt tokens)]."""
+    system = words(rng, args.system_words)
+    chat(server, [{"role": "system", "content": system}, {"role": "user", "content": "First question?"}], 4)
+    second = {"role": "user", "content": f"Second question {t}?"}
+    runs = [("warm", system), ("cold", words(rng, args.system_words))]
+    out = []
+    for name, text in (runs if t % 2 == 0 else runs[::-1]):
+        r = chat(server, [{"role": "system", "content": text}, second], 4)
+        out.append((name, r["ttft"], r["prompt_tokens"]))
+    return out
+
+
+def prefix_summary(runs: List[tuple]) -> dict:
+    cold = [ttft for name, ttft, _ in runs if name == "cold"]
+    warm = [ttft for name, ttft, _ in runs if name == "warm"]
+    known = [n for _, _, n in runs if n]
     c, w = statistics.median(cold), statistics.median(warm)
-    known = [n for n in tokens if n]
     return dict(cold_ttft=c, warm_ttft=w, speedup=c / w, cold=cold, warm=warm,
                 prompt_tokens=statistics.median(known) if known else None)
 
@@ -223,16 +227,17 @@ def table(out: dict) -> str:
               "|---|---|---|---|---|"]
     for tool, result in tools.items():
         p = result["prefix"]
-        lines.append(f"| {tool} | {p['prompt_tokens']:.0f} | {1000 * p['cold_ttft']:.0f} | {1000 * p['warm_ttft']:.0f} | "
-                     f"{p['speedup']:.1f}x |")
+        lines.append(f"| {tool} | {p['prompt_tokens']:.0f} | {1000 * p['cold_ttft']:.0f} | "
+                     f"{1000 * p['warm_ttft']:.0f} | {p['speedup']:.1f}x |")
     if {"ours", "ours-no-prefix"} <= tools.keys():
         on, off = tools["ours"]["prefix"]["warm_ttft"], tools["ours-no-prefix"]["prefix"]["warm_ttft"]
         lines += ["", (f"Shared-prefix TTFT, prefix cache on vs off (ours): {1000 * on:.0f} ms vs {1000 * off:.0f} "
                        f"ms, {off / on:.1f}x.")]
     m = out["machine"]
-    loads = ", ".join(f"{tool} {a[0]:.1f} -> {b[0]:.1f}" for tool, (a, b) in out["load_average"].items())
+    loads = out["load_average"] or [m["load_average"][0]]
     lines += ["", (f"Machine: {m['platform']}, {m['cpus']} CPUs, MLX {m['versions']['mlx']}, mlx-lm "
-                   f"{m['versions']['mlx-lm']}; 1-minute load average before -> after each tool: {loads}.")]
+                   f"{m['versions']['mlx-lm']}; 1-minute load average at the end of each timed round: "
+                   f"{min(loads):.1f}-{max(loads):.1f}, median {statistics.median(loads):.1f}.")]
     return "\n".join(lines)
 
 
@@ -255,27 +260,43 @@ def main(argv=None):
     if args.trials < 1 or args.requests < 1 or args.prefix_trials < 1:
         ap.error("--trials, --requests and --prefix-trials must be at least 1")
     clients = [int(c) for c in args.clients.split(",")]
-    out = {"model": args.model, "settings": vars(args), "machine": machine(), "load_average": {}, "tools": {}}
-    for tool in tools:
-        before = os.getloadavg()
-        server = Server(tool, args.model, max(clients))
-        try:
-            rng = random.Random(0)  # every tool gets the same prompts
-            chat(server, [{"role": "user", "content": "warm up"}], 4)
-            rounds = []
-            for n in clients if tool != "ours-no-prefix" else ():
-                rounds.append(load_rounds(server, n, args, rng))
-                r = rounds[-1]
+    out = {"model": args.model, "settings": vars(args), "machine": machine(), "tools": {}}
+    # Every server is up for the whole run and the tools take turns (ABBA) within each client count, so a load
+    # that drifts on a shared machine weighs on every tool alike; an idle server takes no CPU.
+    servers: Dict[str, Server] = {}
+    try:
+        for tool in tools:
+            servers[tool] = Server(tool, args.model, max(clients))
+            chat(servers[tool], [{"role": "user", "content": "warm up"}], 4)
+        rngs = {tool: random.Random(0) for tool in tools}  # every tool gets the same prompts
+        loaded = [t for t in tools if t != "ours-no-prefix"]
+        rounds: Dict[str, List[dict]] = {tool: [] for tool in tools}
+        for n in clients:
+            for tool in loaded:  # untimed: batch sizes seen for the first time cost a trace each in ours
+                load_round(servers[tool], n, args, random.Random(n), 1)
+            trials: Dict[str, List[dict]] = {tool: [] for tool in loaded}
+            for k in range(args.trials):
+                for tool in loaded if k % 2 == 0 else loaded[::-1]:
+                    trials[tool].append(load_round(servers[tool], n, args, rngs[tool], args.requests))
+            for tool in loaded:
+                rounds[tool].append(summary(n, trials[tool]))
+                r = rounds[tool][-1]
                 print(f"{tool:14s} {n:3d} clients: {r['aggregate_tps']:8.1f} tok/s, TTFT median "
                       f"{1000 * r['ttft_median']:7.0f} ms, p95 {1000 * r['ttft_p95']:7.0f} ms", flush=True)
-            prefix = prefix_trials(server, args, rng)
-            print(f"{tool:14s} shared {prefix['prompt_tokens']}-token system prompt: TTFT cold "
+        runs: Dict[str, List[tuple]] = {tool: [] for tool in tools}
+        for k in range(args.prefix_trials):
+            for tool in tools if k % 2 == 0 else tools[::-1]:
+                runs[tool] += prefix_trial(servers[tool], args, rngs[tool], k)
+        for tool in tools:
+            prefix = prefix_summary(runs[tool])
+            print(f"{tool:14s} shared {prefix['prompt_tokens']:.0f}-token system prompt: TTFT cold "
                   f"{1000 * prefix['cold_ttft']:.0f} ms, warm {1000 * prefix['warm_ttft']:.0f} ms, "
                   f"{prefix['speedup']:.1f}x", flush=True)
-            out["tools"][tool] = dict(rounds=rounds, prefix=prefix)
-        finally:
+            out["tools"][tool] = dict(rounds=rounds[tool], prefix=prefix)
+    finally:
+        for server in servers.values():
             server.stop()
-        out["load_average"][tool] = (before, os.getloadavg())
+    out["load_average"] = [t["load_average"] for r in rounds.values() for s in r for t in s["trials"]]
     print()
     print(table(out))
     if args.out:
