@@ -86,7 +86,7 @@ def read_share(ckpt: Checkpoint, source: dict, mapped: dict, layout: Layout, ada
         whole = _map(adapter, {n: ckpt.array(n) for n in names}, cfg)
         for name, a in whole.items():
             if name in wanted:
-                _put(out, layout, name, a.shape, lambda part, a=a: a[_index(part)])
+                _put(out, layout, name, a.shape, lambda part, a=a: _own(a[_index(part)]))
         del whole
     return out
 
@@ -111,6 +111,14 @@ def _put(out: dict, layout: Layout, name: str, shape, read) -> None:
         return
     local, cut = placement
     out[local] = read(None if cut is None else cut.bounds(tuple(shape), name))
+
+
+def _own(view: mx.array) -> mx.array:
+    """A slice copied into its own buffer and computed now: a view would keep the whole mapped tensor (every
+    expert of the layer) alive after `whole` is dropped."""
+    a = mx.contiguous(view)
+    mx.eval(a)
+    return a
 
 
 def _index(part):

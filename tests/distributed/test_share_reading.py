@@ -74,7 +74,8 @@ def test_the_whole_layout_loads_the_single_process_model(tmp_path, whole_mode, c
     ref, _ = mlxmodels.load(tmp_path)
     model = load_parallel(tmp_path, "whole", group=mx.distributed.init())
     ids = mx.array([[1, 5, 9, 2, 7, 3]])
-    assert np.array_equal(np.array(model(ids)), np.array(ref(ids)))
+    # not bit-equal everywhere: a mapped tensor is held contiguous here and as its transposed view by load (GPT-2)
+    np.testing.assert_allclose(np.array(model(ids)), np.array(ref(ids)), rtol=0, atol=1e-5)
 
 
 def test_an_unknown_mode_is_one_line(tmp_path):
@@ -96,3 +97,32 @@ def test_the_whole_layout_loads_a_quantized_folder(tmp_path, whole_mode, case):
     model = load_parallel(tmp_path / "q", "whole", group=mx.distributed.init())
     ids = mx.array([[1, 5, 9, 2, 7, 3]])
     assert np.array_equal(np.array(model(ids)), np.array(ref(ids)))
+
+
+def test_a_cut_of_a_mapped_tensor_does_not_keep_the_whole_alive(tmp_path):
+    """HF Mixtral folders store one tensor per expert, stacked on load and then cut: each cut must own its buffer,
+    or a rank keeps every expert of the layer alive."""
+    from mlxmodels.config import read_config
+    from mlxmodels.distributed.load import read_share
+    from mlxmodels.families import build_spec
+    from mlxmodels.formats.safetensors import Checkpoint
+    from mlxmodels.load import build, placeholders
+
+    class HalfTheExperts(Whole):
+        def place(self, name, shape):
+            return name, Slice.part(0, 0, 2) if ".switch_mlp." in name else None
+
+    model_type, config, _ = CASES["mixtral"]
+    build_hf(model_type, tmp_path, **dict(config, num_local_experts=8, intermediate_size=512))
+    cfg = read_config(tmp_path)
+    adapter, spec = build_spec(cfg, "config.json")
+    ckpt = Checkpoint(tmp_path)
+    source = placeholders(ckpt)
+    _, mapped = build(tmp_path, cfg, adapter, spec, source)
+    mx.eval(mx.zeros(1))
+    before = mx.get_active_memory()
+    share = read_share(ckpt, source, mapped, HalfTheExperts(spec, mx.distributed.init()), adapter, cfg)
+    ckpt.close()
+    held = sum(a.nbytes for a in share.values())
+    assert any(".switch_mlp." in n for n in share)
+    assert mx.get_active_memory() - before <= 1.05 * held
