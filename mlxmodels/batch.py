@@ -44,7 +44,7 @@ from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Se
 
 import mlx.core as mx
 
-from .batch_prefill import pad_limit, prefill_together
+from .batch_prefill import pad_limit, pass_tokens, prefill_together
 from .parts.block_pool import PoolExhausted
 from .row_sampling import Draw, RowSampler, SamplingParams
 from .vocab import check_ids
@@ -89,7 +89,8 @@ class BatchGenerator:
     def __init__(self, model, num_blocks: int = 1024, block_size: int = 16, max_batch: int = 16,
                  prefill_step_size: int = 512, stop_tokens: Iterable[int] = (), prefix_cache: bool = False,
                  interrupt: Optional[Callable[[int], bool]] = None, prefill_budget: Optional[int] = None,
-                 pipeline: bool = True, kv_bits: Optional[int] = None, kv_group_size: int = 64):
+                 pipeline: bool = True, kv_bits: Optional[int] = None, kv_group_size: int = 64,
+                 share: Optional[Callable[[mx.array], mx.array]] = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
@@ -101,6 +102,7 @@ class BatchGenerator:
         self.interrupt = interrupt  # interrupt(uid) -> True: drop that request between its prefill's chunks
         self.prefill_budget = prefill_budget  # prompt tokens one step prefills before it stops admitting (None: all)
         self.pipeline = pipeline
+        self.share = share  # the drawn tokens (B,) -> those every rank feeds (row_sampling.Draw); None: our own
         self._ahead: Optional[Tuple[List[_Request], Draw]] = None  # the next decode step, already queued
         self.steps_ahead = 0  # decode steps queued before the previous one was read
         self.stop_tokens = frozenset(stop_tokens)
@@ -166,7 +168,7 @@ class BatchGenerator:
     def _forward(self, batch: List[_Request], y: mx.array) -> Draw:
         """One decode step of `batch` on its last tokens y (B, 1), queued, not evaluated."""
         self.pool.active = [r.seq for r in batch]
-        return Draw([r.rows for r in batch], self.model(y, cache=self.cache)[:, -1, :])
+        return Draw([r.rows for r in batch], self.model(y, cache=self.cache)[:, -1, :], self.share)
 
     def _preempt(self) -> None:
         r = self.running.pop()  # the most recently admitted
@@ -245,7 +247,8 @@ class BatchGenerator:
             return
         keep = None if self.interrupt is None else (lambda i: not self.interrupt(group[i][0].uid))
         finished, logits = prefill_together(self.model, self.cache, [r.seq for r, _ in group],
-                                            [todo for _, todo in group], self.prefill_step_size, keep, pad_limit())
+                                            [todo for _, todo in group], self.prefill_step_size, keep, pad_limit(),
+                                            pass_tokens())
         for i, (r, todo) in enumerate(group):
             if i in finished:
                 self.pool.commit_tokens(r.seq, todo)
@@ -255,7 +258,7 @@ class BatchGenerator:
                 self.running.remove(r)
         if finished:
             rows = [group[i][0] for i in finished]
-            self._emit(rows, Draw([r.rows for r in rows], logits), out)
+            self._emit(rows, Draw([r.rows for r in rows], logits, self.share), out)
 
     def _claim(self, seq: int, context: List[int], pending: int = 0) -> Optional[int]:
         """Share the cached blocks `context` starts with into the empty `seq`: the tokens reused, or None when

@@ -6,7 +6,9 @@ end with its last token: causal attention keeps its real tokens from ever seeing
 leaves its sequence (`pool.truncate`) right after the pass, so its cache holds exactly its tokens. Its last real
 position gives its logits, as a prefill of it alone does. Where padding would cost more than `padding` allows (on
 the CPU: any, see pad_limit), or the pool has no blocks for it, T is the shortest remainder instead (no padding;
-more rounds, the first of which carries most of the tokens).
+more rounds, the first of which carries most of the tokens). Padding within pass_tokens() per round it saves is
+always allowed: a round costs a whole forward pass however few its tokens, so a few tokens of padding beat the
+rounds of one or two tokens that pacing by the shortest takes when remainders differ by a little.
 """
 
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -25,12 +27,21 @@ def pad_limit() -> float:
     return 2.0 if mx.default_device().type == mx.DeviceType.gpu else 1.0
 
 
+def pass_tokens() -> int:
+    """What one more forward pass costs, in prefill tokens: on the CPU a pass of a few tokens per row costs about
+    a decode step, which SmolLM2-135M (float32, 8 rows) took as long as ~44 tokens of a long round (passes of 8x3
+    and 8x17 tokens: 0.43 and 1.15 s); 32 keeps to the safe side. On a GPU pad_limit's 2x allows padding already
+    (untuned there: 0)."""
+    return 0 if mx.default_device().type == mx.DeviceType.gpu else 32
+
+
 def prefill_together(model, cache, seqs: Sequence[int], todos: Sequence[List[int]], step_size: int = 512,
                      keep: Optional[Callable[[int], bool]] = None,
-                     padding: float = 1.0) -> Tuple[List[int], Optional[mx.array]]:
+                     padding: float = 1.0, round_cost: int = 0) -> Tuple[List[int], Optional[mx.array]]:
     """Feed sequence seqs[i] the tokens todos[i] (each non-empty), after what it holds. `keep(i)` is asked between
     rounds for the sequences still being fed: False drops i (the caller frees it). A round pads when that makes its
-    tokens at most `padding` times its real ones (1: never; pad_limit() suits the device). Returns the indices that
+    tokens at most `padding` times its real ones (1: never; pad_limit() suits the device), or adds at most
+    `round_cost` tokens per round it saves (pass_tokens() suits the device). Returns the indices that
     were fed all their tokens, in order, and their last logits (F, V), unevaluated (None when none finished)."""
     if step_size < 1:
         raise ValueError(f"prefill step size must be >= 1, got {step_size}")
@@ -43,7 +54,9 @@ def prefill_together(model, cache, seqs: Sequence[int], todos: Sequence[List[int
     while live:
         left = [len(todos[i]) - fed[i] for i in live]
         T = min(step_size, max(left))
-        if len(live) * T > padding * sum(min(n, T) for n in left):
+        real = sum(min(n, T) for n in left)
+        saved = len({n for n in left if n < T})  # rounds that pacing by the shortest would add to reach T
+        if len(live) * T - real > max((padding - 1) * real, round_cost * saved):
             T = min(left)  # padding would cost too much: the shortest sets the pace
         pool.active = [seqs[i] for i in live]
         try:

@@ -291,3 +291,25 @@ def test_prefill_together_equals_prefilling_alone(model, lengths, step_size, pad
     more = [pool.add_sequence() for _ in prompts]
     finished, _ = prefill_together(model, cache, more, prompts, 4, keep=lambda i: i != 0)
     assert finished == [1, 2]
+
+
+@pytest.mark.parametrize("round_cost, rounds", [(0, 3), (4, 1)])
+def test_a_round_cost_pads_remainders_that_differ_a_little(model, round_cost, rounds):
+    """Remainders 17, 15, 16 go in three rounds paced by the shortest (15, 1, 1 tokens) when padding is never
+    allowed, and in one round padded to 17 (3 tokens of padding, within 4 per round saved) with a round cost;
+    either way each sequence holds its own tokens and ends with the logits of a prefill alone."""
+    prompts = [(PROMPTS[3] * 2)[k: k + n] for k, n in enumerate((17, 15, 16))]
+    cache = model.make_cache(paged=True, num_blocks=64, block_size=4)
+    pool = cache.pool
+    pool.free(pool.active[0])
+    seqs = [pool.add_sequence() for _ in prompts]
+    passes = []
+
+    def counted(*a, **k):
+        passes.append(a[0].shape)
+        return model(*a, **k)
+
+    finished, logits = prefill_together(counted, cache, seqs, prompts, 512, padding=1.0, round_cost=round_cost)
+    assert len(passes) == rounds and finished == [0, 1, 2] and [pool.length(s) for s in seqs] == [17, 15, 16]
+    for i, row in zip(finished, logits):
+        np.testing.assert_allclose(row, prefill(model, prompts[i], model.make_cache())[0], atol=1e-4)
