@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """OpenAI-compatible servers under concurrent load: `mlxm serve` against `mlx_lm.server` on the same model.
 
-    python scripts/bench_serve.py -m MODEL_DIR [--tools ours,mlx-lm,ours-no-prefix] [--clients 1,4,8,16] [--requests 2]
-                                  [--trials 3] [--prompt-words 64] [--max-tokens 64] [--system-words 280]
+    python scripts/bench_serve.py -m MODEL_DIR [--tools ours,mlx-lm,ours-no-prefix] [--clients 1,4,8,16]
+                                  [--requests 2] [--trials 3] [--prompt-words 64] [--max-tokens 64] [--system-words 280]
                                   [--prefix-trials 3] [--out FILE]
 
 Each tool's server is started on a free 127.0.0.1 port (its output kept in a log shown if it fails), ready when
@@ -152,11 +152,17 @@ def load_round(server: Server, clients: int, args, rng: random.Random, requests:
     prompts = [[{"role": "user", "content": f"Request {c}.{k}: " + words(rng, args.prompt_words)}
                 for k in range(requests)] for c in range(clients)]
     results: List[dict] = []
+    failed: List[str] = []
     lock = threading.Lock()
 
     def client(mine):
         for message in mine:
-            out = chat(server, [message], args.max_tokens)
+            try:
+                out = chat(server, [message], args.max_tokens)
+            except OSError as e:  # a refused or reset connection counts as a failure, not a lost thread
+                with lock:
+                    failed.append(f"{type(e).__name__}: {e}")
+                continue
             with lock:
                 results.append(out)
 
@@ -165,17 +171,23 @@ def load_round(server: Server, clients: int, args, rng: random.Random, requests:
         t.start()
     for t in threads:
         t.join()
+    if failed:
+        print(f"  {len(failed)} of {clients * requests} requests failed ({failed[0]})", flush=True)
+    if not results:
+        sys.exit(f"every request of a {clients}-client round failed: {failed[0]}")
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     ttfts = sorted(r["ttft"] for r in results)
     return dict(clients=clients, requests=len(results), tokens=sum(r["tokens"] for r in results), seconds=wall,
                 aggregate_tps=sum(r["tokens"] for r in results) / wall, ttft_median=statistics.median(ttfts),
-                ttft_p95=ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))], load_average=os.getloadavg()[0])
+                ttft_p95=ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))], load_average=os.getloadavg()[0],
+                failed=len(failed))
 
 
 def summary(clients: int, trials: List[dict]) -> dict:
     """The medians of a client count's timed rounds."""
     keys = ("aggregate_tps", "ttft_median", "ttft_p95")
-    return dict({k: statistics.median(t[k] for t in trials) for k in keys}, clients=clients, trials=trials)
+    return dict({k: statistics.median(t[k] for t in trials) for k in keys}, clients=clients, trials=trials,
+                failed=sum(t["failed"] for t in trials))
 
 
 def prefix_trial(server: Server, args, rng: random.Random, t: int) -> List[tuple]:
@@ -214,15 +226,15 @@ def machine() -> dict:
 def table(out: dict) -> str:
     """The results as Markdown, ready for docs/BENCHMARKS.md."""
     tools = out["tools"]
-    lines = ["| tool | clients | aggregate tok/s | TTFT median (ms) | TTFT p95 (ms) | ours / mlx-lm tok/s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| tool | clients | aggregate tok/s | TTFT median (ms) | TTFT p95 (ms) | ours / mlx-lm tok/s | failed |",
+             "|---|---|---|---|---|---|---|"]
     theirs = {r["clients"]: r for r in tools.get("mlx-lm", {}).get("rounds", [])}
     for tool, result in tools.items():
         for r in result["rounds"]:
             ratio = (f"{r['aggregate_tps'] / theirs[r['clients']]['aggregate_tps']:.2f}"
                      if tool == "ours" and r["clients"] in theirs else "")
             lines.append(f"| {tool} | {r['clients']} | {r['aggregate_tps']:.1f} | {1000 * r['ttft_median']:.0f} | "
-                         f"{1000 * r['ttft_p95']:.0f} | {ratio} |")
+                         f"{1000 * r['ttft_p95']:.0f} | {ratio} | {r['failed']} |")
     lines += ["", "| tool | system prompt tokens | TTFT fresh prompt (ms) | TTFT shared prefix (ms) | fresh / shared |",
               "|---|---|---|---|---|"]
     for tool, result in tools.items():
