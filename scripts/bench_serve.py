@@ -9,11 +9,12 @@ Each tool's server is started on a free 127.0.0.1 port (its output kept in a log
 GET /health answers; all stay up for the whole run and take turns (ABBA) within each measurement, so a load
 that drifts on a shared machine weighs on every tool alike (an idle server takes no CPU), and all are stopped at
 the end. Every request is a streaming chat completion at temperature 0 with its own prompt.
-1. Load: for each client count N, after an untimed round of the same shape (a batch size seen for the first time
-   costs a compile trace in ours), --trials timed rounds in which N threads each send --requests requests one
-   after another (the tools alternating round by round). Aggregate tok/s = completion tokens (the usage the server reports, else the content chunks) /
-   wall time from the first request to the last reply; time to first token (TTFT) runs from sending a request to
-   its first content chunk, median and p95 over the round's requests. Each figure reported is the median over
+1. Load: for each client count N, after an untimed round of one request per client (a batch size seen for the
+   first time costs a compile trace in ours), --trials timed rounds in which N threads each send --requests
+   requests one after another (the tools alternating round by round). Aggregate tok/s = completion tokens (the
+   usage the server reports, else the content chunks) / wall time from the first request to the last reply; time
+   to first token (TTFT) runs from sending a request to its first content chunk, median and p95 over the round's
+   requests; a request whose connection fails is counted, not timed. Each figure reported is the median over
    the trials. ours-no-prefix skips this part: its batching is ours'.
 2. Shared prefix: per trial, a request with a fresh --system-words system prompt (280 words are about 1,000
    tokens with SmolLM2's tokenizer; the prompt's token count, from the server's usage, is reported) runs to its
