@@ -450,6 +450,9 @@ def add_serve(sub):
     s.add_argument("--context", type=positive_int, default=None, metavar="TOKENS",
                    help="context per request in tokens, prompt and reply together (default: the model's maximum, "
                         "at most 8192)")
+    from app import parallel
+
+    parallel.add_flags(s)
     s.set_defaults(func=cmd_serve)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 
@@ -118,10 +118,13 @@ class RowSampler:
 
 class Draw:
     """One token per row of logits (B, V), each by its own request's settings: built lazily (`tokens` can feed the
-    next forward pass before anything is evaluated), then `read` once for the tokens and the logprobs asked for."""
+    next forward pass before anything is evaluated), then `read` once for the tokens and the logprobs asked for.
+    `share` maps the drawn tokens (B,) to those every rank uses (distributed/follow_engine.py: rank 0's), so that
+    the ranks of a split model never feed different tokens; None keeps this process's own."""
 
-    def __init__(self, rows: List[RowSampler], logits: mx.array):
+    def __init__(self, rows: List[RowSampler], logits: mx.array, share: Optional[Callable] = None):
         self.rows = rows
+        share = share or (lambda tokens: tokens)
         if not all(r.plain for r in rows):
             logits = mx.concatenate([logits[i: i + 1] if r.plain else r.process(logits[i: i + 1])
                                      for i, r in enumerate(rows)])
@@ -130,10 +133,11 @@ class Draw:
         argmax = mx.argmax(logprobs, axis=-1).astype(mx.int32)  # (B,)
         self.plain = all(r.params.greedy and not (r.params.logprobs or r.params.top_logprobs) for r in rows)
         if self.plain:  # the common case: nothing else to read
-            self.tokens, self.arrays = argmax, [argmax]
+            self.tokens = share(argmax)
+            self.arrays = [self.tokens]
             return
-        self.tokens = mx.concatenate([argmax[i: i + 1] if r.params.greedy else r.draw(logprobs[i: i + 1])
-                                      for i, r in enumerate(rows)])  # (B,)
+        self.tokens = share(mx.concatenate([argmax[i: i + 1] if r.params.greedy else r.draw(logprobs[i: i + 1])
+                                            for i, r in enumerate(rows)]))  # (B,)
         chosen = mx.take_along_axis(logprobs, self.tokens[:, None], axis=-1)[:, 0]  # (B,)
         self.arrays = [self.tokens, chosen]
         k = max(r.params.top_logprobs for r in rows)

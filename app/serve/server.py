@@ -53,14 +53,23 @@ def run(args) -> None:
 
     from .app import build_app
 
+    ranks = None
+    if args.parallel:  # under mlx.launch: rank 0 serves, the others replay its engine (parallel.py)
+        from app import parallel as group
+
+        from . import parallel
+
+        ranks = group.start(args)
+        if ranks.rank != 0:
+            return parallel.follow(ranks, args)
     sock = bind(args.host, args.port)  # first: a busy port should not cost a model load
     if sys.stderr.isatty():
         print(f"loading {model_arg.display_name(args.model)} ...", file=sys.stderr)
-    model, tokenizer, folder = model_arg.load(args.model, args.dtype, args.adapter_path)
+    model, tokenizer, folder = model_arg.load(args.model, args.dtype, args.adapter_path, parallel=args.parallel)
     context = model_arg.context_limit(folder, args.context) if args.context else None
     engine = Engine(model, max_batch=args.max_batch, max_queue=args.max_queue, context=context,
                     kv_bits=args.kv_bits, kv_group_size=args.kv_group_size,
-                    prefix_cache=args.prefix_cache)
+                    prefix_cache=args.prefix_cache, lead=parallel.lead(ranks) if ranks else None)
     engine.start()
     try:
         app = build_app(engine, tokenizer, model_id(args.model), api_key=args.api_key,
@@ -71,6 +80,8 @@ def run(args) -> None:
         server.run(sockets=[sock])
     finally:
         engine.close()
+        if ranks is not None:
+            ranks.watchdog.close()
 
 
 def model_id(arg: Optional[str]) -> str:

@@ -57,7 +57,7 @@ class Engine:
     def __init__(self, model, *, max_batch: int = 8, max_queue: int = 64, context: Optional[int] = None,
                  num_blocks: Optional[int] = None, block_size: int = 16, prefix_cache: bool = True,
                  prefill_budget: Optional[int] = PREFILL_BUDGET, kv_bits: Optional[int] = None,
-                 kv_group_size: int = 64):
+                 kv_group_size: int = 64, lead=None):
         limit = model_context(model)
         if context is None:
             context = min(limit or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
@@ -75,6 +75,9 @@ class Engine:
         if num_blocks is None:
             num_blocks = max(blocks(context + 1), max_batch * blocks(min(context, BLOCKS_PER_ROW_TOKENS)))
         self.model, self.context, self.max_queue = model, context, max_queue
+        # lead: a split model's rank 0 (distributed/follow_engine.Lead) builds the generators, which tell the other
+        # ranks each turn, and hears from the engine every `beat` seconds while idle
+        self.lead = lead
         self._options = dict(num_blocks=num_blocks, block_size=block_size, max_batch=max_batch,
                              prefix_cache=prefix_cache, prefill_budget=prefill_budget, kv_bits=kv_bits,
                              kv_group_size=kv_group_size)
@@ -184,11 +187,15 @@ class Engine:
         while True:
             with self._cond:
                 while not (self._inbox or self._cancels or self._closed or not self.gen.idle):
-                    self._cond.wait()
+                    if not self._cond.wait(self.lead.beat if self.lead else None):
+                        break  # a lead's beat: nothing came in a while
                 if self._closed:
                     break
                 inbox, self._inbox = self._inbox, []
                 cancels, self._cancels = self._cancels, []
+            if not (inbox or cancels or not self.gen.idle):
+                self.lead.idle()
+                continue
             try:
                 self._turn(inbox, cancels)
             except Exception as e:  # noqa: BLE001 - any failure ends the open requests, never the engine
@@ -198,6 +205,8 @@ class Engine:
                     stream._put(error)
                 self._finish_all(error)
         self._finish_all(Event(-1, finish_reason="cancelled"), rebuild=False)
+        if self.lead is not None:
+            self.lead.close()
 
     def _turn(self, inbox: List[Tuple[Stream, List[int], SamplingParams]], cancels: List[Stream]) -> None:
         """New requests join, cancelled ones leave, then one step if anything runs."""
@@ -219,6 +228,8 @@ class Engine:
         self._update_stats()
 
     def _generator(self) -> BatchGenerator:
+        if self.lead is not None:  # no interrupt: when a prefill stops must not depend on rank 0's timing
+            return self.lead.generator(self.model, self._options)
         return BatchGenerator(self.model, interrupt=self._cancel_pending, **self._options)
 
     def _cancel_pending(self, gid: int) -> bool:
