@@ -1,7 +1,7 @@
 """`mlxm serve --parallel MODE` on 2 ranks (mlx.launch, ring, 127.0.0.1), this process the client: concurrent
 greedy completion and chat requests (some streaming, one stream dropped mid-reply) get the single-process server's
 replies; the follower prints nothing; SIGTERM to rank 0 ends every rank with exit code 0. One launch per mode: a
-dense Llama in tensor mode, a Qwen3-MoE in experts mode. And BatchGenerator's batched generation on the paged
+dense Llama in tensor and pipeline modes, a Qwen3-MoE in experts mode. And BatchGenerator's batched generation on the paged
 cache in experts mode against one process."""
 
 import os
@@ -88,7 +88,7 @@ def wait_healthy(live: Live, launched: threading.Thread) -> None:
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize("mode, config", [("tensor", {}), ("experts", MOE)])
+@pytest.mark.parametrize("mode, config", [("tensor", {}), ("experts", MOE), ("pipeline", {})])
 def test_two_ranks_serve_the_single_process_replies(tmp_path, start_server, mode, config):  # noqa: F811
     import mlxmodels
 
