@@ -1,8 +1,9 @@
 """`mlxm serve --parallel MODE` on 2 ranks (mlx.launch, ring, 127.0.0.1), this process the client: concurrent
 greedy completion and chat requests (some streaming, one stream dropped mid-reply) get the single-process server's
 replies; the follower prints nothing; SIGTERM to rank 0 ends every rank with exit code 0. One launch per mode: a
-dense Llama in tensor and pipeline modes, a Qwen3-MoE in experts mode. And BatchGenerator's batched generation on the paged
-cache in experts mode against one process."""
+dense Llama in tensor and pipeline modes, a Qwen3-MoE in experts mode. And BatchGenerator's batched generation on
+the paged cache in experts mode against one process; a follower lost while the server idles ends rank 0 with one
+line."""
 
 import os
 import signal
@@ -88,6 +89,15 @@ def wait_healthy(live: Live, launched: threading.Thread) -> None:
         time.sleep(0.5)
 
 
+def serve(folder, out: Path, port: int, mode: str, done: dict, *extra) -> threading.Thread:
+    """`mlxm serve` over 2 ranks in a started thread; the launch's CompletedProcess lands in done["proc"]."""
+    args = [WORKER, "serve", "-m", folder, "--port", port, "--max-batch", "4", "--parallel", mode, *extra]
+    launched = threading.Thread(target=lambda: done.setdefault("proc", launch(args, out, timeout=TIMEOUT)),
+                                daemon=True)
+    launched.start()
+    return launched
+
+
 @pytest.mark.parametrize("mode, config", [("tensor", {}), ("experts", MOE), ("pipeline", {})])
 def test_two_ranks_serve_the_single_process_replies(tmp_path, start_server, mode, config):  # noqa: F811
     import mlxmodels
@@ -97,18 +107,12 @@ def test_two_ranks_serve_the_single_process_replies(tmp_path, start_server, mode
     assert all(single.values()), single
 
     out, port, done = tmp_path / "out", free_port(), {}
-    args = [WORKER, "serve", "-m", folder, "--port", port, "--max-batch", "4", "--parallel", mode]
-    launched = threading.Thread(target=lambda: done.setdefault("proc", launch(args, out, timeout=TIMEOUT)),
-                                daemon=True)
-    launched.start()
+    launched, live = serve(folder, out, port, mode, done), Live(None, None, str(folder), port)
     try:
-        live = Live(None, None, str(folder), port)
         wait_healthy(live, launched)
         replies = ask(live)
     finally:
-        pid = out / "rank0.pid"
-        if pid.exists():
-            os.kill(int(pid.read_text()), signal.SIGTERM)
+        signal_rank(out, 0, signal.SIGTERM)
         launched.join(TIMEOUT)
     proc = done["proc"]
     r0, r1 = rank_results(out, proc)
@@ -127,3 +131,24 @@ def test_batched_generation_in_experts_mode_gives_one_process_tokens(tmp_path):
     proc = launch([BATCH_WORKER, folder, "experts"], tmp_path / "out", timeout=TIMEOUT)
     r0, r1 = rank_results(tmp_path / "out", proc)
     assert r0["tokens"] == r1["tokens"] == single, proc.stdout[-4000:]
+
+
+def test_a_follower_lost_while_serving_ends_rank_0_with_one_line(tmp_path):
+    """Rank 1 is killed while the server idles: rank 0's next idle message meets the closed connection, and its
+    engine thread (which would log a failed step and serve on) ends the process with one line."""
+    folder, out, port, done = build_tiny(tmp_path / "model"), tmp_path / "out", free_port(), {}
+    launched = serve(folder, out, port, "tensor", done, "--parallel-timeout", "60")
+    try:
+        wait_healthy(Live(None, None, str(folder), port), launched)
+        signal_rank(out, 1, signal.SIGKILL)
+    finally:
+        launched.join(TIMEOUT)
+    said = [line[line.index("mlxm: error:"):] for line in done["proc"].stdout.splitlines() if "mlxm: error:" in line]
+    assert len(said) == 1 and said[0].startswith("mlxm: error: another rank went away mid-run ([ring] "), said
+    assert not (out / "rank0.json").exists()  # it left at once, with exit code 1
+
+
+def signal_rank(out: Path, rank: int, signum: int) -> None:
+    pid = out / f"rank{rank}.pid"
+    if pid.exists():
+        os.kill(int(pid.read_text()), signum)
