@@ -29,11 +29,11 @@ def follow(run, args) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     model, _, _ = model_arg.load(args.model, args.dtype, args.adapter_path, parallel=args.parallel)
     run.watchdog.arm()
-    replay(run.group, model, pet=run.watchdog.pet)
+    replay(run.group, model, pet=run.watchdog.pet, lost=_stop_if_lost)
     run.watchdog.close()
 
 
-def _stop_if_lost(e: RuntimeError) -> None:
+def _stop_if_lost(e: Exception) -> None:
     from mlxmodels.distributed.watchdog import exit_with
 
     from app.parallel import lost_rank

@@ -155,8 +155,12 @@ class Recorder:
         return getattr(self.gen, name)
 
 
-def follow(group, model, pet: Callable[[], None] = lambda: None) -> None:
-    """A follower's engine: replay rank 0's operations until SHUTDOWN. `pet` after each message."""
+def follow(group, model, pet: Callable[[], None] = lambda: None,
+           lost: Callable[[Exception], None] = lambda e: None) -> None:
+    """A follower's engine: replay rank 0's operations until SHUTDOWN. `pet` after each message. A step that fails
+    failed on rank 0 too (the same operations on the same tokens): as rank 0's engine does, the follower goes on,
+    and the new generator rank 0 builds arrives with the next message; `lost(e)` first, which may end the process
+    (a rank went away)."""
     gen: Optional[BatchGenerator] = None
     while True:
         message = share_tokens(group, [])
@@ -169,7 +173,10 @@ def follow(group, model, pet: Callable[[], None] = lambda: None) -> None:
             elif op[0] == CANCEL:
                 gen.cancel(op[1])
             elif op[0] == STEP:
-                gen.step()
+                try:
+                    gen.step()
+                except Exception as e:  # noqa: BLE001 - rank 0's engine ends its open requests and rebuilds
+                    lost(e)
             else:
                 barrier(group)
                 return

@@ -29,13 +29,16 @@ def test_operations_arrive_as_sent():
 
 
 class Calls:
-    """A model that records the shape of every forward pass (what a split model's collectives follow)."""
+    """A model that records the shape of every forward pass (what a split model's collectives follow); with
+    `fail_at`, that call (from 1) raises, as a step that fails on every rank alike."""
 
-    def __init__(self, model):
-        self.model, self.shapes = model, []
+    def __init__(self, model, fail_at: int = 0):
+        self.model, self.shapes, self.fail_at = model, [], fail_at
 
     def __call__(self, ids, *args, **kwargs):
         self.shapes.append(tuple(ids.shape))
+        if len(self.shapes) == self.fail_at:
+            raise ValueError("a step that fails")
         return self.model(ids, *args, **kwargs)
 
     def __getattr__(self, name):
@@ -47,13 +50,30 @@ def model(tmp_path_factory):
     return mlxmodels.load(build_tiny(tmp_path_factory.mktemp("tiny")))[0]
 
 
-def test_a_follower_replays_the_engine_call_for_call(model, monkeypatch):
+def serve(lead_model, monkeypatch) -> tuple:
+    """An engine leading over a group of one, started; -> (it, the list its messages are recorded into)."""
     sent = []
     monkeypatch.setattr(follow_engine, "share_tokens", lambda group, message: sent.append(list(message)) or message)
-    group = mx.distributed.init()
-    lead_model = Calls(model)
-    engine = Engine(lead_model, lead=Lead(group), context=128, **{k: OPTIONS[k] for k in ("num_blocks", "max_batch")})
+    engine = Engine(lead_model, lead=Lead(mx.distributed.init()), context=128,
+                    **{k: OPTIONS[k] for k in ("num_blocks", "max_batch")})
     engine.start()
+    return engine, sent
+
+
+def replay(model, sent: list, monkeypatch, **options) -> Calls:
+    """A follower fed `sent`: -> its model, with the calls it made."""
+    messages = iter(sent)
+    monkeypatch.setattr(follow_engine, "share_tokens", lambda group, message: next(messages))
+    follower = Calls(model, **options)
+    failed = []
+    follow_engine.follow(mx.distributed.init(), follower, lost=failed.append)
+    follower.failed = failed
+    return follower
+
+
+def test_a_follower_replays_the_engine_call_for_call(model, monkeypatch):
+    lead_model = Calls(model)
+    engine, sent = serve(lead_model, monkeypatch)
     try:
         greedy = [engine.submit(p, SamplingParams(12, temperature=0.0)) for p in ([5, 6, 7], [8, 9] * 20)]
         penalised = engine.submit([10, 11, 12], SamplingParams(10, temperature=0.0, repetition_penalty=1.3))
@@ -67,8 +87,20 @@ def test_a_follower_replays_the_engine_call_for_call(model, monkeypatch):
         engine.close()
     assert [len(r) for r in replies] == [12, 12, 10, 9] and sent[-1][-1] == follow_engine.SHUTDOWN
 
-    messages = iter(sent)
-    monkeypatch.setattr(follow_engine, "share_tokens", lambda group, message: next(messages))
-    follower = Calls(model)
-    follow_engine.follow(group, follower)
-    assert follower.shapes == lead_model.shapes and len(lead_model.shapes) > 12
+    follower = replay(model, sent, monkeypatch)
+    assert follower.shapes == lead_model.shapes and len(lead_model.shapes) > 12 and not follower.failed
+
+
+def test_a_step_that_fails_everywhere_is_replayed_and_both_go_on(model, monkeypatch):
+    """Rank 0's engine ends the open request with an error and builds a new generator; the follower hears of the
+    failure (`lost`, which would end it for a lost rank), then builds the same generator from the next message."""
+    lead_model = Calls(model, fail_at=3)
+    engine, sent = serve(lead_model, monkeypatch)
+    try:
+        failed = [e for e in engine.submit([5, 6, 7], SamplingParams(8, temperature=0.0))]
+        after = [e.token for e in engine.submit([5, 6, 7], SamplingParams(8, temperature=0.0))]
+    finally:
+        engine.close()
+    assert failed[-1].finish_reason == "error" and len(after) == 8
+    follower = replay(model, sent, monkeypatch, fail_at=3)
+    assert follower.shapes == lead_model.shapes and [str(e) for e in follower.failed] == ["a step that fails"]
