@@ -14,7 +14,9 @@ import mlx.core as mx
 
 def from_leader(group, value: mx.array) -> mx.array:
     """rank 0's `value` on every rank (same shape and dtype everywhere)."""
-    mine = value if group.rank() == 0 else mx.zeros_like(value)  # lazy: a follower never evaluates its own value
+    # value * 0, not zeros: zeros depend on nothing, so MLX could run this all_sum before the forward pass's own
+    # collectives on a follower while rank 0 runs them first, and both would wait forever
+    mine = value if group.rank() == 0 else value * 0
     return mx.distributed.all_sum(mine, group=group)
 
 
