@@ -197,6 +197,11 @@ def load_model(folder: Path, dtype=None, gguf=None) -> Decoder:
     finally:
         if ckpt is not None:
             ckpt.close()
+    return finish(model, weights, dtype, folder)
+
+
+def finish(model, weights: dict, dtype, folder):
+    """Checked weights -> the model in its compute dtype, loaded, evaluated and checked finite."""
     dtype = compute_dtype(dtype, weights, quantized=any(k.endswith(".scales") for k in weights))
     weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
     model.load_weights(list(weights.items()), strict=True)

@@ -17,7 +17,7 @@ import mlx.core as mx
 from ..config import HFConfig, read_config
 from ..families import build_spec
 from ..formats.safetensors import Checkpoint
-from ..load import build, check_finite, check_weights, compute_dtype, placeholders, quantize_like
+from ..load import build, check_weights, finish, placeholders, quantize_like
 from .agree import agree
 from .auto import choose
 from .layout import Layout, ParallelError
@@ -60,13 +60,7 @@ def load_parallel(folder: Path, mode: str, group=None, dtype=None, budgets=None)
     model = layout.build()
     quantize_like(model, _local_quantization(cfg, layout, mapped), weights)
     check_weights(model, weights, folder)
-    dtype = compute_dtype(dtype, weights, quantized=any(k.endswith(".scales") for k in weights))
-    weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
-    model.load_weights(list(weights.items()), strict=True)
-    mx.eval(model.parameters())
-    check_finite(model, folder)
-    model.eval()
-    return model
+    return finish(model, weights, dtype, folder)
 
 
 def read_share(ckpt: Checkpoint, source: dict, mapped: dict, layout: Layout, adapter, cfg) -> dict:
