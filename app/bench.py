@@ -192,7 +192,7 @@ def time_generation(model, make_cache: Callable[[], list], prompt: Sequence[int]
         "prompt_tok_per_cpu_s": n / (cpu_first - cpu0),
         "generation_tok_per_cpu_s": (gen_tokens - 1) / (cpu_last - cpu_first) if gen_tokens > 1 else 0.0,
         "loadavg_1min": [load_before, os.getloadavg()[0]],
-        "kv_state_bytes": sum(a.nbytes for a in states(cache)),  # as allocated (ours grows in steps of 256)
+        "kv_state_bytes": sum(a.nbytes for a in states(cache)),  # ours: the rows held; mlx-lm: its buffers
         "cache_offset": cache[0].offset,
         "tokens": generated,
     }

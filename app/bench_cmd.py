@@ -320,7 +320,7 @@ def measure(folders: Dict[str, str], p: int, g: int, n: int, dtype: Optional[str
             "dtype": w.info.get("dtype"),
             "load_s": w.info.get("load_s"),
             "weight_bytes": w.info.get("weight_bytes"),
-            "kv_bytes": trials[-1].get("kv_state_bytes"),  # the cache's arrays after the last trial, as allocated
+            "kv_bytes": trials[-1].get("kv_state_bytes"),  # after the last trial (bench.time_generation)
             **bench.summarize(trials),
             "trials": [{k: t[k] for k in bench.METRICS + bench.CPU_METRICS if k in t} for t in trials],
         }
