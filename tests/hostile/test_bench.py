@@ -45,7 +45,14 @@ def tmpdir_env(tmp_path):
 def start(tiny, tmpdir_env, *args) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmpdir_env)}
     return subprocess.Popen([sys.executable, "-m", "app.cli", "bench", "-m", str(tiny), *RUN, *args], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=hangup_as_in_a_terminal)
+
+
+def hangup_as_in_a_terminal():
+    """bench started from a terminal: SIGHUP at its default, even when the tests run under nohup (which ignores it,
+    and bench rightly keeps an ignored SIGHUP ignored)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def children(pid: int) -> list:
