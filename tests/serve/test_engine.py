@@ -120,7 +120,10 @@ def test_32_concurrent_streams_with_random_cancels(engine, solo):
             assert last.finish_reason == "length" and tokens == solo[k]
     assert sum(last.finish_reason == "cancelled" for *_, last in results) >= 5
     assert_drained(engine)
-    assert engine.stats()["preemptions_total"] > 0
+    if not engine._options["prefix_cache"]:
+        # with prefix caching the 4 requests of each prompt share blocks, and whether the pool still runs short
+        # depends on when the readers arrive; tests/test_batch.py preempts deterministically with and without it
+        assert engine.stats()["preemptions_total"] > 0
 
 
 def test_cancel_frees_at_the_next_step(engine, solo):
