@@ -45,7 +45,7 @@ def load_parallel(folder: Path, mode: str, group=None, dtype=None, budgets=None)
     ckpt = Checkpoint(folder)
     try:
         source = placeholders(ckpt)
-        agree(group, _identity(folder, source), "model")
+        agree(group, _identity(cfg, source), "model")
         whole, mapped = build(folder, cfg, adapter, spec, source)  # the whole model checked from headers alone
         # what each rank may hold: pipeline stages are sized by it, so a 192 GB Mac takes more layers than a 64 GB one
         rooms = budgets if budgets is not None else rank_budgets(group)
@@ -143,8 +143,9 @@ def _with(cfg: HFConfig, key: str, value) -> HFConfig:
     return HFConfig({**dict(cfg), key: value})
 
 
-def _identity(folder: Path, source: dict) -> bytes:
-    """What every rank must agree on: config.json's bytes and every tensor's name, dtype and shape."""
-    h = hashlib.sha256((folder / "config.json").read_bytes())
+def _identity(cfg: HFConfig, source: dict) -> bytes:
+    """What every rank must agree on: config.json as read (through the validating reader, not read again) and every
+    tensor's name, dtype and shape."""
+    h = hashlib.sha256(json.dumps(dict(cfg), sort_keys=True, default=str).encode())
     h.update(json.dumps(sorted((n, str(a.dtype), list(a.shape)) for n, a in source.items())).encode())
     return h.digest()
